@@ -1,0 +1,1 @@
+"""Export stage: EmbeddingGemma checkpoint -> fp32 ONNX artifact (needs torch, transformers, sentence-transformers)."""

@@ -1,0 +1,260 @@
+"""``Embedder``: load one artifact folder and turn texts into EmbeddingGemma vectors.
+
+Depends on onnxruntime, tokenizers and numpy only.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import onnxruntime as ort
+from tokenizers import Tokenizer
+
+from .artifact import ArtifactError, read_manifest, verify_files
+
+
+class TruncationWarning(UserWarning):
+    """Some texts were longer than the model's maximum length and were cut."""
+
+
+class TextTooLongError(ValueError):
+    """A text exceeds the maximum length and ``truncate=False`` was asked for."""
+
+
+class Embedder:
+    """Embed texts with an EmbeddingGemma ONNX artifact folder (any variant).
+
+    >>> emb = Embedder("artifacts/fp32")
+    >>> q = emb.encode_query("Which planet is known as the Red Planet?")
+    >>> d = emb.encode_document(["Mars is red.", "Venus is hot."])
+    >>> emb.similarity(q, d)
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        threads: int | None = None,
+        providers: Sequence[str] | None = None,
+        verify: bool = True,
+        max_batch_tokens: int = 8192,
+        session_options: ort.SessionOptions | None = None,
+    ):
+        """Load the artifact at ``path``.
+
+        threads: onnxruntime intra-op threads (default: all cores). providers: onnxruntime execution
+        providers (default CPU). verify: check every file's sha256 against the manifest (set False to
+        skip hashing, e.g. for fast restarts; sizes are always checked). max_batch_tokens: cap on
+        padded tokens per inference batch, which bounds attention memory on long texts.
+        """
+        self.path = Path(path)
+        self.manifest = read_manifest(self.path)
+        verify_files(self.path, self.manifest, check_hashes=verify)
+        m = self.manifest
+        self.dim: int = int(m["embedding"]["dim"])
+        self.dims: tuple[int, ...] = tuple(int(d) for d in m["embedding"]["matryoshka_dims"])
+        self.max_seq_length: int = int(m["max_seq_length"])
+        self.prompts: dict[str, str] = dict(m["prompts"])
+        self.default_prompt_name: str | None = m.get("default_prompt_name")
+        self.variant: str = m.get("variant", "unknown")
+        if max_batch_tokens < self.max_seq_length:
+            raise ValueError(f"max_batch_tokens={max_batch_tokens} must be at least max_seq_length={self.max_seq_length}")
+        self.max_batch_tokens = max_batch_tokens
+
+        self._tokenizer = Tokenizer.from_file(str(self.path / m["tokenizer_file"]))
+        self._tokenizer.no_padding()
+        self._tokenizer.enable_truncation(self.max_seq_length)
+        self._pad_id = int(m.get("pad_token_id", 0))
+
+        options = session_options or ort.SessionOptions()
+        if threads is not None:
+            if threads < 1:
+                raise ValueError(f"threads must be >= 1, got {threads}")
+            options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        try:
+            self._session = ort.InferenceSession(
+                str(self.path / m["model_file"]), sess_options=options,
+                providers=list(providers) if providers else ["CPUExecutionProvider"],
+            )
+        except Exception as exc:  # onnxruntime raises its own opaque exception types
+            raise ArtifactError(f"onnxruntime could not load {self.path / m['model_file']}: {exc}") from exc
+        self._output_name = m["onnx"]["outputs"][0]["name"]
+
+    def __repr__(self) -> str:
+        return f"Embedder({str(self.path)!r}, variant={self.variant!r}, dim={self.dim})"
+
+    # ---- public API -------------------------------------------------------------------------
+
+    def encode(
+        self,
+        texts: str | Sequence[str],
+        prompt_name: str | None = None,
+        *,
+        prompt: str | None = None,
+        dim: int | None = None,
+        normalize: bool = True,
+        batch_size: int = 32,
+        truncate: bool = True,
+        show_progress: bool = False,
+    ) -> np.ndarray:
+        """Embed one text (-> 1-D vector) or a list of texts (-> 2-D float32 array, input order).
+
+        prompt_name picks one of the model's prompts (see ``self.prompts``); prompt gives literal
+        prefix text instead. dim is a Matryoshka size (see ``self.dims``); the result is re-normalised
+        when ``normalize``. Texts longer than ``max_seq_length`` tokens are truncated with a
+        ``TruncationWarning``, or raise ``TextTooLongError`` when ``truncate=False``.
+        """
+        single = isinstance(texts, str)
+        items = self._check_texts(texts)
+        prefix = self._resolve_prompt(prompt_name, prompt)
+        return self._encode_prefixed([prefix + t for t in items], single, dim, normalize, batch_size, truncate, show_progress)
+
+    def encode_query(self, texts: str | Sequence[str], **kwargs) -> np.ndarray:
+        """Embed search queries with the model's ``query`` prompt."""
+        return self.encode(texts, prompt_name="query", **kwargs)
+
+    def encode_document(self, texts: str | Sequence[str], titles: str | Sequence[str | None] | None = None,
+                        **kwargs) -> np.ndarray:
+        """Embed documents with the model's ``document`` prompt, ``title: {title or none} | text: ``."""
+        single = isinstance(texts, str)
+        items = self._check_texts(texts)
+        template = self._resolve_prompt("document", None)
+        if titles is None:
+            prefixes = [template] * len(items)
+        else:
+            title_list = [titles] if isinstance(titles, str) else list(titles)
+            if len(title_list) != len(items):
+                raise ValueError(f"got {len(title_list)} titles for {len(items)} texts; give one title (or None) per text")
+            if "title: none" not in template:
+                raise ValueError(f"this model's document prompt {template!r} has no 'title: none' slot for titles")
+            for i, title in enumerate(title_list):
+                if title is not None and not isinstance(title, str):
+                    raise TypeError(f"titles[{i}] is {type(title).__name__}, expected str or None")
+            prefixes = [template.replace("title: none", f"title: {t}", 1) if t else template for t in title_list]
+        kwargs.pop("prompt_name", None)
+        return self._encode_prefixed([p + t for p, t in zip(prefixes, items)], single, kwargs.pop("dim", None),
+                                     kwargs.pop("normalize", True), kwargs.pop("batch_size", 32),
+                                     kwargs.pop("truncate", True), kwargs.pop("show_progress", False), **kwargs)
+
+    @staticmethod
+    def similarity(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """Cosine similarity matrix [len(a), len(b)] between 1-D or 2-D embeddings."""
+        a = np.atleast_2d(np.asarray(a, dtype=np.float32))
+        b = np.atleast_2d(np.asarray(b, dtype=np.float32))
+        if a.shape[1] != b.shape[1]:
+            raise ValueError(f"cannot compare embeddings of dim {a.shape[1]} and {b.shape[1]}")
+        a = a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
+        b = b / np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-12)
+        return a @ b.T
+
+    def count_tokens(self, texts: Sequence[str], prompt_name: str | None = None) -> list[int]:
+        """Token counts (after prompt, BOS/EOS and truncation) that ``encode`` would feed the model."""
+        prefix = self._resolve_prompt(prompt_name, None)
+        return [len(e.ids) for e in self._tokenizer.encode_batch([prefix + t for t in self._check_texts(texts)])]
+
+    # ---- internals --------------------------------------------------------------------------
+
+    @staticmethod
+    def _check_texts(texts) -> list[str]:
+        if isinstance(texts, str):
+            return [texts]
+        if isinstance(texts, (bytes, bytearray)) or not isinstance(texts, Sequence) and not hasattr(texts, "__iter__"):
+            raise TypeError(f"texts must be a str or a list of str, got {type(texts).__name__}")
+        items = list(texts)
+        for i, t in enumerate(items):
+            if not isinstance(t, str):
+                raise TypeError(f"texts[{i}] is {type(t).__name__}, expected str")
+        return items
+
+    def _resolve_prompt(self, prompt_name: str | None, prompt: str | None) -> str:
+        if prompt is not None and prompt_name is not None:
+            raise ValueError("give prompt_name or prompt, not both")
+        if prompt is not None:
+            if not isinstance(prompt, str):
+                raise TypeError(f"prompt must be a str, got {type(prompt).__name__}")
+            return prompt
+        name = prompt_name if prompt_name is not None else self.default_prompt_name
+        if name is None:
+            return ""
+        if name not in self.prompts:
+            raise ValueError(f"unknown prompt_name {name!r}; this model has: {', '.join(sorted(self.prompts))}")
+        return self.prompts[name]
+
+    def _encode_prefixed(self, texts, single, dim, normalize, batch_size, truncate, show_progress, **unknown):
+        if unknown:
+            raise TypeError(f"unexpected keyword arguments: {', '.join(sorted(unknown))}")
+        dim = self.dim if dim is None else dim
+        if dim not in self.dims:
+            raise ValueError(f"unsupported dim {dim!r}; this model supports {', '.join(map(str, self.dims))}")
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        if not texts:
+            return np.zeros((0, dim), dtype=np.float32)
+
+        encodings = self._tokenizer.encode_batch(texts)
+        cut = [i for i, e in enumerate(encodings) if e.overflowing]
+        if cut:
+            if not truncate:
+                raise TextTooLongError(f"{len(cut)} text(s) exceed {self.max_seq_length} tokens (first: texts[{cut[0]}]); "
+                                       "shorten them or pass truncate=True")
+            warnings.warn(f"{len(cut)} of {len(texts)} text(s) exceed {self.max_seq_length} tokens and were truncated "
+                          f"(first: texts[{cut[0]}]); pass truncate=False to get an error instead",
+                          TruncationWarning, stacklevel=3)
+
+        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        batches = list(self._length_grouped_batches([len(e.ids) for e in encodings], batch_size))
+        progress = _progress(len(texts), show_progress)
+        for idx in batches:
+            width = max(len(encodings[i].ids) for i in idx)
+            ids = np.full((len(idx), width), self._pad_id, dtype=np.int64)
+            mask = np.zeros((len(idx), width), dtype=np.int64)
+            for row, i in enumerate(idx):
+                n = len(encodings[i].ids)
+                ids[row, :n] = encodings[i].ids
+                mask[row, :n] = 1
+            out[idx] = self._session.run([self._output_name], {"input_ids": ids, "attention_mask": mask})[0]
+            progress(len(idx))
+        progress(0, close=True)
+
+        if dim != self.dim:
+            out = out[:, :dim]
+        if normalize:
+            out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+        out = np.ascontiguousarray(out)
+        return out[0] if single else out
+
+    def _length_grouped_batches(self, lengths: list[int], batch_size: int):
+        """Indices grouped by similar length (longest first) so little padding is computed."""
+        order = np.argsort(-np.asarray(lengths), kind="stable")
+        batch: list[int] = []
+        for i in order:
+            # Sorted descending, so the first member sets the padded width of the batch.
+            width = lengths[batch[0]] if batch else lengths[i]
+            if batch and (len(batch) == batch_size or (len(batch) + 1) * width > self.max_batch_tokens):
+                yield np.asarray(batch)
+                batch = []
+            batch.append(int(i))
+        if batch:
+            yield np.asarray(batch)
+
+
+def _progress(total: int, enabled: bool):
+    """A tqdm progress callback when asked for and installed; otherwise a no-op."""
+    if not enabled:
+        return lambda n, close=False: None
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        warnings.warn("show_progress needs tqdm (pip install tqdm); continuing without a progress bar")
+        return lambda n, close=False: None
+    bar = tqdm(total=total, unit="text", desc="embedding")
+
+    def update(n, close=False):
+        bar.update(n)
+        if close:
+            bar.close()
+    return update

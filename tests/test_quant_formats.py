@@ -1,0 +1,447 @@
+"""quant.formats against independent references.
+
+* gguf's numpy quantizers (gguf.quants) for the ggml Q8_0 / Q4_0 bytes, and
+* onnxruntime's CPU kernels (MatMulNBits, GatherBlockQuantized, DequantizeLinear) for the encodings:
+  whatever the graph decodes must equal gguf.quants.dequantize of the gguf bytes, bit for bit.
+
+The real-checkpoint tests run only with EMBEDDINGGEMMA_DIR set (marker ``real_model``).
+"""
+from __future__ import annotations
+
+import functools
+import os
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+try:
+    from quant import formats as F
+except ModuleNotFoundError:  # plain `pytest` without the repo root on sys.path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from quant import formats as F
+
+gguf_quants = pytest.importorskip("gguf.quants")
+from gguf import GGMLQuantizationType as QT  # noqa: E402
+
+QUANTIZE = {"q8_0": F.quantize_q8_0, "q4_0": F.quantize_q4_0}
+DEQUANTIZE = {"q8_0": F.dequantize_q8_0, "q4_0": F.dequantize_q4_0}
+GGML_TYPE = {"q8_0": QT.Q8_0, "q4_0": QT.Q4_0}
+BITS = {"q8_0": 8, "q4_0": 4}
+FORMATS = sorted(QUANTIZE)
+
+
+# ---------------------------------------------------------------------------------------------
+# reference side: gguf bytes parsed here, independently of quant.formats
+
+
+def gguf_codes_and_scales(w: np.ndarray, fmt: str):
+    """(raw gguf bytes, codes, float16 scales) from gguf, parsed with this file's own layout reader."""
+    raw = gguf_quants.quantize(w, GGML_TYPE[fmt])
+    rows = raw.reshape(-1, raw.shape[-1])
+    size = 34 if fmt == "q8_0" else 18
+    blocks = rows.reshape(rows.shape[0], -1, size)
+    d = blocks[..., :2].copy().view("<f2")[..., 0]
+    payload = blocks[..., 2:]
+    if fmt == "q8_0":
+        q = payload.copy().view(np.int8).reshape(rows.shape[0], -1)
+    else:
+        # ggml Q4_0: byte j holds element j (low nibble) and element j + 16 (high nibble)
+        q = np.concatenate([payload & 0x0F, payload >> 4], axis=-1).reshape(rows.shape[0], -1)
+    return raw, q.reshape(w.shape), d.reshape(*w.shape[:-1], -1)
+
+
+def gguf_dequantized(w: np.ndarray, fmt: str) -> np.ndarray:
+    return gguf_quants.dequantize(gguf_quants.quantize(w, GGML_TYPE[fmt]), GGML_TYPE[fmt])
+
+
+def assert_bit_exact(w: np.ndarray, fmt: str):
+    raw, q_ref, d_ref = gguf_codes_and_scales(w, fmt)
+    q, d = QUANTIZE[fmt](w)
+    assert q.dtype == (np.int8 if fmt == "q8_0" else np.uint8) and d.dtype == np.float16
+    assert q.shape == w.shape and d.shape == (*w.shape[:-1], w.shape[-1] // 32)
+    np.testing.assert_array_equal(q, q_ref)
+    # scales compared as bit patterns, so -0.0 vs 0.0 or a different NaN would be caught too
+    np.testing.assert_array_equal(d.view(np.uint16), d_ref.astype("<f2").view(np.uint16))
+    assert np.array_equal(F.to_ggml_bytes(q, d, fmt), raw)
+    q2, d2 = F.from_ggml_bytes(raw, fmt)
+    assert np.array_equal(q2, q) and np.array_equal(d2.view(np.uint16), d.view(np.uint16))
+    with np.errstate(invalid="ignore"):  # inf scales (huge blocks) decode to nan in both
+        deq = DEQUANTIZE[fmt](q, d)
+        ref = gguf_quants.dequantize(raw, GGML_TYPE[fmt])
+    assert deq.dtype == np.float32
+    np.testing.assert_array_equal(deq, ref)  # nan == nan here
+
+
+# ---------------------------------------------------------------------------------------------
+# awkward data
+
+
+def awkward_matrix(seed: int = 0, cols: int = 256) -> np.ndarray:
+    """Rows of 32-blocks covering the corner cases, then random rows over many magnitudes."""
+    rng = np.random.default_rng(seed)
+    nb = cols // 32
+    blocks: list[np.ndarray] = []
+
+    def add(b):
+        blocks.append(np.asarray(b, np.float32).reshape(32))
+
+    add(np.zeros(32))                                   # all-zero block
+    add(-np.zeros(32))                                  # negative zeros
+    b = np.zeros(32); b[7] = 3.0; add(b)                # single non-zero
+    b = np.zeros(32); b[31] = -5e-3; add(b)             # single negative, fp16-subnormal scale
+    b = rng.standard_normal(32); b[4] = -10; add(b)     # largest magnitude negative
+    b = rng.standard_normal(32); b[4] = 10; b[20] = -10; add(b)   # +/- tie for the largest: first wins
+    b = rng.standard_normal(32); b[4] = -10; b[20] = 10; add(b)
+    # exact .5 ties: Q8_0 with amax 127 -> d = 1; Q4_0 with m = -8 -> d = 1, m = 8 -> d = -1
+    add(np.r_[127, -127, np.arange(-15, 15) + 0.5])
+    add(np.r_[-8, np.linspace(-7.5, 7.5, 31)])
+    add(np.r_[8, np.linspace(-7.5, 7.5, 31)])
+    # just below .5 where trunc(y + 0.5) would round the wrong way
+    add(np.r_[127, np.float32(0.49999997), np.float32(1.4999999), -np.float32(0.49999997),
+              np.full(28, np.float32(2.4999998))])
+    add(np.r_[-8, np.float32(0.49999997), -np.float32(0.50000006), np.full(29, np.float32(-1.4999999))])
+    # magnitudes: tiny (fp16-subnormal and zero scales), float32-subnormal elements, huge
+    for scale in (1e-30, 1e-20, 1e-9, 1e-7, 1e-6, 1e-5, 1e-4, 7e-3, 1e3, 1e5, 8.3e6, 1e7, 1e20, 1e37):
+        add(rng.standard_normal(32) * scale)
+    b = rng.standard_normal(32) * 1e-3; b[3] = 1e-40; b[9] = -3e-45; add(b)
+    b = np.full(32, 2.5); add(b)                        # constant block
+    b = np.full(32, -1.0); b[0] = 1.0; add(b)           # first-of-equal-magnitudes tie, positive first
+
+    n_special = len(blocks)
+    special_rows = -(-n_special // nb)
+    while len(blocks) < special_rows * nb:
+        add(rng.standard_normal(32))
+    special = np.stack(blocks).reshape(special_rows, cols)
+
+    # random rows, each block with its own magnitude across 1e-8..1e8
+    n_rand = 61
+    mags = 10.0 ** rng.uniform(-8, 8, size=(n_rand, nb, 1))
+    rand = (rng.standard_normal((n_rand, nb, 32)) * mags).reshape(n_rand, cols)
+    # heavy tails and some exactly representable half-integer grids
+    rand[::5] = rng.standard_t(2, size=(len(rand[::5]), cols))
+    rand[1::7] = np.round(rng.uniform(-20, 20, size=(len(rand[1::7]), cols)) * 2) / 2
+    return np.concatenate([special, rand]).astype(np.float32)
+
+
+# The awkward matrix deliberately holds blocks whose scale overflows float16 (gguf stores inf too).
+_overflow_ok = pytest.mark.filterwarnings("ignore:.*overflow.*:RuntimeWarning")
+
+
+@_overflow_ok
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_bit_exact_vs_gguf_awkward(fmt):
+    assert_bit_exact(awkward_matrix(0), fmt)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_float16_scale_overflow_warns(fmt):
+    w = np.zeros((1, 64), np.float32)
+    w[0, 40] = 1e7
+    with pytest.warns(RuntimeWarning, match="overflows float16"):
+        q, d = QUANTIZE[fmt](w)
+    assert np.isinf(d[0, 1]) and d[0, 0] == 0
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("shape", [(32,), (3, 32), (4, 5, 96), (17, 768)])
+def test_bit_exact_vs_gguf_shapes(fmt, shape):
+    rng = np.random.default_rng(len(shape))
+    assert_bit_exact((rng.standard_normal(shape) * 0.02).astype(np.float32), fmt)
+
+
+@_overflow_ok
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_bit_exact_across_row_chunks(fmt, monkeypatch):
+    # tiny chunks so that many chunk boundaries (and a ragged last chunk) are exercised
+    monkeypatch.setattr(F, "_CHUNK_ELEMS", 3 * 256)
+    assert_bit_exact(awkward_matrix(1), fmt)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_non_float32_inputs_convert_like_gguf(fmt):
+    rng = np.random.default_rng(3)
+    w64 = rng.standard_normal((8, 64)) * 0.1
+    q, d = QUANTIZE[fmt](w64)
+    q32, d32 = QUANTIZE[fmt](w64.astype(np.float32))
+    assert np.array_equal(q, q32) and np.array_equal(d, d32)
+    assert_bit_exact(w64.astype(np.float16).astype(np.float32), fmt)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_float32_subnormal_scale_blocks_decode_to_zero(fmt):
+    # Blocks whose float32 1/d overflows: ggml/gguf cast inf/nan to integers there (undefined
+    # codes); we emit the zero code. Both store a float16 scale of 0, so the values agree.
+    w = np.zeros((2, 64), np.float32)
+    w[0, :32] = np.linspace(-1, 1, 32) * np.float32(1e-38)
+    w[1, 32:] = np.float32(1.5e-45)
+    q, d = QUANTIZE[fmt](w)
+    assert not d.any()
+    assert np.all(q == (0 if fmt == "q8_0" else 8))
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # gguf's float->int casts of inf/nan warn here
+        ref = gguf_dequantized(w, fmt)
+    assert np.array_equal(DEQUANTIZE[fmt](q, d), ref)
+
+
+# ---------------------------------------------------------------------------------------------
+# chosen scales
+
+
+def _round_half_away_f64(y: np.ndarray) -> np.ndarray:
+    y = y.astype(np.float64)
+    return np.sign(y) * np.floor(np.abs(y) + 0.5)   # exact in float64 for float32 inputs
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_chosen_scale_codes(fmt):
+    rng = np.random.default_rng(5)
+    w = (rng.standard_normal((40, 128)) * 0.05).astype(np.float32)
+    _, d_native = QUANTIZE[fmt](w)
+    # shrink some scales (forces clipping), grow others, flip sign of some, zero a few
+    factor = rng.choice([0.5, 0.8, 1.0, 1.3, -1.0], size=d_native.shape)
+    d = (d_native.astype(np.float32) * factor).astype(np.float16)
+    d[0, 0] = 0
+    d[3, 2] = np.float16(6e-8)      # subnormal float16 scale: x / d overflows -> clipped
+    q, d_out = QUANTIZE[fmt](w, d=d)
+    assert d_out is not d and np.array_equal(d_out.view(np.uint16), d.view(np.uint16))
+
+    x = w.reshape(40, 4, 32)
+    d32 = d.astype(np.float32)[..., None]
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        y = x / np.where(d32 == 0, np.float32(1), d32)   # float32 division, as documented
+    y = np.where(d32 == 0, 0, y)
+    if fmt == "q8_0":
+        want = np.clip(_round_half_away_f64(np.clip(y, -200, 200)), -127, 127).astype(np.int8)
+    else:
+        want = (np.clip(_round_half_away_f64(np.clip(y, -200, 200)), -8, 7) + 8).astype(np.uint8)
+    np.testing.assert_array_equal(q.reshape(40, 4, 32), want)
+
+    # q is a nearest representable code wherever no clipping happened
+    deq = DEQUANTIZE[fmt](q, d).reshape(40, 4, 32).astype(np.float64)
+    lo, hi = (-127, 127) if fmt == "q8_0" else (-8, 7)
+    inside = (y >= lo) & (y <= hi) & (d32 != 0)
+    err = np.abs(deq - x)
+    half_step = np.broadcast_to(np.abs(d32.astype(np.float64)) / 2, err.shape)
+    assert np.all(err[inside] <= half_step[inside] * (1 + 1e-6))
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_chosen_scale_validation(fmt):
+    w = np.ones((2, 64), np.float32)
+    with pytest.raises(ValueError, match="float16"):
+        QUANTIZE[fmt](w, d=np.ones((2, 2), np.float32))
+    with pytest.raises(ValueError, match="shape"):
+        QUANTIZE[fmt](w, d=np.ones((2, 3), np.float16))
+    with pytest.raises(ValueError, match="finite"):
+        QUANTIZE[fmt](w, d=np.full((2, 2), np.inf, np.float16))
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_input_validation(fmt):
+    with pytest.raises(ValueError, match="multiple of the block size 32"):
+        QUANTIZE[fmt](np.ones((4, 48), np.float32))
+    with pytest.raises(ValueError, match="multiple of the block size 32"):
+        QUANTIZE[fmt](np.ones((4, 0), np.float32))
+    with pytest.raises(ValueError, match="non-finite"):
+        QUANTIZE[fmt](np.full((1, 32), np.nan, np.float32))
+    with pytest.raises(ValueError):
+        F.to_matmulnbits(*QUANTIZE[fmt](np.ones((2, 32), np.float32)), bits=12 - BITS[fmt])
+
+
+def test_q4_codes_out_of_range_rejected():
+    with pytest.raises(ValueError, match="0..15"):
+        F.to_matmulnbits(np.full((1, 32), 16, np.uint8), np.ones((1, 1), np.float16), 4)
+
+
+# ---------------------------------------------------------------------------------------------
+# packed layouts, checked against hand-written expectations
+
+
+def test_layouts_by_hand():
+    q4 = np.arange(32, dtype=np.uint8).reshape(1, 32) % 16
+    d = np.ones((1, 1), np.float16)
+    b, s = F.to_matmulnbits(q4, d, 4)
+    assert b.shape == (1, 1, 16) and b.dtype == np.uint8 and s.dtype == np.float32 and s.shape == (1, 1)
+    assert b[0, 0, 0] == (0 | 1 << 4) and b[0, 0, 7] == (14 | 15 << 4)   # adjacent pairs, low first
+    g = F.to_ggml_bytes(q4, d, "q4_0")
+    assert g.shape == (1, 18) and g[0, 2] == (0 | 0 << 4) and g[0, 3] == (1 | 1 << 4)  # j with j+16
+    q8 = np.array([[-128, -1, 0, 1, 127] + [0] * 27], np.int8)
+    b8, _ = F.to_matmulnbits(q8, d, 8)
+    assert b8.shape == (1, 1, 32) and list(b8[0, 0, :5]) == [0, 127, 128, 129, 255]
+
+
+# ---------------------------------------------------------------------------------------------
+# onnxruntime decode exactness
+
+ort = pytest.importorskip("onnxruntime")
+onnx = pytest.importorskip("onnx")
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+
+
+def _session(nodes, inits: dict, inputs, outputs):
+    graph = helper.make_graph(nodes, "g", inputs, outputs,
+                              initializer=[numpy_helper.from_array(a, n) for n, a in inits.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21),
+                                                    helper.make_opsetid("com.microsoft", 1)])
+    model.ir_version = 10
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    so.inter_op_num_threads = 1
+    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+
+
+def _y(name="Y"):
+    return helper.make_tensor_value_info(name, TensorProto.FLOAT, None)
+
+
+def matmulnbits_decode(w: np.ndarray, fmt: str, accuracy_level: int = 0, a: np.ndarray | None = None):
+    """Run MatMulNBits on our packing; with A = identity the output is dequant(W).T."""
+    n, k = w.shape
+    q, d = QUANTIZE[fmt](w)
+    b, s = F.to_matmulnbits(q, d, BITS[fmt])
+    node = helper.make_node("MatMulNBits", ["A", "B", "S"], ["Y"], domain="com.microsoft",
+                            **F.matmulnbits_attributes(n, k, BITS[fmt], accuracy_level))
+    sess = _session([node], {"B": b, "S": s},
+                    [helper.make_tensor_value_info("A", TensorProto.FLOAT, [None, k])], [_y()])
+    a = np.eye(k, dtype=np.float32) if a is None else a
+    return sess.run(None, {"A": a})[0]
+
+
+def gather_block_quantized(table: np.ndarray, fmt: str, ids: np.ndarray) -> np.ndarray:
+    q, d = QUANTIZE[fmt](table)
+    data, s = F.to_gather_block_quantized(q, d, BITS[fmt])
+    node = helper.make_node("GatherBlockQuantized", ["data", "ids", "S"], ["Y"], domain="com.microsoft",
+                            **F.gather_block_quantized_attributes(BITS[fmt]))
+    sess = _session([node], {"data": data, "S": s},
+                    [helper.make_tensor_value_info("ids", TensorProto.INT64, None)], [_y()])
+    return sess.run(None, {"ids": ids})[0]
+
+
+def _onnx_weight(seed=7, n=40, k=256):
+    w = awkward_matrix(seed, cols=k)
+    # keep every scale inside float16 range (Q4_0 overflows above |m| = 8 * 65504): an inf scale
+    # decodes to nan, which is not comparable
+    w = w[np.abs(w).max(axis=1) < 4e5]
+    return np.concatenate([w, np.random.default_rng(seed).standard_normal((n, k)).astype(np.float32) * 0.05])
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_matmulnbits_decodes_exactly(fmt):
+    w = _onnx_weight()
+    y = matmulnbits_decode(w, fmt, accuracy_level=0)
+    assert y.shape == (w.shape[1], w.shape[0])
+    assert np.array_equal(y.T, gguf_dequantized(w, fmt))
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("accuracy_level", [1, 2, 3, 4])
+def test_matmulnbits_other_accuracy_levels(fmt, accuracy_level):
+    # Observed on x86 AVX2 with fp32 A: levels 1-3 run the fp32 path and decode exactly; level 4
+    # quantizes A to int8 per block, so even a one-hot A decodes only to ~1 ulp of the scale.
+    rng = np.random.default_rng(11)
+    w = (rng.standard_normal((48, 128)) * 0.05).astype(np.float32)
+    ref = gguf_dequantized(w, fmt)
+    y = matmulnbits_decode(w, fmt, accuracy_level=accuracy_level)
+    if accuracy_level < 4:
+        assert np.array_equal(y.T, ref)
+    else:
+        np.testing.assert_allclose(y.T, ref, rtol=0, atol=np.abs(ref).max() * 1e-5)
+    a = rng.standard_normal((5, 128)).astype(np.float32)
+    ya = matmulnbits_decode(w, fmt, accuracy_level=accuracy_level, a=a)
+    exact = a.astype(np.float64) @ ref.T.astype(np.float64)
+    tol = 1e-5 if accuracy_level < 4 else 3e-2
+    assert np.abs(ya - exact).max() <= tol * np.abs(exact).max()
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_matmulnbits_flat_scales_accepted(fmt):
+    rng = np.random.default_rng(2)
+    w = (rng.standard_normal((8, 64)) * 0.05).astype(np.float32)
+    q, d = QUANTIZE[fmt](w)
+    b, s = F.to_matmulnbits(q, d, BITS[fmt])
+    node = helper.make_node("MatMulNBits", ["A", "B", "S"], ["Y"], domain="com.microsoft",
+                            **F.matmulnbits_attributes(8, 64, BITS[fmt]))
+    sess = _session([node], {"B": b, "S": s.reshape(-1)},
+                    [helper.make_tensor_value_info("A", TensorProto.FLOAT, [None, 64])], [_y()])
+    assert np.array_equal(sess.run(None, {"A": np.eye(64, dtype=np.float32)})[0].T, gguf_dequantized(w, fmt))
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_gather_block_quantized_decodes_exactly(fmt):
+    table = _onnx_weight(seed=9, n=64, k=128)
+    v = table.shape[0]
+    ids = np.array([[0, 5, v - 1, 5], [1, 2, 3, v // 2]], np.int64)
+    y = gather_block_quantized(table, fmt, ids)
+    assert y.shape == (2, 4, 128) and y.dtype == np.float32
+    assert np.array_equal(y, gguf_dequantized(table, fmt)[ids])
+
+
+def test_gather_int8_dequantizelinear_alternative_is_exact():
+    # Portable 8-bit embedding path (standard ops only): Gather int8 codes and float32 scales, then
+    # blocked DequantizeLinear (opset 21) along the last axis.
+    table = _onnx_weight(seed=4, n=32, k=96)
+    q, d = F.quantize_q8_0(table)
+    nodes = [helper.make_node("Gather", ["Q", "ids"], ["gq"]),
+             helper.make_node("Gather", ["S", "ids"], ["gs"]),
+             helper.make_node("DequantizeLinear", ["gq", "gs"], ["Y"], axis=-1, block_size=32)]
+    sess = _session(nodes, {"Q": q, "S": d.astype(np.float32)},
+                    [helper.make_tensor_value_info("ids", TensorProto.INT64, None)], [_y()])
+    ids = np.array([[3, 0, 3], [table.shape[0] - 1, 7, 1]], np.int64)
+    assert np.array_equal(sess.run(None, {"ids": ids})[0], gguf_dequantized(table, "q8_0")[ids])
+
+
+# ---------------------------------------------------------------------------------------------
+# real checkpoint (opt-in)
+
+_REAL_DIR = os.environ.get("EMBEDDINGGEMMA_DIR")
+real_model = pytest.mark.skipif(
+    not _REAL_DIR, reason="set EMBEDDINGGEMMA_DIR to the embeddinggemma-300m checkpoint to run real-weight checks")
+
+REAL_TENSORS = [
+    "layers.0.mlp.down_proj.weight",
+    "layers.0.self_attn.q_proj.weight",
+    "layers.0.self_attn.k_proj.weight",
+    "layers.11.mlp.gate_proj.weight",
+    "layers.23.self_attn.o_proj.weight",
+]
+
+
+@functools.lru_cache(maxsize=None)
+def _load_real(name: str) -> np.ndarray:
+    from safetensors import safe_open
+    path = Path(_REAL_DIR) / "model.safetensors"
+    with safe_open(str(path), "np") as f:
+        if name not in f.keys():
+            pytest.skip(f"{name} not in {path}")
+        if name == "embed_tokens.weight":
+            # every 61st row plus the first and last 512: enough variety, keeps gguf fast
+            sl = f.get_slice(name)
+            vocab = sl.get_shape()[0]
+            rows = np.unique(np.r_[np.arange(512), np.arange(0, vocab, 61), np.arange(vocab - 512, vocab)])
+            full = f.get_tensor(name)
+            return np.ascontiguousarray(full[rows])
+        return f.get_tensor(name)
+
+
+@pytest.mark.real_model
+@real_model
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("name", REAL_TENSORS + ["embed_tokens.weight"])
+def test_real_weights_bit_exact(fmt, name):
+    w = _load_real(name)
+    assert w.dtype == np.float32
+    assert_bit_exact(w, fmt)
+
+
+@pytest.mark.real_model
+@real_model
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_real_weights_onnx_decode(fmt):
+    w = _load_real("layers.0.mlp.down_proj.weight")
+    assert np.array_equal(matmulnbits_decode(w, fmt).T, gguf_dequantized(w, fmt))
+    table = _load_real("embed_tokens.weight")
+    ids = np.array([[0, 1, 2, 100, table.shape[0] - 1]], np.int64)
+    assert np.array_equal(gather_block_quantized(table, fmt, ids), gguf_dequantized(table, fmt)[ids])
