@@ -54,6 +54,7 @@ def export_artifact(checkpoint: Checkpoint, out: str | Path, force: bool = False
         steps("writing model.onnx with external weights")
         program.save(str(stage / "model.onnx"), external_data=True)
         del program
+        _name_weights(stage / "model.onnx")
         st.tokenizer.backend_tokenizer.save(str(stage / "tokenizer.json"))
 
         steps("hashing files and writing the manifest")
@@ -68,6 +69,18 @@ def export_artifact(checkpoint: Checkpoint, out: str | Path, force: bool = False
         update_manifest(stage, export_check={"texts": len(cosines), "min_cosine_vs_torch": min(cosines)})
     log.info("fp32 artifact written to %s", out)
     return Path(out)
+
+
+def _name_weights(path: Path) -> None:
+    """Rename anonymous weights after their modules; only the small graph file is rewritten."""
+    import onnx
+
+    from .graph_names import rename_weights, strip_metadata
+
+    model = onnx.load(str(path), load_external_data=False)
+    rename_weights(model)
+    strip_metadata(model)
+    onnx.save(model, str(path))
 
 
 def _self_check(st, folder: Path, texts: list[str]) -> list[float]:

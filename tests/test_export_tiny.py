@@ -46,6 +46,16 @@ def test_graph_contract(tiny_artifact):
     assert dims[0].dim_param == "batch" and dims[1].dim_value == 64
     # Dense heads are MatMul (block quantizers skip Gemm); no Gemm anywhere.
     assert "Gemm" not in {n.op_type for n in model.graph.node}
+    # Every 2-D weight carries its module's name, which the quant stage relies on.
+    weights = {i.name: list(i.dims) for i in model.graph.initializer if len(i.dims) == 2}
+    expected = {"backbone.embed_tokens.weight", "dense_weights.0", "dense_weights.1"}
+    for layer in range(4):
+        for proj in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+                     "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"):
+            expected.add(f"backbone.layers.{layer}.{proj}.weight_t")
+    assert set(weights) == expected
+    assert weights["backbone.layers.0.mlp.down_proj.weight_t"] == [96, 64]  # stored [in, out]
+    assert not any(p.key == "pkg.torch.onnx.stack_trace" for n in model.graph.node for p in n.metadata_props)
 
 
 def test_manifest_matches_checkpoint_and_files(tiny_artifact, tiny_checkpoint):
