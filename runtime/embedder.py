@@ -111,7 +111,8 @@ class Embedder:
         single = isinstance(texts, str)
         items = self._check_texts(texts)
         prefix = self._resolve_prompt(prompt_name, prompt)
-        return self._encode_prefixed([prefix + t for t in items], single, dim, normalize, batch_size, truncate, show_progress)
+        return self._encode_prefixed([prefix + t for t in items], single, dim=dim, normalize=normalize,
+                                     batch_size=batch_size, truncate=truncate, show_progress=show_progress)
 
     def encode_query(self, texts: str | Sequence[str], **kwargs) -> np.ndarray:
         """Embed search queries with the model's ``query`` prompt."""
@@ -135,10 +136,7 @@ class Embedder:
                 if title is not None and not isinstance(title, str):
                     raise TypeError(f"titles[{i}] is {type(title).__name__}, expected str or None")
             prefixes = [template.replace("title: none", f"title: {t}", 1) if t else template for t in title_list]
-        kwargs.pop("prompt_name", None)
-        return self._encode_prefixed([p + t for p, t in zip(prefixes, items)], single, kwargs.pop("dim", None),
-                                     kwargs.pop("normalize", True), kwargs.pop("batch_size", 32),
-                                     kwargs.pop("truncate", True), kwargs.pop("show_progress", False), **kwargs)
+        return self._encode_prefixed([p + t for p, t in zip(prefixes, items)], single, **kwargs)
 
     @staticmethod
     def similarity(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -184,9 +182,8 @@ class Embedder:
             raise ValueError(f"unknown prompt_name {name!r}; this model has: {', '.join(sorted(self.prompts))}")
         return self.prompts[name]
 
-    def _encode_prefixed(self, texts, single, dim, normalize, batch_size, truncate, show_progress, **unknown):
-        if unknown:
-            raise TypeError(f"unexpected keyword arguments: {', '.join(sorted(unknown))}")
+    def _encode_prefixed(self, texts: list[str], single: bool, *, dim: int | None = None, normalize: bool = True,
+                         batch_size: int = 32, truncate: bool = True, show_progress: bool = False) -> np.ndarray:
         dim = self.dim if dim is None else dim
         if dim not in self.dims:
             raise ValueError(f"unsupported dim {dim!r}; this model supports {', '.join(map(str, self.dims))}")

@@ -113,6 +113,7 @@ def test_length_grouping_respects_token_budget(tiny_artifact):
     (lambda e: e.encode("x", prompt="a", prompt_name="query"), ValueError, "not both"),
     (lambda e: e.encode_document(["x"], titles=[3]), TypeError, r"titles\[0\] is int"),
     (lambda e: e.encode_query("x", colour="red"), TypeError, "unexpected keyword"),
+    (lambda e: e.encode_document("x", prompt_name="query"), TypeError, "unexpected keyword"),
 ])
 def test_bad_input_errors(emb, call, error, message):
     with pytest.raises(error, match=message):
