@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -160,3 +161,12 @@ def test_folder_without_modules_json_is_rejected(tmp_path):
 
     with pytest.raises(CheckpointError, match="modules.json"):
         resolve_checkpoint(str(tmp_path))
+
+
+def test_hub_id_without_hub_access_says_what_to_do(tmp_path):
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf"))
+    run = subprocess.run([sys.executable, "-m", "export", "--out", str(tmp_path / "o")],
+                         capture_output=True, text=True, env=env)
+    assert run.returncode == 2
+    assert "google/embeddinggemma-300m" in run.stderr and "pass a local checkpoint folder with --model" in run.stderr
+    assert "Traceback" not in run.stderr and not (tmp_path / "o").exists()
