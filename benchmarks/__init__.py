@@ -1,0 +1,1 @@
+"""Benchmarks: throughput, latency, memory, load time and size of artifacts vs torch."""

@@ -1,0 +1,77 @@
+"""Write benchmark results as JSON, a Markdown table and a PNG plot."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def write_report(out: Path, meta: dict, summary: dict, raw: dict) -> Path:
+    """Write results.json, results.md and results.png into ``out``; returns the Markdown path."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps({"meta": meta, "summary": summary, "raw": raw}, indent=2))
+    md = out / "results.md"
+    md.write_text(_markdown(meta, summary))
+    _plot(out / "results.png", meta, summary)
+    return md
+
+
+def _fmt_ratio(x):
+    return "" if x is None else f"{x:.2f}×"
+
+
+def _markdown(meta: dict, summary: dict) -> str:
+    lines = [f"# Benchmark ({meta['time']})", "",
+             f"{meta['cpu']}, {meta['threads']} threads, {meta['rounds']} interleaved rounds, medians; "
+             "each measurement in a fresh process.", ""]
+    for w, info in meta["workloads"].items():
+        lines.append(f"- **{w}**: {info['description']} ({info['tokens']} tokens in {info['texts']} texts)")
+    lines.append("")
+    through = [w for w in meta["workloads"] if w != "latency"]
+    header = ["system", "size MB"] + [f"{w} tok/s (×fp32, ×torch)" for w in through]
+    if "latency" in meta["workloads"]:
+        header += ["latency p50 / p95 ms"]
+    header += ["peak RSS MB (short)" if "short" in meta["workloads"] else "peak RSS MB", "load s"]
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for name, entry in summary.items():
+        ws = entry["workloads"]
+        row = [name, f"{entry['size_mb']:.0f}"]
+        for w in through:
+            e = ws[w]
+            row.append(f"{e['tokens_per_s']:.0f} ({_fmt_ratio(e.get('vs_fp32_onnx'))}, {_fmt_ratio(e.get('vs_torch'))})")
+        if "latency" in ws:
+            row.append(f"{ws['latency']['p50_ms']:.1f} / {ws['latency']['p95_ms']:.1f}")
+        mem_w = "short" if "short" in ws else next(iter(ws))
+        row += [f"{ws[mem_w]['peak_rss_mb']:.0f}", f"{ws[mem_w]['load_s']:.2f}"]
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _plot(path: Path, meta: dict, summary: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    through = [w for w in meta["workloads"] if w != "latency"]
+    names = list(summary)
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    width = 0.8 / max(1, len(names))
+    for i, name in enumerate(names):
+        values = [summary[name]["workloads"][w]["tokens_per_s"] for w in through]
+        axes[0].bar([x + i * width for x in range(len(through))], values, width, label=name)
+    axes[0].set_xticks([x + width * (len(names) - 1) / 2 for x in range(len(through))], through)
+    axes[0].set_ylabel("tokens / s")
+    axes[0].set_title(f"Throughput ({meta['threads']} threads)")
+    axes[0].legend(fontsize=8)
+    mem_w = "short" if "short" in meta["workloads"] else next(iter(meta["workloads"]))
+    for name in names:
+        e = summary[name]
+        axes[1].scatter(e["size_mb"], e["workloads"][mem_w]["peak_rss_mb"], s=60)
+        axes[1].annotate(name, (e["size_mb"], e["workloads"][mem_w]["peak_rss_mb"]), fontsize=8,
+                         xytext=(4, 4), textcoords="offset points")
+    axes[1].set_xlabel("size on disk (MB)")
+    axes[1].set_ylabel(f"peak RSS, {mem_w} workload (MB)")
+    axes[1].set_title("Size vs memory")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

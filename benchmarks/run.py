@@ -1,0 +1,148 @@
+"""``python -m benchmarks``: speed, latency, memory, load time and size of EmbeddingGemma systems.
+
+Each (system, workload) measurement runs in a fresh process; rounds interleave the systems
+(A B C A B C ...) and the report takes medians, so drift on a busy machine hits every system alike.
+Ratios are against the fp32 ONNX artifact and against sentence-transformers on torch, both measured
+in the same run.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from benchmarks.workloads import NAMES as WORKLOADS
+
+ROOT = Path(__file__).resolve().parents[1]
+REPEATS = {"short": 5, "medium": 3, "long": 1, "latency": 1}
+
+
+def _systems(args) -> list[dict]:
+    systems = []
+    for item in args.artifacts:
+        name, _, path = item.partition("=")
+        if not path:
+            name, path = Path(item).name, item
+        manifest = Path(path) / "embedder.json"
+        if not manifest.is_file():
+            raise SystemExit(f"error: {path!r} is not an artifact folder (no embedder.json)")
+        files = json.loads(manifest.read_text())["files"]
+        systems.append({"name": name, "system": "onnx", "path": str(Path(path).resolve()),
+                        "size_mb": sum(f["size"] for f in files.values()) / 1e6,
+                        "variant": json.loads(manifest.read_text()).get("variant")})
+    if args.torch:
+        try:
+            import sentence_transformers  # noqa: F401
+        except ImportError:
+            print("note: sentence-transformers/torch not installed; skipping the torch baseline", file=sys.stderr)
+        else:
+            size = sum(p.stat().st_size for p in Path(args.torch).rglob("*") if p.is_file()) / 1e6
+            systems.append({"name": "torch-fp32", "system": "torch", "path": str(Path(args.torch).resolve()),
+                            "size_mb": size, "variant": "sentence-transformers"})
+    if not systems:
+        raise SystemExit("error: nothing to measure; pass --artifacts and/or --torch")
+    return systems
+
+
+def _run_one(system: dict, workload: str, threads: int, tokenizer: str, repeats: int) -> dict:
+    spec = {"system": system["system"], "path": system["path"], "threads": threads, "workload": workload,
+            "tokenizer": tokenizer, "repeats": repeats}
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+               OMP_NUM_THREADS=str(threads))
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.worker", json.dumps(spec)], capture_output=True,
+                          text=True, env=env, cwd=ROOT)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{system['name']} / {workload} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def summarise(systems, raw, token_counts) -> dict:
+    """Medians per system and workload, plus ratios against fp32 ONNX and torch."""
+    summary = {}
+    for s in systems:
+        per = {}
+        for w, runs in raw[s["name"]].items():
+            times = [t for r in runs for t in r["times"]]
+            entry = {"peak_rss_mb": statistics.median(r["peak_rss_mb"] for r in runs),
+                     "load_s": statistics.median(r["load_s"] for r in runs)}
+            if w == "latency":
+                ms = sorted(1000 * t for t in times)
+                entry.update(p50_ms=statistics.median(ms), p95_ms=ms[min(len(ms) - 1, int(round(0.95 * (len(ms) - 1))))])
+            else:
+                t = statistics.median(times)
+                entry.update(seconds=t, texts_per_s=token_counts[w]["texts"] / t, tokens_per_s=token_counts[w]["tokens"] / t)
+            per[w] = entry
+        summary[s["name"]] = {"system": s["system"], "variant": s["variant"], "size_mb": s["size_mb"], "workloads": per}
+    fp32 = next((s["name"] for s in systems if s["system"] == "onnx" and s["variant"] == "fp32"), None)
+    torch_name = next((s["name"] for s in systems if s["system"] == "torch"), None)
+    for name, entry in summary.items():
+        for w, e in entry["workloads"].items():
+            for ref, key in ((fp32, "vs_fp32_onnx"), (torch_name, "vs_torch")):
+                if ref and "tokens_per_s" in e:
+                    e[key] = e["tokens_per_s"] / summary[ref]["workloads"][w]["tokens_per_s"]
+    return summary
+
+
+def main(argv=None) -> int:
+    """Console entry point."""
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=__doc__.split("\n\n")[0],
+        epilog="example:\n  python -m benchmarks --artifacts fp32=artifacts/fp32 q4_0=artifacts/q4_0 "
+               "--torch ~/.cache/embeddinggemma-300m --out bench-results")
+    parser.add_argument("--artifacts", nargs="*", default=[], metavar="NAME=DIR", help="artifact folders to measure")
+    parser.add_argument("--torch", metavar="CHECKPOINT", help="also measure sentence-transformers on torch (fp32)")
+    parser.add_argument("--workloads", default=",".join(WORKLOADS), help=f"comma-separated subset of {','.join(WORKLOADS)}")
+    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="threads per system (default: all cores)")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; medians are taken (default 3)")
+    parser.add_argument("--repeats", type=int, help="timed repeats per process (default: short 5, medium 3, long 1)")
+    parser.add_argument("--out", required=True, help="folder for results.json, results.md and results.png")
+    args = parser.parse_args(argv)
+
+    workloads = [w.strip() for w in args.workloads.split(",") if w.strip()]
+    unknown = set(workloads) - set(WORKLOADS)
+    if unknown:
+        parser.error(f"unknown workload(s) {sorted(unknown)}; choose from {', '.join(WORKLOADS)}")
+    systems = _systems(args)
+    onnx_paths = [s["path"] for s in systems if s["system"] == "onnx"]
+    tokenizer = str(Path(onnx_paths[0] if onnx_paths else args.torch) / "tokenizer.json")
+
+    from benchmarks.workloads import build_workloads
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(tokenizer)
+    built = build_workloads(tokenizer, workloads)
+    token_counts = {w: {"texts": len(built[w].texts), "tokens": sum(len(tok.encode(t).ids) for t in built[w].texts)}
+                    for w in workloads}
+    raw = {s["name"]: {w: [] for w in workloads} for s in systems}
+    jobs = [(r, w, s) for r in range(args.rounds) for w in workloads for s in systems]
+    started = time.time()
+    for r, w, s in tqdm(jobs, desc="measuring", unit="run"):
+        raw[s["name"]][w].append(_run_one(s, w, args.threads, tokenizer, args.repeats or REPEATS[w]))
+
+    from benchmarks.report import write_report
+
+    summary = summarise(systems, raw, token_counts)
+    meta = {"threads": args.threads, "rounds": args.rounds, "cpu": _cpu_name(), "seconds": time.time() - started,
+            "workloads": {w: dict(token_counts[w], description=built[w].description) for w in workloads},
+            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    out = write_report(Path(args.out), meta, summary, raw)
+    print(out.read_text())
+    return 0
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown"
