@@ -13,6 +13,7 @@ from runtime.artifact import staged_output, update_manifest, write_manifest
 
 from .checkpoint import Checkpoint, read_json
 from .pipeline import pipeline_from_sentence_transformer
+from .tokenizer_files import ship_sentencepiece
 
 log = logging.getLogger("export")
 
@@ -56,9 +57,12 @@ def export_artifact(checkpoint: Checkpoint, out: str | Path, force: bool = False
         del program
         _name_weights(stage / "model.onnx")
         st.tokenizer.backend_tokenizer.save(str(stage / "tokenizer.json"))
+        sentencepiece = ship_sentencepiece(checkpoint.folder, stage, st.tokenizer, int(st.max_seq_length))
 
         steps("hashing files and writing the manifest")
         manifest = _manifest(checkpoint, st, dim, dims, opset)
+        if sentencepiece:
+            manifest["sentencepiece"] = sentencepiece
         write_manifest(stage, manifest)
 
         steps("checking the ONNX graph against torch")

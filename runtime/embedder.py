@@ -11,9 +11,8 @@ from typing import Sequence
 
 import numpy as np
 import onnxruntime as ort
-from tokenizers import Tokenizer
-
 from .artifact import ArtifactError, read_manifest, verify_files
+from .tokenizer import load_tokenizer
 
 
 class TruncationWarning(UserWarning):
@@ -41,6 +40,7 @@ class Embedder:
         providers: Sequence[str] | None = None,
         verify: bool = True,
         max_batch_tokens: int = 8192,
+        tokenizer: str = "auto",
         session_options: ort.SessionOptions | None = None,
     ):
         """Load the artifact at ``path``.
@@ -49,6 +49,8 @@ class Embedder:
         providers (default CPU). verify: check every file's sha256 against the manifest (set False to
         skip hashing, e.g. for fast restarts; sizes are always checked). max_batch_tokens: cap on
         padded tokens per inference batch, which bounds attention memory on long texts.
+        tokenizer: "auto" (sentencepiece when installed and shipped: ~45 MB instead of ~280 MB
+        resident, identical ids), "sentencepiece" or "tokenizers".
         """
         self.path = Path(path)
         self.manifest = read_manifest(self.path)
@@ -64,9 +66,8 @@ class Embedder:
             raise ValueError(f"max_batch_tokens={max_batch_tokens} must be at least max_seq_length={self.max_seq_length}")
         self.max_batch_tokens = max_batch_tokens
 
-        self._tokenizer = Tokenizer.from_file(str(self.path / m["tokenizer_file"]))
-        self._tokenizer.no_padding()
-        self._tokenizer.enable_truncation(self.max_seq_length)
+        self._tokenizer = load_tokenizer(self.path, m, tokenizer)
+        self.tokenizer_backend: str = self._tokenizer.name
         self._pad_id = int(m.get("pad_token_id", 0))
 
         options = session_options or ort.SessionOptions()
@@ -85,7 +86,7 @@ class Embedder:
         self._output_name = m["onnx"]["outputs"][0]["name"]
 
     def __repr__(self) -> str:
-        return f"Embedder({str(self.path)!r}, variant={self.variant!r}, dim={self.dim})"
+        return f"Embedder({str(self.path)!r}, variant={self.variant!r}, dim={self.dim}, tokenizer={self.tokenizer_backend!r})"
 
     # ---- public API -------------------------------------------------------------------------
 
@@ -149,10 +150,15 @@ class Embedder:
         b = b / np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-12)
         return a @ b.T
 
-    def count_tokens(self, texts: Sequence[str], prompt_name: str | None = None) -> list[int]:
-        """Token counts (after prompt, BOS/EOS and truncation) that ``encode`` would feed the model."""
-        prefix = self._resolve_prompt(prompt_name, None)
-        return [len(e.ids) for e in self._tokenizer.encode_batch([prefix + t for t in self._check_texts(texts)])]
+    def count_tokens(self, texts: Sequence[str], prompt_name: str | None = None, *, prompt: str | None = None,
+                     truncate: bool = True) -> list[int]:
+        """Token counts (prompt, BOS and EOS included) the model sees; ``truncate=False`` gives the
+        full length before truncation, to tell which texts are too long."""
+        prefix = self._resolve_prompt(prompt_name, prompt)
+        prefixed = [prefix + t for t in self._check_texts(texts)]
+        if not truncate:
+            return self._tokenizer.full_lengths(prefixed)
+        return [len(x) for x in self._tokenizer.encode_batch(prefixed)[0]]
 
     # ---- internals --------------------------------------------------------------------------
 
@@ -192,8 +198,7 @@ class Embedder:
         if not texts:
             return np.zeros((0, dim), dtype=np.float32)
 
-        encodings = self._tokenizer.encode_batch(texts)
-        cut = [i for i, e in enumerate(encodings) if e.overflowing]
+        encodings, cut = self._tokenizer.encode_batch(texts)
         if cut:
             if not truncate:
                 raise TextTooLongError(f"{len(cut)} text(s) exceed {self.max_seq_length} tokens (first: texts[{cut[0]}]); "
@@ -203,15 +208,15 @@ class Embedder:
                           TruncationWarning, stacklevel=3)
 
         out = np.empty((len(texts), self.dim), dtype=np.float32)
-        batches = list(self._length_grouped_batches([len(e.ids) for e in encodings], batch_size))
+        batches = list(self._length_grouped_batches([len(e) for e in encodings], batch_size))
         progress = _progress(len(texts), show_progress)
         for idx in batches:
-            width = max(len(encodings[i].ids) for i in idx)
+            width = max(len(encodings[i]) for i in idx)
             ids = np.full((len(idx), width), self._pad_id, dtype=np.int64)
             mask = np.zeros((len(idx), width), dtype=np.int64)
             for row, i in enumerate(idx):
-                n = len(encodings[i].ids)
-                ids[row, :n] = encodings[i].ids
+                n = len(encodings[i])
+                ids[row, :n] = encodings[i]
                 mask[row, :n] = 1
             out[idx] = self._session.run([self._output_name], {"input_ids": ids, "attention_mask": mask})[0]
             progress(len(idx))

@@ -51,13 +51,27 @@ def test_manifest_records_the_checkpoint(real_artifact, real_checkpoint):
     assert m["max_seq_length"] == 2048 and m["architecture"]["sliding_window_exclusive"] == 257
 
 
-def test_tokenizer_ids_identical_to_reference(emb, real_st):
-    texts = [t["text"] for t in PARITY_TEXTS]
+ADVERSARIAL = ["<bos> inside", "a<eos>b", "<<bos>>", "<pad><pad>", "<start_of_turn>user\nhi<end_of_turn>",
+               "<unused5>x<unused55>", "<mask>", "[multimodal] hi", "a\u2581\u2581b \u2581 c", "\n\n\n\nx\n", "   ", "",
+               "tab\there", "\u00a0nbsp", "\ufb01 ligature", "A\u030a vs \u00c5", "<b>bold</b> <bo", "x" * 5000]
+
+
+@pytest.mark.parametrize("backend", ["sentencepiece", "tokenizers"])
+def test_tokenizer_ids_identical_to_reference(real_artifact, real_st, backend):
+    emb = Embedder(real_artifact, tokenizer=backend, verify=False)
+    assert emb.tokenizer_backend == backend
+    texts = [t["text"] for t in PARITY_TEXTS] + ADVERSARIAL
     for name in (None, "query", "document", "STS"):
-        prefix = real_st.prompts.get(name, "") if name else ""
+        prefix = real_st.prompts[name] if name else ""
         ref = real_st.tokenizer([prefix + t for t in texts], truncation=True, max_length=2048)["input_ids"]
-        got = [e.ids for e in emb._tokenizer.encode_batch([prefix + t for t in texts])]
+        full = real_st.tokenizer([prefix + t for t in texts])["input_ids"]
+        got, cut = emb._tokenizer.encode_batch([prefix + t for t in texts])
         assert got == ref
+        assert cut == [i for i, ids in enumerate(full) if len(ids) > 2048] and len(cut) >= 2
+
+
+def test_sentencepiece_is_the_default_backend(emb):
+    assert emb.tokenizer_backend == "sentencepiece"
 
 
 @pytest.mark.parametrize("prompt_name", ["query", "document"])

@@ -90,6 +90,9 @@ def test_truncation_is_reported_or_refused(emb):
     with pytest.raises(TextTooLongError, match="texts\\[1\\]"):
         emb.encode(["short", long_text], truncate=False)
     assert emb.count_tokens([long_text]) == [64]
+    full = emb.count_tokens(["short", long_text], truncate=False)
+    assert full[0] == emb.count_tokens(["short"])[0] and full[1] > 64
+    assert emb.count_tokens([long_text], prompt="task: x | query: ", truncate=False)[0] > full[1]
 
 
 def test_length_grouping_respects_token_budget(tiny_artifact):
@@ -173,3 +176,12 @@ def test_thread_and_provider_options(tiny_artifact):
     assert e._session.get_providers() == ["CPUExecutionProvider"]
     with pytest.raises(ValueError, match="threads must be >= 1"):
         Embedder(tiny_artifact, threads=0)
+
+
+def test_tokenizer_backend_choice(tiny_artifact):
+    # The tiny checkpoint has no tokenizer.model, so only tokenizer.json ships.
+    assert Embedder(tiny_artifact, verify=False).tokenizer_backend == "tokenizers"
+    with pytest.raises(ValueError, match="ships no sentencepiece model"):
+        Embedder(tiny_artifact, tokenizer="sentencepiece", verify=False)
+    with pytest.raises(ValueError, match="unknown tokenizer backend 'spm'.*auto, sentencepiece, tokenizers"):
+        Embedder(tiny_artifact, tokenizer="spm", verify=False)
