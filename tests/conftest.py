@@ -26,7 +26,7 @@ def pytest_collection_modifyitems(config, items):
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
-    skipped = [r for r in terminalreporter.stats.get("skipped", []) if "real-model tier skipped" in str(r.longrepr)]
+    skipped = [r for r in terminalreporter.stats.get("skipped", []) if "real_model" in getattr(r, "keywords", {})]
     if skipped:
         bar = "!" * 78
         terminalreporter.write_line(bar, yellow=True, bold=True)
