@@ -13,20 +13,10 @@ import pytest
 
 from runtime import Embedder
 from runtime.artifact import MANIFEST_NAME, OutputExistsError, sha256_file, staged_output
-from tiny_checkpoint import PROMPTS, SLIDING_WINDOW
+from tiny_checkpoint import PROMPTS, SLIDING_WINDOW, TINY_TEXTS
 
 # Lengths from 3 to past the tiny max length (64), several beyond its window (|i-j| < 9).
-TEXTS = [
-    "Hi",
-    "The quick brown fox jumps over the lazy dog.",
-    "Which planet is known as the Red Planet? " * 3,
-    "def encode(texts): return [t.lower() for t in texts]",
-    "Le renard brun rapide saute par-dessus le chien paresseux.",
-    "敏捷的棕色狐狸跳过了懒狗。",
-    "Emoji 🎉🚀 and numbers 12345",
-    "a",
-    "Mars Venus Jupiter Saturn " * 6,
-]
+TEXTS = TINY_TEXTS
 
 
 def cosines(a, b):

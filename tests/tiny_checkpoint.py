@@ -97,3 +97,18 @@ def build_tiny_checkpoint(out_dir: str | Path, seed: int = 0, max_seq_length: in
     import shutil
     shutil.rmtree(hf_dir)
     return out_dir
+
+
+# Varied texts for tiny-model tests: lengths from 1 to past the tiny max length (64), several beyond
+# its sliding window, several scripts.
+TINY_TEXTS = [
+    "Hi",
+    "The quick brown fox jumps over the lazy dog.",
+    "Which planet is known as the Red Planet? " * 3,
+    "def encode(texts): return [t.lower() for t in texts]",
+    "Le renard brun rapide saute par-dessus le chien paresseux.",
+    "敏捷的棕色狐狸跳过了懒狗。",
+    "Emoji 🎉🚀 and numbers 12345",
+    "a",
+    "Mars Venus Jupiter Saturn " * 6,
+]

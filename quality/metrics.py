@@ -1,0 +1,206 @@
+"""The main scores of MTEB's task types, computed the way mteb (>= 2) computes them.
+
+All functions take and return plain numpy / Python values on the 0-1 scale; tasks turn them into
+points (x 100). scikit-learn and scipy do the arithmetic wherever they have the metric, so these
+functions mostly fix the protocol (which pairs, which seeds, which subsamples) around them.
+"""
+from __future__ import annotations
+
+import random
+from collections import defaultdict
+from typing import Sequence
+
+import numpy as np
+
+
+def normalize_rows(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit L2 norm (zero rows stay zero)."""
+    x = np.asarray(x, dtype=np.float32)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def truncate_dim(x: np.ndarray, dim: int) -> np.ndarray:
+    """Matryoshka truncation: the first ``dim`` values of each row, re-normalised."""
+    return normalize_rows(np.asarray(x)[:, :dim])
+
+
+def cosine_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Cosine similarity of every row of ``a`` with every row of ``b``."""
+    return normalize_rows(a) @ normalize_rows(b).T
+
+
+def paired_cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Cosine similarity of row i of ``a`` with row i of ``b``."""
+    return np.sum(normalize_rows(a) * normalize_rows(b), axis=1)
+
+
+# ---- STS ------------------------------------------------------------------------------------------
+
+def cosine_spearman(emb1: np.ndarray, emb2: np.ndarray, gold: Sequence[float]) -> float:
+    """MTEB's STS main score ``cosine_spearman``: Spearman's rho between the cosine similarity of each
+    pair (row i of emb1 with row i of emb2) and the human score of that pair."""
+    from scipy.stats import spearmanr
+
+    cos = paired_cosine(emb1, emb2)
+    return float(spearmanr(np.asarray(gold, dtype=np.float64), cos.astype(np.float64)).statistic)
+
+
+# ---- retrieval and reranking ----------------------------------------------------------------------
+
+def ndcg_at_k(relevance: np.ndarray, scores: np.ndarray, k: int = 10) -> float:
+    """Mean nDCG@k over queries (MTEB's retrieval main score ``ndcg_at_10``).
+
+    relevance: [queries, docs] graded relevance (0 = not relevant); scores: [queries, docs] similarity.
+    Gains are linear in the relevance grade, as in trec_eval (which mteb calls through pytrec_eval), and
+    the ideal ranking is over every judged document. Every query must have a relevant document:
+    trec_eval only evaluates queries that appear in the judgements.
+    """
+    from sklearn.metrics import ndcg_score
+
+    relevance = np.asarray(relevance, dtype=np.float64)
+    scores = np.asarray(scores, dtype=np.float64)
+    if relevance.shape != scores.shape or relevance.ndim != 2:
+        raise ValueError(f"relevance {relevance.shape} and scores {scores.shape} must be the same 2-D shape")
+    if not np.all(relevance.max(axis=1) > 0):
+        raise ValueError("every query needs at least one relevant document")
+    if relevance.shape[1] == 1:  # sklearn refuses a single document; nDCG is then 1 by definition
+        return 1.0
+    return float(ndcg_score(relevance, scores, k=k))
+
+
+def mean_average_precision(relevance: Sequence[Sequence[int]], scores: Sequence[Sequence[float]]) -> float:
+    """Mean over queries of the average precision of each query's candidate ranking (MTEB's reranking
+    main score ``map_at_1000``; candidate lists here are far shorter than 1,000, so the cut never
+    applies). Candidate lists may differ in length between queries."""
+    from sklearn.metrics import average_precision_score
+
+    aps = []
+    for rel, sc in zip(relevance, scores, strict=True):
+        rel = np.asarray(rel) > 0
+        if not rel.any():
+            raise ValueError("every query needs at least one relevant candidate")
+        aps.append(average_precision_score(rel, np.asarray(sc, dtype=np.float64)))
+    return float(np.mean(aps))
+
+
+# ---- classification -------------------------------------------------------------------------------
+
+def undersample_experiments(labels: Sequence, samples_per_label: int, n_experiments: int,
+                            seed: int = 42) -> list[list[int]]:
+    """Training indices of each experiment, chosen exactly as mteb's ``AbsTaskClassification``.
+
+    mteb keeps one index list across experiments and, in each experiment, shuffles it in place with a
+    fresh ``np.random.RandomState(seed)`` and takes the first ``samples_per_label`` indices of each
+    label in that order. Shuffling the already-shuffled list again is what makes the experiments
+    differ. The choice depends on the labels only, so every model sees the same training sets.
+    """
+    idxs = list(range(len(labels)))
+    experiments = []
+    for _ in range(n_experiments):
+        np.random.RandomState(seed).shuffle(idxs)
+        counter: dict = defaultdict(int)
+        chosen = []
+        for i in idxs:
+            if counter[labels[i]] < samples_per_label:
+                chosen.append(i)
+                counter[labels[i]] += 1
+        experiments.append(chosen)
+    return experiments
+
+
+def logistic_regression_accuracy(x_train: np.ndarray, y_train: Sequence, x_test: np.ndarray,
+                                 y_test: Sequence, seed: int = 42) -> float:
+    """Accuracy of mteb's default classifier: ``LogisticRegression(max_iter=100, random_state=seed)``
+    fitted on the (unnormalised-as-given) training embeddings."""
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import accuracy_score
+
+    from threadpoolctl import threadpool_limits
+
+    clf = LogisticRegression(max_iter=100, random_state=seed)
+    with warnings.catch_warnings(), threadpool_limits(limits=1):  # see clustering_v_measure
+        # mteb runs with the same 100-iteration cap and lets it warn; the warning is noise here.
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        clf.fit(x_train, list(y_train))
+        pred = clf.predict(x_test)
+    return float(accuracy_score(list(y_test), pred))
+
+
+def classification_accuracy(x_pool: np.ndarray, y_pool: Sequence, x_test: np.ndarray, y_test: Sequence, *,
+                            samples_per_label: int = 8, n_experiments: int = 10, seed: int = 42,
+                            experiments: list[list[int]] | None = None) -> tuple[float, list[float]]:
+    """MTEB classification: mean accuracy over ``n_experiments`` logistic regressions, each trained on
+    ``samples_per_label`` examples per label drawn from the training pool. Returns (mean, per experiment)."""
+    if experiments is None:
+        experiments = undersample_experiments(y_pool, samples_per_label, n_experiments, seed)
+    y_pool = list(y_pool)
+    accs = [logistic_regression_accuracy(x_pool[idx], [y_pool[i] for i in idx], x_test, y_test, seed)
+            for idx in experiments]
+    return float(np.mean(accs)), accs
+
+
+# ---- clustering -----------------------------------------------------------------------------------
+
+def v_measure(labels_true: Sequence, labels_pred: Sequence) -> float:
+    """V-measure (harmonic mean of homogeneity and completeness), scikit-learn's implementation."""
+    from sklearn.metrics.cluster import v_measure_score
+
+    return float(v_measure_score(labels_true, labels_pred))
+
+
+def clustering_v_measure(x: np.ndarray, labels: Sequence, *, n_bootstrap: int = 10, cluster_size: int = 16_384,
+                         batch_size: int = 512, seed: int = 42) -> tuple[float, list[float]]:
+    """MTEB's clustering protocol (``AbsTaskClustering``, the "fast" one): ``n_bootstrap`` times draw
+    ``cluster_size`` items with replacement (``random.Random(seed).choices``), cluster them with
+    ``MiniBatchKMeans(k = number of labels, batch_size=512, n_init=1, random_state=seed)`` and score the
+    assignment by V-measure; the main score is the mean. Returns (mean, per bootstrap).
+
+    cluster_size is mteb's ``max_documents_per_cluster`` (default 16,384). On a corpus of a few hundred
+    texts that repeats each text many times, which is what mteb does, and it matters: k-means on a
+    bootstrap of corpus size lands in a different local optimum from one bootstrap to the next (per-
+    bootstrap V-measure spread ~28 points on TwoNewsgroupsClustering vs ~2 with 16,384).
+    """
+    import warnings
+
+    from sklearn.cluster import MiniBatchKMeans
+
+    labels = np.asarray(labels)
+    n = len(labels)
+    from threadpoolctl import threadpool_limits
+
+    rng = random.Random(seed)
+    model = MiniBatchKMeans(n_clusters=np.unique(labels).size, batch_size=batch_size, init="k-means++",
+                            n_init=1, random_state=seed)
+    scores = []
+    for _ in range(n_bootstrap):
+        idx = rng.choices(range(n), k=cluster_size)
+        # One BLAS/OpenMP thread: k-means on a few hundred points is ~40x slower when its threads fight
+        # the embedding model's (or another job's) for the cores, and the result no longer depends on
+        # the machine's thread count.
+        with warnings.catch_warnings(), threadpool_limits(limits=1):
+            warnings.simplefilter("ignore")  # sklearn's memory-leak note for MKL on Windows, etc.
+            assignment = model.fit_predict(x[idx])
+        scores.append(v_measure(labels[idx], assignment))
+    return float(np.mean(scores)), scores
+
+
+# ---- fidelity --------------------------------------------------------------------------------------
+
+def topk_neighbours(x: np.ndarray, k: int = 10) -> np.ndarray:
+    """Indices of each row's k nearest other rows by cosine (self excluded), best first."""
+    sims = cosine_matrix(x, x)
+    np.fill_diagonal(sims, -np.inf)
+    k = min(k, len(x) - 1)
+    part = np.argpartition(-sims, kth=k - 1, axis=1)[:, :k]
+    order = np.argsort(-np.take_along_axis(sims, part, axis=1), axis=1, kind="stable")
+    return np.take_along_axis(part, order, axis=1)
+
+
+def neighbour_overlap(a: np.ndarray, b: np.ndarray, k: int = 10) -> np.ndarray:
+    """Per row: the fraction of its top-k cosine neighbours under ``a`` that are also top-k under ``b``."""
+    na, nb = topk_neighbours(a, k), topk_neighbours(b, k)
+    kk = na.shape[1]
+    return np.array([len(set(r1) & set(r2)) / kk for r1, r2 in zip(na, nb)], dtype=np.float64)

@@ -1,0 +1,405 @@
+"""The comparison report: per task, each variant's score, its drop vs the fp32 baseline and PASS/MISS
+against the project's targets; fidelity; the sentence-transformers cross-check; Markdown, JSON, PNG.
+
+Targets (DESIGN.md): the drop of each task's main score vs fp32, on the 0-100 scale, must be at most
+0.1 points for Q8_0 and 0.5 points for Q4_0 and e4_a8_f4_p4, on every task. A variant that scores
+higher than fp32 has a negative drop and passes. The comparison uses the unrounded scores (with a
+1e-9-point guard against float rounding only); nothing is rounded in the variant's favour.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from .suite import RunResult, fidelity
+from .tasks import Task
+
+TARGETS: dict[str, float] = {"q8_0": 0.1, "q4_0": 0.5, "e4_a8_f4_p4": 0.5}
+# sentence-transformers and the fp32 artifact run the same weights: their scores must agree this well.
+ST_AGREEMENT_POINTS = 0.1
+
+
+def target_for(label: str, variant: str | None) -> float | None:
+    """The allowed drop (points) for a variant, looked up by its manifest variant name, then its label."""
+    for key in (variant, label):
+        if key and key.lower() in TARGETS:
+            return TARGETS[key.lower()]
+    return None
+
+
+def build_report(tasks: Sequence[Task], results: Sequence[RunResult], *, baseline: str,
+                 reference: RunResult | None = None, meta: dict | None = None) -> dict:
+    """Everything the report shows, as one JSON-friendly dict."""
+    by_label = {r.label: r for r in results}
+    if baseline not in by_label:
+        raise ValueError(f"baseline {baseline!r} is not among the results ({', '.join(by_label)})")
+    base = by_label[baseline]
+    task_names = [t.name for t in tasks]
+
+    comparison = []
+    for r in results:
+        if r.label == baseline:
+            continue
+        tgt = target_for(r.label, r.info.get("variant"))
+        for name in task_names:
+            score, ref = r.main_score(name), base.main_score(name)
+            drop = ref - score
+            # 1e-9 points only absorbs float rounding in the subtraction (0.1 is not exact in binary);
+            # it is six orders of magnitude below the smallest score change the tasks can show.
+            status = "no target" if tgt is None else ("PASS" if drop <= tgt + 1e-9 else "MISS")
+            noise = (r.random_error or {}).get(name)
+            comparison.append({"variant": r.label, "task": name, "score": score, "baseline": ref,
+                               "drop": drop, "target": tgt, "status": status,
+                               "random_error_mean": noise["mean"] if noise else None,
+                               "random_error_std": noise["std"] if noise else None,
+                               # outside mean +- 2 sd of same-size random error: the error's direction matters
+                               "beyond_random_error": (abs(drop - noise["mean"]) > 2 * noise["std"]) if noise else None})
+
+    verdicts = {}
+    for r in results:
+        if r.label == baseline:
+            continue
+        rows = [c for c in comparison if c["variant"] == r.label]
+        misses = [c for c in rows if c["status"] == "MISS"]
+        verdicts[r.label] = {"target": rows[0]["target"] if rows else None, "tasks": len(rows),
+                             "misses": [{"task": c["task"], "drop": c["drop"],
+                                         "beyond_random_error": c["beyond_random_error"]} for c in misses],
+                             "worst_drop": max(c["drop"] for c in rows) if rows else None,
+                             "mean_drop": float(np.mean([c["drop"] for c in rows])) if rows else None,
+                             "meets_target": (not misses) if rows and rows[0]["target"] is not None else None}
+
+    fid = {r.label: fidelity(base, r) for r in results if r.label != baseline}
+    ref_block = None
+    if reference is not None:
+        fid[reference.label] = fidelity(base, reference)
+        rows = []
+        for name in task_names:
+            st, art = reference.main_score(name), base.main_score(name)
+            rows.append({"task": name, "sentence_transformers": st, "artifact": art, "diff": art - st,
+                         "agrees": abs(art - st) <= ST_AGREEMENT_POINTS + 1e-9})
+        ref_block = {"label": reference.label, "tolerance": ST_AGREEMENT_POINTS, "rows": rows,
+                     "all_agree": all(r["agrees"] for r in rows),
+                     "max_abs_diff": max(abs(r["diff"]) for r in rows)}
+
+    tokens_by_task = base.tokens
+    task_info = []
+    for t in tasks:
+        info = t.info()
+        info["tokens"] = tokens_by_task.get(t.name)
+        info["prompts_used"] = base.prompts_used.get(t.name)
+        task_info.append(info)
+
+    runs = [r.summary() for r in results] + ([reference.summary()] if reference is not None else [])
+    return {
+        "title": "EmbeddingGemma-300m quality report",
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "meta": {"platform": platform.platform(), "python": platform.python_version(), "cpu_count": os.cpu_count(),
+                 **(meta or {})},
+        "targets": TARGETS, "st_agreement_points": ST_AGREEMENT_POINTS,
+        "baseline": baseline, "tasks": task_info, "runs": runs, "comparison": comparison,
+        "verdicts": verdicts, "fidelity": fid, "reference": ref_block,
+    }
+
+
+# ---- markdown ------------------------------------------------------------------------------------
+
+def _mb(n: int | None) -> str:
+    return "–" if n is None else f"{n / 1e6:,.0f}"
+
+
+def _fmt_drop(d: float) -> str:
+    change = -d + 0.0  # shown as the change in score (negative = worse); + 0.0 turns -0.0 into 0.0
+    return f"{change:+.2f}"
+
+
+def render_markdown(report: dict) -> str:
+    """The report as Markdown (tables + links to the PNG plots)."""
+    base = report["baseline"]
+    runs = {r["label"]: r for r in report["runs"]}
+    variants = [r["label"] for r in report["runs"] if r["label"] != base and r.get("kind") != "sentence-transformers"]
+    ref = report.get("reference")
+    tasks = report["tasks"]
+    full_dim = runs[base]["dims"][0]
+    L: list[str] = []
+    add = L.append
+    add(f"# {report['title']}\n")
+    m = report["meta"]
+    add(f"Created {report['created']} on {m.get('platform')} ({m.get('cpu_count')} CPUs), Python {m.get('python')}; "
+        f"preset `{m.get('preset')}`, seed {m.get('seed')}, onnxruntime threads {m.get('threads') or 'all'}. "
+        f"Main scores are on the 0-100 scale at the full dimension ({full_dim}); the drop is fp32 minus the "
+        f"variant (shown as the change, negative = worse). Targets: "
+        + ", ".join(f"{k} drop ≤ {v} points" for k, v in report["targets"].items()) + " on every task.\n")
+
+    add("## Verdict\n")
+    for v in variants:
+        vd = report["verdicts"][v]
+        if vd["target"] is None:
+            add(f"- **{v}**: no target defined for this variant (worst drop {vd['worst_drop']:.2f} points).")
+        elif vd["meets_target"]:
+            add(f"- **{v}**: PASS on all {vd['tasks']} tasks (drop ≤ {vd['target']} points; worst drop "
+                f"{vd['worst_drop']:.2f}, mean drop {vd['mean_drop']:.2f}).")
+        else:
+            miss = "; ".join(f"{x['task']} drop {x['drop']:.2f} > {vd['target']}" for x in vd["misses"])
+            add(f"- **{v}**: MISS on {len(vd['misses'])} of {vd['tasks']} tasks ({miss}). "
+                f"The target of ≤ {vd['target']} points is not met.")
+            inside = [x["task"] for x in vd["misses"] if x["beyond_random_error"] is False]
+            if inside:
+                add(f"  Of these, {', '.join(inside)} {'is' if len(inside) == 1 else 'are'} within two standard "
+                    "deviations of what random error of the same size does to the score (see the noise check "
+                    "below): the task cannot resolve a difference this small, which does not make it a pass.")
+    if ref:
+        if ref["all_agree"]:
+            add(f"- **sentence-transformers (torch) vs the {base} artifact**: agree within {ref['tolerance']} points "
+                f"on every task (largest difference {ref['max_abs_diff']:.3f}).")
+        else:
+            bad = [r for r in ref["rows"] if not r["agrees"]]
+            add(f"- **sentence-transformers (torch) vs the {base} artifact**: DISAGREE on {len(bad)} task(s) "
+                f"(largest difference {ref['max_abs_diff']:.3f} > {ref['tolerance']}): "
+                + ", ".join(r["task"] for r in bad) + ".")
+    add("")
+
+    add(f"## Scores per task ({full_dim} dims)\n")
+    head = ["task", "type", "metric", base] + [f"{v} (change, status)" for v in variants]
+    if ref:
+        head.append(f"{ref['label']} (torch)")
+    add("| " + " | ".join(head) + " |")
+    add("|" + "---|" * len(head))
+    comp = {(c["variant"], c["task"]): c for c in report["comparison"]}
+    for t in tasks:
+        name = t["name"]
+        row = [name, t["type"], t["main_score"], f"{runs[base]['scores'][name]:.2f}"]
+        for v in variants:
+            c = comp[(v, name)]
+            status = c["status"] if c["status"] != "MISS" else "**MISS**"
+            row.append(f"{c['score']:.2f} ({_fmt_drop(c['drop'])}, {status})")
+        if ref:
+            row.append(f"{runs[ref['label']]['scores'][name]:.2f}")
+        add("| " + " | ".join(row) + " |")
+    mean_row = ["**mean**", "", "", f"{runs[base]['mean_main_score']:.2f}"]
+    mean_row += [f"{runs[v]['mean_main_score']:.2f}" for v in variants]
+    if ref:
+        mean_row.append(f"{runs[ref['label']]['mean_main_score']:.2f}")
+    add("| " + " | ".join(mean_row) + " |\n")
+    add("![scores per task](scores.png)\n")
+
+    noisy = [r for r in report["runs"] if r["label"] != base and r.get("random_error")]
+    if noisy:
+        add("## Noise check: drop vs random error of the same size\n")
+        add("Each text's baseline embedding is turned by the same angle that separates it from the variant's, "
+            "towards a random direction, and scored like a variant (trials: "
+            f"{len(next(iter(noisy[0]['random_error'].values()))['drops'])}). A drop outside mean ± 2 sd of these "
+            "random-error drops comes from the direction of the variant's error; inside it, the task's protocol "
+            "cannot tell the variant from any equally large error. PASS/MISS above is decided by the target "
+            "alone.\n")
+        head = ["task"] + [f"{r['label']}: drop / random-error drop (mean ± sd)" for r in noisy]
+        add("| " + " | ".join(head) + " |")
+        add("|" + "---|" * len(head))
+        for t in tasks:
+            cells = [t["name"]]
+            for r in noisy:
+                n = r["random_error"][t["name"]]
+                drop = runs[base]["scores"][t["name"]] - r["scores"][t["name"]]
+                flag = "" if abs(drop - n["mean"]) <= 2 * n["std"] else " ◆"
+                cells.append(f"{drop:+.2f} / {n['mean']:+.2f} ± {n['std']:.2f}{flag}")
+            add("| " + " | ".join(cells) + " |")
+        add("\n◆ = outside mean ± 2 sd of the random-error drops.\n")
+
+    add("## Size and speed\n")
+    add("| variant | kind | folder MB | graph+weights MB | load s | embedding s | tokens | tokens/s | mean score |")
+    add("|---|---|---|---|---|---|---|---|---|")
+    for r in report["runs"]:
+        add(f"| {r['label']} | {r.get('kind')} | {_mb(r.get('size_bytes'))} | {_mb(r.get('model_bytes'))} | "
+            f"{r.get('load_seconds', 0):.1f} | {r['embed_seconds']:.0f} | {r['tokens']:,} | "
+            f"{r['tokens_per_second'] or 0:.0f} | {r['mean_main_score']:.2f} |")
+    add("\nSpeed is the whole suite's tokens over the time spent inside `encode` (length-grouped batches of "
+        "up to 32 texts), with the thread count above.\n")
+    add("![size vs speed vs score](size_speed_score.png)\n")
+
+    if report["fidelity"]:
+        add(f"## Fidelity vs {base}\n")
+        n_texts = next(iter(next(iter(report["fidelity"].values())).values()))["texts"]
+        add(f"Every embedded task text ({n_texts:,} texts, each with its task's prompt): cosine between the variant's and the baseline's embedding, and "
+            "the share of each text's 10 nearest neighbours (within its task's text group) that stay among the "
+            "10 nearest.\n")
+        add("| variant | dim | cos mean | cos min | cos 1st pct | top-10 overlap mean | top-10 overlap min |")
+        add("|---|---|---|---|---|---|---|")
+        for v, per_dim in report["fidelity"].items():
+            for d, f in per_dim.items():
+                add(f"| {v} | {d} | {f['cos_mean']:.5f} | {f['cos_min']:.5f} | {f['cos_p01']:.5f} | "
+                    f"{f['top10_overlap_mean']:.3f} | {f['top10_overlap_min']:.2f} |")
+        add("")
+
+    if ref:
+        add(f"## sentence-transformers (torch) vs the {base} artifact\n")
+        add("| task | sentence-transformers | artifact | difference | within 0.1 |")
+        add("|---|---|---|---|---|")
+        for r in ref["rows"]:
+            add(f"| {r['task']} | {r['sentence_transformers']:.3f} | {r['artifact']:.3f} | {r['diff']:+.3f} | "
+                f"{'yes' if r['agrees'] else '**NO**'} |")
+        add("")
+
+    dims = runs[base]["dims"]
+    if len(dims) > 1:
+        add("## Main score by Matryoshka dimension\n")
+        add("| task | variant | " + " | ".join(str(d) for d in dims) + " |")
+        add("|---|---|" + "---|" * len(dims))
+        for t in tasks:
+            for r in report["runs"]:
+                if not all(str(d) in r["scores_by_dim"] for d in dims):
+                    continue
+                add(f"| {t['name']} | {r['label']} | " +
+                    " | ".join(f"{r['scores_by_dim'][str(d)][t['name']]:.2f}" for d in dims) + " |")
+        add("\nThe targets apply to the full dimension; smaller dims are shown for information.\n")
+
+    add("## Run time\n")
+    total = m.get("suite_wall_seconds")
+    add("| run | wall s (embedding + scoring) | of which embedding s | tokens | tokens/s |")
+    add("|---|---|---|---|---|")
+    for r in report["runs"]:
+        add(f"| {r['label']} | {r['wall_seconds']:.0f} | {r['embed_seconds']:.0f} | {r['tokens']:,} | "
+            f"{r['tokens_per_second'] or 0:.0f} |")
+    if total is not None:
+        add(f"\nWhole command: {total:.0f} s ({total / 60:.1f} min) including task building, model loading and "
+            "the report.\n")
+    add("## Tasks\n")
+    add("| task | type | language | data | tokens / variant | prompt(s) | source (package file) | licence |")
+    add("|---|---|---|---|---|---|---|---|")
+    for t in tasks:
+        sizes = ", ".join(f"{k} {v}" for k, v in t["sizes"].items())
+        prompts = ", ".join(f"{k}: `{v}`" for k, v in (t["prompts_used"] or {}).items())
+        src = t["source"]
+        add(f"| {t['name']} | {t['type']} | {', '.join(t['languages'])} | {t['description']}; {sizes} | "
+            f"{t['tokens'] or 0:,} | {prompts} | {src['description']} (`{src['file']}`) | "
+            f"package: {src['package_licence']}; data: {src['data_licence']} |")
+    total_tokens = sum(t["tokens"] or 0 for t in tasks)
+    add(f"\nTotal per variant: {total_tokens:,} tokens. The data are read from the installed packages at run "
+        "time (nothing is copied into the repository); every subsample is drawn with a fixed seed.\n")
+
+    add("## Protocol\n")
+    add("- Prompts are resolved as mteb does (task name + prompt type, task name, task type + prompt type, task "
+        "type, prompt type): retrieval queries `Retrieval-query`, retrieval documents `Retrieval-document`, STS "
+        "`STS`, classification `Classification`, clustering `Clustering`, reranking queries *and* candidates "
+        "`Reranking` (mteb's task-type key outranks the `document` prompt type).")
+    add("- STS: Spearman correlation of cosine similarity with the human scores (`cosine_spearman`).")
+    add("- Retrieval: nDCG@10 with linear gains over the whole corpus (trec_eval's definition). Reranking: mean "
+        "average precision over each query's candidate list (`map_at_1000`).")
+    cls = next((t["sizes"] for t in tasks if t["type"] == "Classification"), None)
+    clu = next((t["sizes"] for t in tasks if t["type"] == "Clustering"), None)
+    if cls:
+        add(f"- Classification: mteb's protocol: {cls['n_experiments']} experiments, each trains "
+            f"`LogisticRegression(max_iter=100, random_state=42)` on the first {cls['samples_per_label']} examples "
+            "per label of the training pool after mteb's cumulative `RandomState(42)` shuffle, and scores "
+            "accuracy on the whole test set; the mean is reported.")
+    if clu:
+        add(f"- Clustering: mteb's bootstrap protocol: {clu['bootstraps']} samples of {clu['bootstrap_size']:,} "
+            "texts drawn with replacement (`random.Random(42)`; mteb's `max_documents_per_cluster`), "
+            "`MiniBatchKMeans(k = labels, batch_size=512, n_init=1, random_state=42)`, V-measure, mean.")
+    add("- A drop of a few tenths of a point on these small tasks is within the noise of a single flipped "
+        "prediction in some tasks (e.g. one test text of 400 is 0.25 points of accuracy); the targets are "
+        "applied as written anyway.")
+    return "\n".join(L) + "\n"
+
+
+# ---- plots ---------------------------------------------------------------------------------------
+
+def plot_scores(report: dict, path: Path) -> None:
+    """Grouped bars of the main score per task per run, and the drop vs baseline with the targets."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    base = report["baseline"]
+    runs = report["runs"]
+    tasks = [t["name"] for t in report["tasks"]]
+    x = np.arange(len(tasks))
+    width = 0.8 / max(1, len(runs))
+    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(max(8, 1.1 * len(tasks) + 3), 9), sharex=True)
+    colour = {r["label"]: f"C{i}" for i, r in enumerate(runs)}  # one colour per run in both panels
+    for i, r in enumerate(runs):
+        ax1.bar(x + (i - (len(runs) - 1) / 2) * width, [r["scores"][t] for t in tasks], width, label=r["label"],
+                color=colour[r["label"]])
+    ax1.set_ylabel("main score (0-100)")
+    ax1.set_title(f"Main score per task ({runs[0]['dims'][0]} dims)")
+    ax1.legend(fontsize=8, ncol=max(1, min(5, len(runs))))
+    ax1.grid(axis="y", alpha=0.3)
+    others = [c for c in report["comparison"]]
+    labels = list(dict.fromkeys(c["variant"] for c in others))
+    if report.get("reference"):
+        labels.append(report["reference"]["label"])
+    width2 = 0.8 / max(1, len(labels))
+    for i, lab in enumerate(labels):
+        if report.get("reference") and lab == report["reference"]["label"]:
+            # the baseline artifact minus sentence-transformers: the same sign convention as a drop
+            drops = {r["task"]: r["diff"] for r in report["reference"]["rows"]}
+        else:
+            drops = {c["task"]: c["drop"] for c in others if c["variant"] == lab}
+        missed = {c["task"] for c in others if c["variant"] == lab and c["status"] == "MISS"}
+        ax2.bar(x + (i - (len(labels) - 1) / 2) * width2, [drops[t] for t in tasks], width2, label=lab,
+                color=colour.get(lab), edgecolor=["red" if t in missed else "none" for t in tasks], linewidth=1.5)
+    for tgt, style in sorted({v: None for v in report["targets"].values()}.items()):
+        ax2.axhline(tgt, linestyle="--", linewidth=1, color="gray")
+        ax2.text(len(tasks) - 0.5, tgt, f" target {tgt}", va="bottom", ha="right", fontsize=8, color="gray")
+    ax2.axhline(0, color="black", linewidth=0.8)
+    ax2.set_ylabel(f"drop vs {base} (points, higher = worse;\nred edge = MISS)")
+    if labels:
+        ax2.legend(fontsize=8, ncol=min(5, len(labels)))
+    ax2.grid(axis="y", alpha=0.3)
+    ax2.set_xticks(x)
+    ax2.set_xticklabels(tasks, rotation=35, ha="right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_size_speed_score(report: dict, path: Path) -> None:
+    """Size on disk vs embedding speed, each point labelled with its mean main score."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = report["runs"]
+    fig, ax = plt.subplots(figsize=(7.5, 5))
+    sizes = [r.get("model_bytes") or 0 for r in runs]
+    speeds = [r["tokens_per_second"] or 0 for r in runs]
+    scores = [r["mean_main_score"] for r in runs]
+    sc = ax.scatter([s / 1e6 for s in sizes], speeds, c=scores, cmap="viridis", s=120, edgecolors="black")
+    for r, s, v, q in zip(runs, sizes, speeds, scores):
+        ax.annotate(f"{r['label']}\nmean {q:.2f}", (s / 1e6, v), textcoords="offset points", xytext=(8, 4), fontsize=8)
+    fig.colorbar(sc, ax=ax, label="mean main score")
+    ax.margins(x=0.25, y=0.2)  # room for the point labels
+    ax.set_xlabel("graph + weights on disk (MB)")
+    ax.set_ylabel("tokens / second over the suite")
+    ax.set_title("Size vs speed vs score")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_report(report: dict, out_dir: str | Path) -> dict[str, Path]:
+    """Write report.json, report.md, scores.png and size_speed_score.png into ``out_dir``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"json": out / "report.json", "markdown": out / "report.md", "scores_png": out / "scores.png",
+             "size_speed_png": out / "size_speed_score.png"}
+    paths["json"].write_text(json.dumps(report, indent=2, default=_json_default) + "\n", encoding="utf-8")
+    paths["markdown"].write_text(render_markdown(report), encoding="utf-8")
+    plot_scores(report, paths["scores_png"])
+    plot_size_speed_score(report, paths["size_speed_png"])
+    return paths
+
+
+def _json_default(o):
+    if isinstance(o, (np.floating, np.integer)):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, (set, tuple)):
+        return list(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")

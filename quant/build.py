@@ -1,0 +1,397 @@
+"""fp32 artifact folder -> quantized artifact folder (Q8_0, Q4_0 or a mixed recipe).
+
+Reads the fp32 graph without its weights, memory-maps the external weights, quantizes one tensor at
+a time (the 262144 x 768 token table in row chunks), rewrites the consumers to onnxruntime's
+``com.microsoft`` block-quantized ops, and writes a self-contained artifact folder atomically.
+Needs onnx, onnxruntime, numpy (and tqdm for the progress bar); never torch.
+"""
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from runtime import __version__
+from runtime.artifact import (ArtifactError, OutputExistsError, read_manifest, sha256_file, staged_output,
+                              verify_files, write_manifest, update_manifest)
+
+from . import formats as F
+from . import graph as G
+from .recipe import GROUPS, Recipe
+
+log = logging.getLogger("quant")
+
+METHODS = ("rtn", "gptq")
+#: Default method (see NOTES-quant.md for the measurements behind it).
+DEFAULT_METHOD = "rtn"
+#: MatMulNBits accuracy_level per bit width, picked by measured throughput on AVX2 (NOTES-quant.md).
+#: Levels 0-3 decode exactly; level 4 quantizes activations to int8 per block.
+DEFAULT_ACCURACY_LEVEL = {4: 0, 8: 0}
+#: Token-table lookup: "gather" (standard ops, float16 scales, 12.6 MB smaller on the real model) or
+#: "gbq" (com.microsoft.GatherBlockQuantized, which needs float32 scales for a float32 output).
+DEFAULT_EMBEDDING_OP = "gather"
+
+#: GPTQ needs at least this many calibration rows per input dimension (a full-rank Hessian);
+#: otherwise the calibrated method only weights the scale search by the Hessian diagonal.
+GPTQ_MIN_ROWS_PER_INPUT = 1.0
+# Rows of the token table quantized per step: 16384 x 768 float32 is 48 MB of temporaries.
+_TABLE_ROWS_PER_CHUNK = 16384
+# Texts embedded by the post-build self-check (quantized vs fp32, through runtime.Embedder).
+_CHECK_TEXTS = [
+    "Which planet is known as the Red Planet?",
+    "Mars, known for its reddish appearance, is often referred to as the Red Planet.",
+    "def mean(xs): return sum(xs) / len(xs)",
+    "La tour Eiffel a été construite pour l'Exposition universelle de 1889 à Paris.",
+]
+#: Below this self-check cosine the written graph is broken (a layout bug, not quantization noise).
+SELF_CHECK_MIN_COSINE = 0.9
+
+
+class QuantInputError(ValueError):
+    """The --in folder is not an fp32 artifact this stage can quantize, or an option is invalid."""
+
+
+@dataclass
+class Fp32Source:
+    """A checked fp32 artifact: its folder, manifest, weightless graph and weight sites."""
+
+    folder: Path
+    manifest: dict
+    data_sha256: str
+    sites: list[G.WeightSite] = field(default_factory=list)
+
+
+def open_fp32_artifact(folder: str | Path, verify: bool = True) -> Fp32Source:
+    """Check that ``folder`` is an fp32 artifact (manifest, variant, files, graph contract) and describe it.
+
+    Raises ``QuantInputError`` with the problem and the fix.
+    """
+    folder = Path(folder)
+    try:
+        manifest = read_manifest(folder)
+    except ArtifactError as exc:
+        raise QuantInputError(f"--in {str(folder)!r} is not an fp32 artifact: {exc}") from exc
+    variant = manifest.get("variant")
+    if variant != "fp32":
+        raise QuantInputError(f"--in {str(folder)!r} holds the {variant!r} variant; quantize from the fp32 artifact "
+                              "written by `embeddinggemma-export` (quantizing a quantized model compounds the error)")
+    try:
+        verify_files(folder, manifest, check_hashes=verify)
+    except ArtifactError as exc:
+        raise QuantInputError(str(exc)) from exc
+    model_file = manifest["model_file"]
+    model = onnx.load(str(folder / model_file), load_external_data=False)
+    try:
+        sites = G.find_weight_sites(model)
+    except G.GraphError as exc:
+        raise QuantInputError(f"{folder / model_file}: {exc}") from exc
+    data_files = sorted({e.value for init in model.graph.initializer for e in init.external_data if e.key == "location"})
+    data_sha = ",".join(manifest["files"][name]["sha256"] for name in data_files if name in manifest["files"])
+    return Fp32Source(folder, manifest, data_sha, sites)
+
+
+def tokenizer_files(manifest: dict) -> list[str]:
+    """Every tokenizer file the artifact ships: tokenizer.json and, when present, the sentencepiece pair."""
+    names = [manifest["tokenizer_file"]]
+    sp = manifest.get("sentencepiece") or {}
+    names += [sp[key] for key in ("model_file", "added_tokens_file") if sp.get(key)]
+    return names
+
+
+def accuracy_levels(override: int | None) -> dict[int, int]:
+    """MatMulNBits accuracy_level per bit width: the measured defaults, or one level for both."""
+    if override is None:
+        return dict(DEFAULT_ACCURACY_LEVEL)
+    if override not in (0, 1, 2, 3, 4):
+        raise QuantInputError(f"--accuracy-level must be 0, 1, 2, 3 or 4 (onnxruntime MatMulNBits), got {override}")
+    return {4: override, 8: override}
+
+
+def build_variants(fp32_dir: str | Path, targets: list[tuple[Recipe, str | Path]], *, force: bool = False,
+                   method: str = DEFAULT_METHOD, accuracy_level: int | None = None, threads: int | None = None,
+                   calibration_texts: list[str] | None = None, progress: bool = True, check: bool = True,
+                   verify_input: bool = True, embedding_op: str = DEFAULT_EMBEDDING_OP) -> list[Path]:
+    """Build one artifact folder per ``(recipe, out)`` from the fp32 artifact at ``fp32_dir``.
+
+    Every input and output is checked before any work starts (so a bad --in or an existing --out
+    without ``force`` fails in a second). Each folder is written through ``staged_output``: it
+    appears complete or not at all. ``method`` is ``rtn`` (ggml round-to-nearest, bit-exact to
+    gguf) or ``gptq`` (calibrated error feedback; values still decode exactly as the format says).
+    Calibration, when the method needs it, runs once and serves every target. ``embedding_op``
+    chooses how the quantized token table is looked up (``quant.graph.replace_site``).
+    """
+    if method not in METHODS:
+        raise QuantInputError(f"unknown --method {method!r}; choose one of {', '.join(METHODS)}")
+    levels = accuracy_levels(accuracy_level)
+    if embedding_op not in G.EMBEDDING_OPS:
+        raise QuantInputError(f"unknown --embedding-op {embedding_op!r}; choose one of {', '.join(G.EMBEDDING_OPS)}")
+    if threads is not None and threads < 1:
+        raise QuantInputError(f"--threads must be >= 1, got {threads}")
+    outs = [Path(out) for _, out in targets]
+    for out in outs:
+        if out.exists() and not force:
+            raise OutputExistsError(f"output {str(out)!r} already exists; choose another --out or pass --force "
+                                    "to replace it")
+    if len({o.resolve() for o in outs}) != len(outs):
+        raise QuantInputError("two variants would be written to the same folder")
+    src = open_fp32_artifact(fp32_dir, verify=verify_input)
+    for out in outs:
+        if out.resolve() == src.folder.resolve():
+            raise QuantInputError(f"--out {str(out)!r} is the --in folder; write the quantized artifact elsewhere")
+
+    hessians = rows = calib_info = None
+    if method == "gptq":
+        from .calibrate import collect_hessians, load_calibration_texts
+
+        texts = calibration_texts if calibration_texts is not None else load_calibration_texts()
+        hessians, rows, calib_info = collect_hessians(src, texts, threads=threads, progress=progress)
+
+    quantizer = _Quantizer(src, method, hessians, rows, [recipe for recipe, _ in targets])
+    del hessians  # the quantizer keeps only what it still needs
+    reference = _Reference(src.folder, threads) if check else None
+    written = []
+    for (recipe, out) in targets:
+        t0 = time.time()
+        written.append(_build_one(src, recipe, Path(out), force=force, method=method, levels=levels,
+                                  quantizer=quantizer, calib_info=calib_info, progress=progress,
+                                  reference=reference, embedding_op=embedding_op))
+        log.info("%s written to %s in %.1f s", recipe.name, out, time.time() - t0)
+    return written
+
+
+def build_variant(fp32_dir: str | Path, recipe: Recipe, out: str | Path, **kwargs) -> Path:
+    """Build a single quantized artifact folder; keyword arguments as for ``build_variants``."""
+    return build_variants(fp32_dir, [(recipe, out)], **kwargs)[0]
+
+
+def _build_one(src: Fp32Source, recipe: Recipe, out: Path, *, force: bool, method: str, levels: dict[int, int],
+               quantizer: "_Quantizer", calib_info, progress: bool, reference, embedding_op: str) -> Path:
+    manifest_in = src.manifest
+    model = onnx.load(str(src.folder / manifest_in["model_file"]), load_external_data=False)
+    sites = G.find_weight_sites(model)
+    names = {s.name for s in sites}
+    counts = {g: 0 for g in GROUPS}
+    group_methods: dict[str, str] = {}
+    with staged_output(out, force=force) as stage:
+        G.internalize_external_data(model, src.folder, skip=names)
+        bar = _progress_bar(len(sites), f"quantizing {recipe.name}", progress)
+        for site in sites:
+            bits = recipe.bits(site.group)
+            qw, used = quantizer.get(site, bits)
+            G.replace_site(model, site, qw, accuracy_level=levels[bits], embedding_op=embedding_op)
+            del qw
+            counts[site.group] += 1
+            group_methods[site.group] = used
+            bar.update(1)
+        bar.close()
+        G.add_contrib_opset(model)
+        G.strip_debug_metadata(model)  # exporter debugging info, ~1.5 MB; the fp32 artifact keeps it
+        model_file = manifest_in["model_file"]
+        log.info("writing %s", stage / model_file)
+        G.save_with_external_data(model, stage / model_file)
+        opsets = G.opset_imports(model)
+        del model
+        for name in tokenizer_files(manifest_in):
+            shutil.copy2(src.folder / name, stage / name)
+
+        manifest = _manifest(src, recipe, method, levels, counts, group_methods, opsets, calib_info, embedding_op)
+        log.info("hashing files and writing the manifest")
+        write_manifest(stage, manifest)
+        if reference is not None:
+            cosines = reference.compare(stage)
+            if not np.all(np.isfinite(cosines)) or min(cosines) < SELF_CHECK_MIN_COSINE:
+                raise RuntimeError(f"the quantized graph disagrees with fp32 far beyond quantization noise "
+                                   f"(cosines {cosines}); this is a bug in the quant stage, please report it")
+            update_manifest(stage, quant_check={"texts": len(cosines), "min_cosine_vs_fp32": min(cosines)})
+    return out
+
+
+class _Quantizer:
+    """Quantizes weight sites on demand for a list of recipes built in one run.
+
+    Round-to-nearest is cheap and computed each time. The calibrated method is not, so its results
+    are shared: GPTQ runs once per layer input on the rows of all weights that read it (q/k/v,
+    gate/up: same Hessian, and GPTQ treats rows independently, so this equals running them one by
+    one), and a result another recipe of this run will reuse (e.g. the 4-bit table of q4_0 and
+    e4_a8_f4_p4) is kept until its last use.
+    """
+
+    def __init__(self, src: Fp32Source, method: str, hessians: dict | None, rows: dict | None,
+                 recipes: list[Recipe]):
+        self.src, self.method = src, method
+        self.hessians = hessians or {}
+        self.rows = rows or {}
+        self._inits = {init.name: init for init in
+                       onnx.load(str(src.folder / src.manifest["model_file"]), load_external_data=False).graph.initializer
+                       if init.name in {s.name for s in src.sites}}
+        self._pending: dict[tuple[str, int], int] = {}
+        for recipe in recipes:
+            for site in src.sites:
+                key = (site.name, recipe.bits(site.group))
+                self._pending[key] = self._pending.get(key, 0) + 1
+        self._cache: dict[tuple[str, int], tuple[G.QuantizedWeight, str]] = {}
+        self._factors: dict[str, tuple] = {}
+
+    def _weight(self, site: G.WeightSite) -> np.ndarray:
+        return G.read_initializer(self._inits[site.name], self.src.folder)
+
+    def get(self, site: G.WeightSite, bits: int) -> tuple[G.QuantizedWeight, str]:
+        """Packed tensors for ``site`` at ``bits`` and the method actually used for them."""
+        key = (site.name, bits)
+        self._pending[key] -= 1
+        if key in self._cache:
+            return self._cache[key] if self._pending[key] else self._cache.pop(key)
+        if site.op == "Gather":
+            # No activations reach a lookup table: the calibrated method uses a plain-MSE scale
+            # search, for 4 bits only (at 8 bits it costs a minute and changes almost nothing).
+            search = self.method != "rtn" and bits == 4
+            data, scales = _quantize_table(self._weight(site), bits, search)
+            result = (G.QuantizedWeight(bits, data, scales), "scale_search" if search else "rtn")
+        elif (self.method == "gptq" and site.activation in self.hessians
+              and self.rows.get(site.activation, 0) < GPTQ_MIN_ROWS_PER_INPUT * site.k):
+            # Too few rows for a full-rank Hessian (the Dense heads see one pooled row per text):
+            # error feedback would fit the calibration texts, so only weight the scale search by
+            # the Hessian diagonal.
+            from .calibrate import scale_search_quantize
+
+            wt = np.ascontiguousarray(np.asarray(self._weight(site), dtype=np.float32).T)
+            q, d = scale_search_quantize(wt, bits, np.diag(self.hessians[site.activation]))
+            result = (G.QuantizedWeight(bits, *F.to_matmulnbits(q, d, bits)), "scale_search")
+        elif self.method == "gptq" and site.activation in self.hessians:
+            return self._gptq_group(site, bits)
+        else:
+            wt = np.ascontiguousarray(np.asarray(self._weight(site), dtype=np.float32).T)  # [N_out, K_in]
+            q, d = (F.quantize_q8_0 if bits == 8 else F.quantize_q4_0)(wt)
+            result = (G.QuantizedWeight(bits, *F.to_matmulnbits(q, d, bits)), "rtn")
+        if self._pending[key] and self.method != "rtn":
+            self._cache[key] = result
+        return result
+
+    def _gptq_group(self, site: G.WeightSite, bits: int) -> tuple[G.QuantizedWeight, str]:
+        from .calibrate import gptq_factor, gptq_quantize
+
+        act = site.activation
+        if act not in self._factors:
+            self._factors[act] = gptq_factor(self.hessians[act])
+        members = [s for s in self.src.sites if s.activation == act and s.op == "MatMul"
+                   and (s.name == site.name or self._pending.get((s.name, bits), 0) > 0)]
+        # [sum N_out, K_in]: rows of every weight that reads this input, quantized in one pass
+        wt = np.concatenate([np.asarray(self._weight(s), dtype=np.float32).T for s in members])
+        q, d = gptq_quantize(wt, bits, factor=self._factors[act])
+        start, result = 0, None
+        for s in members:
+            part = (G.QuantizedWeight(bits, *F.to_matmulnbits(q[start:start + s.n], d[start:start + s.n], bits)), "gptq")
+            start += s.n
+            if s.name == site.name:
+                result = part
+            if self._pending.get((s.name, bits), 0) > 0:  # (this request's count is already taken off)
+                self._cache[(s.name, bits)] = part
+        # Free the Hessian and its factor once no pending request for this input is left uncomputed.
+        if not any(n > 0 and (name, b) not in self._cache for (name, b), n in self._pending.items()
+                   if name in {s.name for s in self.src.sites if s.activation == act}):
+            self._factors.pop(act, None)
+            self.hessians.pop(act, None)
+        return result
+
+
+def _quantize_table(table: np.ndarray, bits: int, search: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Quantize the [vocab, hidden] table in row chunks straight into the packed outputs.
+
+    Only one chunk of float32 (read from the memory-mapped fp32 file) and its codes exist at a time
+    besides the packed result, instead of several full-size copies of an 805 MB table. ``search``
+    picks each block's scale by ``calibrate.search_scales`` instead of ggml's rule.
+    """
+    vocab, hidden = table.shape
+    data = np.empty((vocab, hidden * bits // 8), np.uint8)
+    scales = np.empty((vocab, hidden // F.BLOCK_SIZE), np.float32)
+    if search:
+        from .calibrate import scale_search_quantize as quantize_rows
+
+        quantize = lambda x: quantize_rows(x, bits)  # noqa: E731
+    else:
+        quantize = F.quantize_q8_0 if bits == 8 else F.quantize_q4_0
+    for start in range(0, vocab, _TABLE_ROWS_PER_CHUNK):
+        stop = min(vocab, start + _TABLE_ROWS_PER_CHUNK)
+        q, d = quantize(np.asarray(table[start:stop], dtype=np.float32))
+        data[start:stop], scales[start:stop] = F.to_gather_block_quantized(q, d, bits)
+    return data, scales
+
+
+def _manifest(src: Fp32Source, recipe: Recipe, method: str, levels: dict[int, int], counts: dict[str, int],
+              group_methods: dict[str, str], opsets: dict[str, int], calib_info: dict | None,
+              embedding_op: str) -> dict:
+    import onnxruntime
+
+    fp32 = src.manifest
+    # export_check describes the fp32 graph against torch; it does not hold for this graph.
+    manifest = {k: v for k, v in fp32.items() if k not in ("files", "format", "format_version", "export_check")}
+    groups: dict[str, object] = {}
+    for group in GROUPS:
+        bits = recipe.bits(group)
+        op = G.QUANT_OP[group] if group != "embeddings" else G.EMBEDDING_OP_NAMES[embedding_op]
+        entry = {"format": recipe.format(group), "bits": bits, "op": op, "tensors": counts[group],
+                 "method": group_methods.get(group, method)}
+        if op == "MatMulNBits":
+            entry["accuracy_level"] = levels[bits]
+        else:
+            entry["scales_stored_as"] = "float16" if embedding_op == "gather" else "float32 (widened float16)"
+        groups[group] = entry
+    groups["norms"] = "fp32"
+    quantization = {"recipe": recipe.recipe, "method": method, "block_size": recipe.block_size, "groups": groups,
+                    "other_tensors": "fp32"}
+    if calib_info:
+        quantization["calibration"] = calib_info
+    manifest.update(
+        variant=recipe.name,
+        quantization=quantization,
+        source=dict(fp32.get("source", {}), fp32_artifact=src.data_sha256, fp32_variant=fp32.get("variant")),
+        onnx=dict(fp32["onnx"], opset_imports=opsets),
+        written_by={"project": "embeddinggemma-onnx", "version": __version__, "stage": "quant",
+                    "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__, "numpy": np.__version__,
+                    "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
+    )
+    return manifest
+
+
+class _Reference:
+    """fp32 embeddings of the self-check texts, computed once and compared with each staged variant."""
+
+    def __init__(self, fp32_dir: Path, threads: int | None):
+        self.threads = threads
+        from runtime import Embedder
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # tiny test models truncate; expected
+            self.ref = Embedder(fp32_dir, verify=False, threads=threads).encode(_CHECK_TEXTS)
+
+    def compare(self, folder: Path) -> list[float]:
+        from runtime import Embedder
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            got = Embedder(folder, verify=False, threads=self.threads).encode(_CHECK_TEXTS)
+        return [float(x) for x in np.sum(self.ref * got, axis=1)]
+
+
+class _NoBar:
+    def update(self, n=1):
+        pass
+
+    def close(self):
+        pass
+
+
+def _progress_bar(total: int, desc: str, enabled: bool, unit: str = "tensor"):
+    if not enabled:
+        return _NoBar()
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        return _NoBar()
+    return tqdm(total=total, desc=desc, unit=unit)

@@ -1,0 +1,90 @@
+"""Fidelity of quantized artifacts against their fp32 artifact: cosine per text, mean and min.
+
+``python -m quant.fidelity --fp32 DIR VARIANT_DIR [VARIANT_DIR ...] [--texts FILE]`` prints a table.
+The default texts are the export's parity corpus (81 texts: 20+ languages, code, emoji, documents
+up to ~2,000 tokens), which the calibration texts never include. Torch-free.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+#: The parity corpus of the export stage (tests/data), the texts the quant targets are defined on.
+DEFAULT_TEXTS = Path(__file__).resolve().parents[1] / "tests" / "data" / "parity_texts.json"
+#: Targets of the quant issue / DESIGN.md: (mean, min) cosine against fp32 per recipe.
+TARGETS = {"q8_0": (0.9995, 0.999), "q4_0": (0.99, 0.97), "e4_a8_f4_p4": (0.99, 0.97)}
+
+
+def load_texts(path: str | Path = DEFAULT_TEXTS) -> list[str]:
+    """Texts from a JSON list of strings or of objects with a ``text`` field, or from plain lines."""
+    path = Path(path)
+    raw = path.read_text(encoding="utf-8")
+    if path.suffix == ".json":
+        items = json.loads(raw)
+        return [t["text"] if isinstance(t, dict) else t for t in items]
+    return [line for line in raw.splitlines() if line.strip()]
+
+
+def cosines(reference: np.ndarray, other: np.ndarray) -> np.ndarray:
+    """Row-wise cosine of two [n, d] arrays (not assumed normalised)."""
+    ref = reference / np.linalg.norm(reference, axis=1, keepdims=True)
+    oth = other / np.linalg.norm(other, axis=1, keepdims=True)
+    return np.sum(ref * oth, axis=1)
+
+
+def measure(fp32_dir: str | Path, variant_dirs: list[str | Path], texts: list[str],
+            prompt_names: tuple[str, ...] = ("document", "query"), threads: int | None = None) -> dict:
+    """Cosine to fp32 for every variant, text and prompt: ``{variant: {prompt: {mean, min, worst}}}``."""
+    from runtime import Embedder
+
+    def embed(folder):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # truncation of the longest texts is expected and the same for all
+            emb = Embedder(folder, threads=threads, verify=False)
+            return emb, {p: emb.encode(texts, prompt_name=p, normalize=False) for p in prompt_names}
+
+    _, ref = embed(fp32_dir)
+    results = {}
+    for folder in variant_dirs:
+        emb, got = embed(folder)
+        name = emb.manifest.get("variant", Path(folder).name)
+        per_prompt = {}
+        for p in prompt_names:
+            c = cosines(ref[p], got[p])
+            per_prompt[p] = {"mean": float(c.mean()), "min": float(c.min()), "worst_text": int(c.argmin())}
+        results[str(folder)] = {"variant": name, "prompts": per_prompt}
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Print mean/min cosine of each variant folder against the fp32 folder."""
+    parser = argparse.ArgumentParser(prog="python -m quant.fidelity", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--fp32", required=True, help="the fp32 artifact folder")
+    parser.add_argument("variants", nargs="+", help="quantized artifact folders")
+    parser.add_argument("--texts", default=str(DEFAULT_TEXTS), help="JSON list or text file (default: parity corpus)")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--json", help="also write the results here")
+    args = parser.parse_args(argv)
+    texts = load_texts(args.texts)
+    results = measure(args.fp32, args.variants, texts, threads=args.threads)
+    print(f"{len(texts)} texts; cosine to fp32 (document prompt | query prompt)")
+    print(f"{'folder':40} {'variant':14} {'mean':>10} {'min':>10} | {'mean':>10} {'min':>10}  target")
+    for folder, r in results.items():
+        d, q = r["prompts"]["document"], r["prompts"]["query"]
+        target = TARGETS.get(r["variant"])
+        verdict = "" if target is None else (
+            "PASS" if min(d["mean"], q["mean"]) >= target[0] and min(d["min"], q["min"]) >= target[1] else "MISS")
+        print(f"{folder:40} {r['variant']:14} {d['mean']:10.6f} {d['min']:10.6f} | {q['mean']:10.6f} {q['min']:10.6f}"
+              f"  {target or ''} {verdict}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

