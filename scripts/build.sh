@@ -8,6 +8,6 @@ root="$(cd "$(dirname "$0")/.." && pwd)"
 venv="$(bash "$root/scripts/setup-venv.sh" export,quant | tail -n 1)"
 "$venv/bin/embeddinggemma-export" --model "$model" --out "$out/fp32"
 if "$venv/bin/python" -c "import quant.cli" 2>/dev/null; then
-  "$venv/bin/embeddinggemma-quant" --in "$out/fp32" --variant all --out "$out"
+  "$venv/bin/embeddinggemma-quant" --in "$out/fp32" --variant all --method gptq --out "$out"
 fi
 ls -l "$out"
