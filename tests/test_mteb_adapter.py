@@ -60,11 +60,17 @@ def _mteb_tasks(ours):
                  for q, r in enumerate(rel)}
         return {"corpus": corpus, "queries": queries, "relevant_docs": qrels, "top_ranked": top_ranked}
 
+    def _splits(task):
+        # mteb <= 2.12 pre-builds dataset["default"]; later 2.x leave it None until loaded
+        if task.dataset is None:
+            task.dataset = {}
+        return task.dataset.setdefault("default", {})
+
     class LocalRetrieval(AbsTaskRetrieval):
         metadata = _metadata("LocalRTRetrieval", "Retrieval", "ndcg_at_10")
 
         def load_data(self, **kwargs):
-            self.dataset["default"]["test"] = retrieval_split(ret, None)
+            _splits(self)["test"] = retrieval_split(ret, None)
             self.data_loaded = True
 
     class LocalReranking(AbsTaskRetrieval):
@@ -72,7 +78,7 @@ def _mteb_tasks(ours):
 
         def load_data(self, **kwargs):
             top = {f"q{q}": [f"d{c}" for c in cands] for q, cands in enumerate(rr.candidates)}
-            self.dataset["default"]["test"] = retrieval_split(rr, top)
+            _splits(self)["test"] = retrieval_split(rr, top)
             self.data_loaded = True
 
     class LocalClassification(AbsTaskClassification):
