@@ -23,6 +23,7 @@ from runtime.artifact import (ArtifactError, OutputExistsError, read_manifest, s
 
 from . import formats as F
 from . import graph as G
+from . import int8_path as I8
 from .recipe import GROUPS, Recipe
 
 log = logging.getLogger("quant")
@@ -145,14 +146,19 @@ def build_variants(fp32_dir: str | Path, targets: list[tuple[Recipe, str | Path]
         if out.resolve() == src.folder.resolve():
             raise QuantInputError(f"--out {str(out)!r} is the --in folder; write the quantized artifact elsewhere")
 
-    hessians = rows = calib_info = None
-    if method == "gptq":
+    hessians = rows = calib_info = absmax = None
+    integer = any(recipe.integer for recipe, _ in targets)
+    if method == "gptq" or integer:
+        # The integer path always calibrates: its smoothing factors come from activation statistics.
         from .calibrate import collect_hessians, load_calibration_texts
 
         texts = calibration_texts if calibration_texts is not None else load_calibration_texts()
-        hessians, rows, calib_info = collect_hessians(src, texts, threads=threads, progress=progress)
+        absmax = {} if integer else None
+        hessians, rows, calib_info = collect_hessians(src, texts, threads=threads, progress=progress, absmax=absmax)
+        if method != "gptq":
+            hessians = rows = None   # round-to-nearest needs only the integer path's max |x|
 
-    quantizer = _Quantizer(src, method, hessians, rows, [recipe for recipe, _ in targets])
+    quantizer = _Quantizer(src, method, hessians, rows, [recipe for recipe, _ in targets], absmax=absmax)
     del hessians  # the quantizer keeps only what it still needs
     reference = _Reference(src.folder, threads) if check else None
     written = []
@@ -177,11 +183,16 @@ def _build_one(src: Fp32Source, recipe: Recipe, out: Path, *, force: bool, metho
     sites = G.find_weight_sites(model)
     names = {s.name for s in sites}
     counts = {g: 0 for g in GROUPS}
+    integer_counts = {g: 0 for g in GROUPS}
     group_methods: dict[str, str] = {}
     with staged_output(out, force=force) as stage:
         G.internalize_external_data(model, src.folder, skip=names)
         bar = _progress_bar(len(sites), f"quantizing {recipe.name}", progress)
+        integer_sites: dict[str, list[G.WeightSite]] = {}
         for site in sites:
+            if _on_integer_path(recipe, site):
+                integer_sites.setdefault(site.activation, []).append(site)
+                continue
             bits = recipe.bits(site.group)
             qw, used = quantizer.get(site, bits)
             G.replace_site(model, site, qw, accuracy_level=levels[bits], embedding_op=embedding_op)
@@ -189,6 +200,13 @@ def _build_one(src: Fp32Source, recipe: Recipe, out: Path, *, force: bool, metho
             counts[site.group] += 1
             group_methods[site.group] = used
             bar.update(1)
+        for activation, members in integer_sites.items():
+            packed, smooth, used = quantizer.get_integer(activation, members)
+            I8.add_integer_path(model, activation, members, packed, smooth)
+            for site in members:
+                integer_counts[site.group] += 1
+                group_methods[site.group] = used
+            bar.update(len(members))
         bar.close()
         G.add_contrib_opset(model)
         G.strip_debug_metadata(model)  # exporter debugging info, ~1.5 MB; the fp32 artifact keeps it
@@ -200,7 +218,8 @@ def _build_one(src: Fp32Source, recipe: Recipe, out: Path, *, force: bool, metho
         for name in tokenizer_files(manifest_in):
             shutil.copy2(src.folder / name, stage / name)
 
-        manifest = _manifest(src, recipe, method, levels, counts, group_methods, opsets, calib_info, embedding_op)
+        manifest = _manifest(src, recipe, method, levels, counts, group_methods, opsets, calib_info, embedding_op,
+                             integer_counts)
         log.info("hashing files and writing the manifest")
         write_manifest(stage, manifest)
         if reference is not None:
@@ -223,17 +242,18 @@ class _Quantizer:
     """
 
     def __init__(self, src: Fp32Source, method: str, hessians: dict | None, rows: dict | None,
-                 recipes: list[Recipe]):
+                 recipes: list[Recipe], absmax: dict | None = None):
         self.src, self.method = src, method
         self.hessians = hessians or {}
         self.rows = rows or {}
+        self.absmax = absmax or {}
         self._inits = {init.name: init for init in
                        onnx.load(str(src.folder / src.manifest["model_file"]), load_external_data=False).graph.initializer
                        if init.name in {s.name for s in src.sites}}
         self._pending: dict[tuple[str, int], int] = {}
         for recipe in recipes:
             for site in src.sites:
-                key = (site.name, recipe.bits(site.group))
+                key = (site.name, INTEGER_KEY if _on_integer_path(recipe, site) else recipe.bits(site.group))
                 self._pending[key] = self._pending.get(key, 0) + 1
         self._cache: dict[tuple[str, int], tuple[G.QuantizedWeight, str]] = {}
         self._factors: dict[str, tuple] = {}
@@ -273,6 +293,42 @@ class _Quantizer:
             self._cache[key] = result
         return result
 
+    def get_integer(self, activation: str, members: list[G.WeightSite]) -> tuple[dict, np.ndarray, str]:
+        """Integer-path weights of every site in ``members`` (all reading ``activation``): smoothing
+        factors from the calibrated max |x| and the weights, then per-channel int8 codes of the
+        smoothed weights (GPTQ on the smoothed Hessian with ``gptq``, round-to-nearest with ``rtn``).
+        Returns ``({weight name: (codes [K, N] int8, scales [N])}, smoothing factors, method)``."""
+        from .calibrate import gptq_factor, gptq_quantize_per_channel
+
+        weights = {s.name: np.asarray(self._weight(s), dtype=np.float32) for s in members}
+        if activation not in self.absmax:
+            raise QuantInputError(f"no calibration statistics for {activation!r}; the integer path needs calibration")
+        smooth = I8.smoothing_factors(self.absmax[activation], list(weights.values()))
+        use_gptq = self.method == "gptq" and activation in self.hessians
+        factor = None
+        if use_gptq:
+            inv = (1.0 / smooth).astype(np.float64)
+            factor = gptq_factor(self.hessians[activation] * inv[:, None] * inv[None, :])
+        packed = {}
+        for site in members:
+            self._pending[(site.name, INTEGER_KEY)] -= 1
+            w_t = weights.pop(site.name) * smooth[:, None]             # [K, N], rows scaled by s
+            if use_gptq:
+                scales = I8.per_channel_scales(w_t, factor.diag)
+                codes = gptq_quantize_per_channel(np.ascontiguousarray(w_t.T), factor, scales, I8.WEIGHT_QMAX).T
+            else:
+                codes, scales = I8.quantize_per_channel(w_t)
+            packed[site.name] = (np.ascontiguousarray(codes), scales)
+        self._release(activation)
+        return packed, smooth, "gptq" if use_gptq else "rtn"
+
+    def _release(self, activation: str) -> None:
+        """Free an input's Hessian once no request that needs it is still to be computed."""
+        names = {s.name for s in self.src.sites if s.activation == activation}
+        if not any(n > 0 and (name, b) not in self._cache for (name, b), n in self._pending.items() if name in names):
+            self._factors.pop(activation, None)
+            self.hessians.pop(activation, None)
+
     def _gptq_group(self, site: G.WeightSite, bits: int) -> tuple[G.QuantizedWeight, str]:
         from .calibrate import gptq_factor, gptq_quantize
 
@@ -292,12 +348,16 @@ class _Quantizer:
                 result = part
             if self._pending.get((s.name, bits), 0) > 0:  # (this request's count is already taken off)
                 self._cache[(s.name, bits)] = part
-        # Free the Hessian and its factor once no pending request for this input is left uncomputed.
-        if not any(n > 0 and (name, b) not in self._cache for (name, b), n in self._pending.items()
-                   if name in {s.name for s in self.src.sites if s.activation == act}):
-            self._factors.pop(act, None)
-            self.hessians.pop(act, None)
+        self._release(act)
         return result
+
+
+#: Key of integer-path requests in the quantizer's bookkeeping (beside bit widths 4 and 8).
+INTEGER_KEY = "int8_path"
+
+
+def _on_integer_path(recipe: Recipe, site: G.WeightSite) -> bool:
+    return site.op == "MatMul" and recipe.uses_integer_path(site.group) and I8.is_eligible(site.name)
 
 
 def _quantize_table(table: np.ndarray, bits: int, search: bool = False) -> tuple[np.ndarray, np.ndarray]:
@@ -325,7 +385,7 @@ def _quantize_table(table: np.ndarray, bits: int, search: bool = False) -> tuple
 
 def _manifest(src: Fp32Source, recipe: Recipe, method: str, levels: dict[int, int], counts: dict[str, int],
               group_methods: dict[str, str], opsets: dict[str, int], calib_info: dict | None,
-              embedding_op: str) -> dict:
+              embedding_op: str, integer_counts: dict[str, int] | None = None) -> dict:
     import onnxruntime
 
     fp32 = src.manifest
@@ -341,6 +401,14 @@ def _manifest(src: Fp32Source, recipe: Recipe, method: str, levels: dict[int, in
             entry["accuracy_level"] = levels[bits]
         else:
             entry["scales_stored_as"] = "float16" if embedding_op == "gather" else "float32 (widened float16)"
+        if recipe.uses_integer_path(group):
+            entry = {"format": recipe.format(group), "bits": 8,
+                     "op": "MatMulIntegerToFloat after DynamicQuantizeLinear of rows scaled to [-1, 1]",
+                     "weights": "q/k/v/o_proj" if group == "attention" else "gate/up/down_proj",
+                     "two_pass_inputs": "v_proj" if group == "attention" else "down_proj",
+                     "tensors": (integer_counts or {}).get(group, 0), "method": group_methods.get(group, method),
+                     "weight_codes": f"symmetric -{I8.WEIGHT_QMAX}..{I8.WEIGHT_QMAX}, one float32 scale per output channel",
+                     "smoothing": {"alpha": I8.SMOOTH_ALPHA, "from": "calibrated per-channel max |x|"}}
         groups[group] = entry
     groups["norms"] = "fp32"
     quantization = {"recipe": recipe.recipe, "method": method, "block_size": recipe.block_size, "groups": groups,

@@ -67,7 +67,8 @@ def load_calibration_texts(path: str | Path | None = None) -> list[str]:
 
 
 def collect_hessians(src, texts: list[str], threads: int | None = None, progress: bool = True,
-                     max_tokens: int | None = None) -> tuple[dict[str, np.ndarray], dict[str, int], dict]:
+                     max_tokens: int | None = None, absmax: dict[str, np.ndarray] | None = None,
+                     ) -> tuple[dict[str, np.ndarray], dict[str, int], dict]:
     """``{activation name: X^T X}`` for every distinct MatMul input of the fp32 artifact ``src``.
 
     ``src`` is a ``quant.build.Fp32Source``. Each text runs alone (no padding rows pollute the
@@ -99,6 +100,8 @@ def collect_hessians(src, texts: list[str], threads: int | None = None, progress
             model.graph.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, None))
     hessians = {a: np.zeros((k_of[a], k_of[a]), np.float64) for a in acts}
     rows = dict.fromkeys(acts, 0)
+    if absmax is not None:
+        absmax.update({a: np.zeros(k_of[a], np.float32) for a in acts})
     options = ort.SessionOptions()
     if threads:
         options.intra_op_num_threads = threads
@@ -119,6 +122,8 @@ def collect_hessians(src, texts: list[str], threads: int | None = None, progress
             if pending[name]:
                 x = np.concatenate(pending[name])
                 hessians[name] += (x.T @ x).astype(np.float64)
+                if absmax is not None:
+                    np.maximum(absmax[name], np.abs(x).max(axis=0), out=absmax[name])
                 rows[name] += x.shape[0]
                 pending[name].clear()
 
@@ -317,3 +322,42 @@ def gptq_quantize(w: np.ndarray, bits: int, hessian: np.ndarray | None = None, d
     if bits == 4:
         return (codes + 8).astype(np.uint8), d16
     return codes, d16
+
+
+def gptq_quantize_per_channel(w: np.ndarray, factor: GptqFactor, scales: np.ndarray, qmax: int = 127,
+                              batch: int = GPTQ_BATCH) -> np.ndarray:
+    """GPTQ with one fixed scale per output row: ``w`` [N_out, K_in] float32, ``scales`` [N_out].
+
+    The integer path's weights (``quant.int8_path``): symmetric codes -qmax..qmax, value
+    ``code * scale``. Same error feedback as ``gptq_quantize``; the scales are chosen up front, so
+    every column uses its row's scale. Returns int8 codes [N_out, K_in].
+    """
+    n, k = w.shape
+    if factor.u.shape != (k, k):
+        raise ValueError(f"Hessian factor has shape {factor.u.shape}, expected {(k, k)}")
+    W = np.array(w, np.float32, copy=True)
+    W[:, factor.dead] = 0.0
+    if factor.perm is not None:
+        W = W[:, factor.perm]
+    scale = np.asarray(scales, np.float32)
+    with np.errstate(divide="ignore"):
+        inv = np.where(scale == 0, np.float32(0), np.float32(1) / scale)
+    u = factor.u
+    codes = np.empty((n, k), np.int8)
+    for b0 in range(0, k, batch):
+        b1 = min(k, b0 + batch)
+        w1 = W[:, b0:b1].copy()
+        err1 = np.zeros_like(w1)
+        for i in range(b1 - b0):
+            j = b0 + i
+            q = np.clip(np.rint(w1[:, i] * inv), -qmax, qmax)
+            codes[:, j] = q
+            e = (w1[:, i] - q * scale) / u[j, j]
+            w1[:, i + 1:] -= np.outer(e, u[j, j + 1:b1])
+            err1[:, i] = e
+        W[:, b1:] -= err1 @ u[b0:b1, b1:]
+    if factor.perm is not None:
+        unperm = np.empty_like(codes)
+        unperm[:, factor.perm] = codes
+        codes = unperm
+    return codes

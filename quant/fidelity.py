@@ -17,7 +17,9 @@ import numpy as np
 #: The parity corpus of the export stage (tests/data), the texts the quant targets are defined on.
 DEFAULT_TEXTS = Path(__file__).resolve().parents[1] / "tests" / "data" / "parity_texts.json"
 #: Targets of the quant issue / DESIGN.md: (mean, min) cosine against fp32 per recipe.
-TARGETS = {"q8_0": (0.9995, 0.999), "q4_0": (0.99, 0.97), "e4_a8_f4_p4": (0.99, 0.97)}
+TARGETS = {"q8_0": (0.9995, 0.999), "q4_0": (0.99, 0.97), "e4_a8_f4_p4": (0.99, 0.97),
+           # the speed-first variant must meet the Q8_0 target (benchmarks issue)
+           "w8a8": (0.9995, 0.999)}
 
 
 def load_texts(path: str | Path = DEFAULT_TEXTS) -> list[str]:

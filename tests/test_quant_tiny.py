@@ -31,8 +31,9 @@ VARIANTS = ("q8_0", "q4_0", "e4_a8_f4_p4")
 BITS = {"q8_0": dict(embeddings=8, attention=8, feed_forward=8, projection=8),
         "q4_0": dict(embeddings=4, attention=4, feed_forward=4, projection=4),
         "e4_a8_f4_p4": dict(embeddings=4, attention=8, feed_forward=4, projection=4)}
-# Minimum cosine vs fp32 over TEXTS, measured on the tiny model (q8_0 0.9994, q4_0 0.950, mixed 0.974)
-MIN_COSINE = {"q8_0": 0.999, "q4_0": 0.93, "e4_a8_f4_p4": 0.95}
+# Minimum cosine vs fp32 over TEXTS, measured on the tiny model (q8_0 0.9994, q4_0 0.950, mixed 0.974,
+# w8a8 0.99966)
+MIN_COSINE = {"q8_0": 0.999, "q4_0": 0.93, "e4_a8_f4_p4": 0.95, "w8a8": 0.999}
 TEXTS = TINY_TEXTS
 TINY_LAYERS = 4
 
@@ -43,7 +44,7 @@ def run_cli(*args: str) -> int:
 
 @pytest.fixture(scope="module")
 def built(tiny_artifact, tmp_path_factory) -> Path:
-    """All three standard variants, built once through the CLI with the default method."""
+    """All four standard variants, built once through the CLI with the default method."""
     parent = tmp_path_factory.mktemp("quant") / "variants"
     assert run_cli("--in", tiny_artifact, "--variant", "all", "--out", parent, "-q", "--threads", "1") == 0
     return parent
@@ -66,8 +67,15 @@ def test_recipe_names_and_grammar():
     assert mixed.name == "e4_a8_f4_p4" and mixed.format("attention") == "Q8_0" and mixed.format("embeddings") == "Q4_0"
     # a uniform recipe spelled out gets the short variant name
     assert parse_recipe("e8_a8_f8_p8").name == "q8_0" and parse_recipe("e8_a8_f8_p8").recipe == "e8_a8_f8_p8"
-    assert [r.name for r in parse_variants("all")] == list(VARIANTS)
+    assert [r.name for r in parse_variants("all")] == [*VARIANTS, "w8a8"]
     assert parse_recipe("e8_a4_f8_p4").recipe == "e8_a4_f8_p4"
+    # the integer path: an `i` after 8-bit attention / feed-forward bits
+    w8a8 = parse_recipe("w8a8")
+    assert w8a8.recipe == "e8_a8i_f8i_p8" and w8a8.integer == ("attention", "feed_forward")
+    assert parse_recipe("e8_a8i_f8i_p8").name == "w8a8"
+    half = parse_recipe("e4_a8i_f4_p4")
+    assert half.integer == ("attention",) and half.uses_integer_path("attention")
+    assert not half.uses_integer_path("feed_forward") and half.format("feed_forward") == "Q4_0"
 
 
 @pytest.mark.parametrize("text, match", [
@@ -77,6 +85,9 @@ def test_recipe_names_and_grammar():
     ("e4_a8_f4_p4_x", "unknown variant"),
     ("e3_a8_f4_p4", r"e3 \(embeddings\).*4 \(Q4_0\) or 8 \(Q8_0\)"),
     ("e4_a8_f16_p2", r"f16 \(feed-forward\), p2 \(projection\)"),
+    ("e8_a4i_f8_p8", r"integer path \('i'\) needs 8 bits \(attention: 4 bits\)"),
+    ("e8_a8_f8_p8i", r"unknown variant.*8i = the int8 integer path, attention and feed-forward only"),
+    ("w8a9", "did you mean 'w8a8'"),
     ("", "unknown variant"),
 ])
 def test_recipe_errors_say_what_is_allowed(text, match):
@@ -93,7 +104,7 @@ def test_block_size_other_than_32_rejected():
 # built artifacts
 
 
-@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("variant", [*VARIANTS, "w8a8"])
 def test_variant_loads_in_runtime_and_stays_close_to_fp32(built, tiny_artifact, variant):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the tiny model truncates long texts
