@@ -31,9 +31,10 @@ log = logging.getLogger("quant")
 METHODS = ("rtn", "gptq")
 #: Default method (see NOTES-quant.md for the measurements behind it).
 DEFAULT_METHOD = "rtn"
-#: MatMulNBits accuracy_level per bit width, picked by measured throughput on AVX2 (NOTES-quant.md).
-#: Levels 0-3 decode exactly; level 4 quantizes activations to int8 per block.
-DEFAULT_ACCURACY_LEVEL = {4: 0, 8: 0}
+#: MatMulNBits accuracy_level when none is given: "auto" = 4 on CPUs with int8 dot products (VNNI,
+#: Arm dotprod), where it is faster than fp32, else 0 (exact decode; 4 is slower on plain AVX2).
+#: Measured in NOTES-quant.md. The level is baked into the graph: build on (or for) the target CPU.
+DEFAULT_ACCURACY_LEVEL = "auto"
 #: Token-table lookup: "gather" (standard ops, float16 scales, 12.6 MB smaller on the real model) or
 #: "gbq" (com.microsoft.GatherBlockQuantized, which needs float32 scales for a float32 output).
 DEFAULT_EMBEDDING_OP = "gather"
@@ -105,19 +106,38 @@ def tokenizer_files(manifest: dict) -> list[str]:
     return names
 
 
-def accuracy_levels(override: int | None) -> dict[int, int]:
-    """MatMulNBits accuracy_level per bit width: the measured defaults, or one level for both."""
-    if override is None:
-        return dict(DEFAULT_ACCURACY_LEVEL)
+def activation_bits(choice: int | str) -> tuple[int, str]:
+    """The integer path's activation code width and why: ``auto`` is 8 on CPUs with int8 dot products
+    (VNNI / Arm dotprod), where it is exact, else 7; an explicit 7 or 8 is taken as given."""
+    from runtime.cpu import has_int8_dot
+
+    if choice in (None, "auto"):
+        dot = has_int8_dot()
+        return (8 if dot else 7), f"auto: the building CPU {'has' if dot else 'lacks'} int8 dot products"
+    if choice not in I8.ACTIVATION_BITS:
+        raise QuantInputError(f"--int8-activation-bits must be 7, 8 or auto, got {choice!r}")
+    return int(choice), f"given: {choice}"
+
+
+def accuracy_levels(override: int | str | None) -> dict[int, int]:
+    """MatMulNBits accuracy_level per bit width: ``auto``/None picks by this CPU (``quant.cpu``), an
+    int 0-4 applies to both bit widths."""
+    if override is None or override == "auto":
+        from runtime.cpu import auto_accuracy_level
+
+        level = auto_accuracy_level()
+        return {4: level, 8: level}
     if override not in (0, 1, 2, 3, 4):
         raise QuantInputError(f"--accuracy-level must be 0, 1, 2, 3 or 4 (onnxruntime MatMulNBits), got {override}")
     return {4: override, 8: override}
 
 
 def build_variants(fp32_dir: str | Path, targets: list[tuple[Recipe, str | Path]], *, force: bool = False,
-                   method: str = DEFAULT_METHOD, accuracy_level: int | None = None, threads: int | None = None,
+                   method: str = DEFAULT_METHOD, accuracy_level: int | str | None = DEFAULT_ACCURACY_LEVEL,
+                   threads: int | None = None,
                    calibration_texts: list[str] | None = None, progress: bool = True, check: bool = True,
-                   verify_input: bool = True, embedding_op: str = DEFAULT_EMBEDDING_OP) -> list[Path]:
+                   verify_input: bool = True, embedding_op: str = DEFAULT_EMBEDDING_OP,
+                   int8_activation_bits: int | str = "auto") -> list[Path]:
     """Build one artifact folder per ``(recipe, out)`` from the fp32 artifact at ``fp32_dir``.
 
     Every input and output is checked before any work starts (so a bad --in or an existing --out
@@ -126,10 +146,20 @@ def build_variants(fp32_dir: str | Path, targets: list[tuple[Recipe, str | Path]
     gguf) or ``gptq`` (calibrated error feedback; values still decode exactly as the format says).
     Calibration, when the method needs it, runs once and serves every target. ``embedding_op``
     chooses how the quantized token table is looked up (``quant.graph.replace_site``).
+    ``int8_activation_bits`` (integer-path recipes only): 8 where this CPU has int8 dot products,
+    else 7 (``auto``), or forced; see ``quant.int8_path.ACTIVATION_BITS``.
     """
     if method not in METHODS:
         raise QuantInputError(f"unknown --method {method!r}; choose one of {', '.join(METHODS)}")
     levels = accuracy_levels(accuracy_level)
+    act_bits = activation_bits(int8_activation_bits)
+    if accuracy_level in (None, "auto"):
+        from runtime.cpu import has_int8_dot
+
+        level_note = (f"auto: {levels[4]} (the building CPU "
+                      f"{'has' if has_int8_dot() else 'lacks'} int8 dot products: VNNI / Arm dotprod)")
+    else:
+        level_note = f"given: {accuracy_level}"
     if embedding_op not in G.EMBEDDING_OPS:
         raise QuantInputError(f"unknown --embedding-op {embedding_op!r}; choose one of {', '.join(G.EMBEDDING_OPS)}")
     if threads is not None and threads < 1:
@@ -166,7 +196,8 @@ def build_variants(fp32_dir: str | Path, targets: list[tuple[Recipe, str | Path]
         t0 = time.time()
         written.append(_build_one(src, recipe, Path(out), force=force, method=method, levels=levels,
                                   quantizer=quantizer, calib_info=calib_info, progress=progress,
-                                  reference=reference, embedding_op=embedding_op))
+                                  reference=reference, embedding_op=embedding_op, level_note=level_note,
+                                  act_bits=act_bits))
         log.info("%s written to %s in %.1f s", recipe.name, out, time.time() - t0)
     return written
 
@@ -177,7 +208,8 @@ def build_variant(fp32_dir: str | Path, recipe: Recipe, out: str | Path, **kwarg
 
 
 def _build_one(src: Fp32Source, recipe: Recipe, out: Path, *, force: bool, method: str, levels: dict[int, int],
-               quantizer: "_Quantizer", calib_info, progress: bool, reference, embedding_op: str) -> Path:
+               quantizer: "_Quantizer", calib_info, progress: bool, reference, embedding_op: str,
+               level_note: str = "", act_bits: tuple[int, str] = (8, "")) -> Path:
     manifest_in = src.manifest
     model = onnx.load(str(src.folder / manifest_in["model_file"]), load_external_data=False)
     sites = G.find_weight_sites(model)
@@ -202,7 +234,7 @@ def _build_one(src: Fp32Source, recipe: Recipe, out: Path, *, force: bool, metho
             bar.update(1)
         for activation, members in integer_sites.items():
             packed, smooth, used = quantizer.get_integer(activation, members)
-            I8.add_integer_path(model, activation, members, packed, smooth)
+            I8.add_integer_path(model, activation, members, packed, smooth, activation_bits=act_bits[0])
             for site in members:
                 integer_counts[site.group] += 1
                 group_methods[site.group] = used
@@ -220,6 +252,13 @@ def _build_one(src: Fp32Source, recipe: Recipe, out: Path, *, force: bool, metho
 
         manifest = _manifest(src, recipe, method, levels, counts, group_methods, opsets, calib_info, embedding_op,
                              integer_counts)
+        manifest["quantization"]["accuracy_level_choice"] = level_note
+        if recipe.integer:
+            manifest["quantization"]["int8_path"] = {
+                "activation_bits": act_bits[0], "activation_bits_choice": act_bits[1],
+                "needs_int8_dot_products": act_bits[0] == 8,
+                "why": "8-bit activation codes times 8-bit weights saturate in the u8 x s8 kernel of x86 CPUs "
+                       "without VNNI; the runtime refuses such an artifact there"}
         log.info("hashing files and writing the manifest")
         write_manifest(stage, manifest)
         if reference is not None:
@@ -303,7 +342,12 @@ class _Quantizer:
         weights = {s.name: np.asarray(self._weight(s), dtype=np.float32) for s in members}
         if activation not in self.absmax:
             raise QuantInputError(f"no calibration statistics for {activation!r}; the integer path needs calibration")
-        smooth = I8.smoothing_factors(self.absmax[activation], list(weights.values()))
+        # An input read only in two passes is already quantized finely: smoothing would only move
+        # difficulty into the weights.
+        if all(I8.is_two_pass(s.name) for s in members):
+            smooth = np.ones(members[0].k, np.float32)
+        else:
+            smooth = I8.smoothing_factors(self.absmax[activation], list(weights.values()))
         use_gptq = self.method == "gptq" and activation in self.hessians
         factor = None
         if use_gptq:

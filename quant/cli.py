@@ -46,9 +46,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--method", default=DEFAULT_METHOD, choices=METHODS,
                         help=f"how stored values are chosen: rtn = ggml round-to-nearest (bit-exact to gguf), "
                              f"gptq = calibrated error feedback, same format (default: {DEFAULT_METHOD})")
-    parser.add_argument("--accuracy-level", type=int, default=None, choices=range(5), metavar="N",
-                        help="MatMulNBits accuracy_level 0-4 for every quantized matmul (default: the measured "
-                             "fastest per bit width; 4 also quantizes activations to int8)")
+    parser.add_argument("--accuracy-level", type=_accuracy_level, default="auto", metavar="N|auto",
+                        help="MatMulNBits accuracy_level 0-4 for every block-quantized matmul; 4 also quantizes "
+                             "activations to int8 per block of 32 (like llama.cpp) and is faster than fp32 only on "
+                             "CPUs with VNNI or Arm dot products; auto (default) picks 4 there and 0 elsewhere, "
+                             "judged on THIS machine, so build on the kind of CPU you deploy to")
+    parser.add_argument("--int8-activation-bits", default="auto", choices=("auto", "7", "8"),
+                        help="integer-path recipes (w8a8): activation code width; 8 is exact only on CPUs with VNNI "
+                             "or Arm dot products (elsewhere the runtime refuses the artifact), 7 runs exactly "
+                             "everywhere at some accuracy cost; auto (default) = 8 if THIS CPU has them, else 7")
     parser.add_argument("--embedding-op", default=DEFAULT_EMBEDDING_OP, choices=EMBEDDING_OPS,
                         help="token-table lookup: gather = standard ops with float16 scales (smaller), gbq = "
                              "com.microsoft.GatherBlockQuantized with float32 scales (+2 bytes per 32 weights); "
@@ -83,7 +89,9 @@ def main(argv: list[str] | None = None) -> int:
         targets = [(r, out / r.name) if all_variants else (r, out) for r in recipes]
         written = build_variants(args.source, targets, force=args.force, method=args.method,
                                  accuracy_level=args.accuracy_level, threads=args.threads,
-                                 progress=not args.quiet, check=not args.no_check, embedding_op=args.embedding_op)
+                                 progress=not args.quiet, check=not args.no_check, embedding_op=args.embedding_op,
+                                 int8_activation_bits=args.int8_activation_bits if args.int8_activation_bits == "auto"
+                                 else int(args.int8_activation_bits))
     except (RecipeError, QuantInputError, OutputExistsError, GraphError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -96,6 +104,14 @@ def main(argv: list[str] | None = None) -> int:
     for path in written:
         print(path)
     return 0
+
+
+def _accuracy_level(text: str):
+    if text.strip().lower() == "auto":
+        return "auto"
+    if text.strip() in ("0", "1", "2", "3", "4"):
+        return int(text)
+    raise argparse.ArgumentTypeError(f"expected 0, 1, 2, 3, 4 or auto, got {text!r}")
 
 
 def _exit_on_sigterm(signum, frame):

@@ -1,14 +1,15 @@
 """The integer path (``w8a8``): int8 weights per output channel, int8 activations per token at run time.
 
-On an AVX2 CPU without VNNI, onnxruntime's block-quantized ``MatMulNBits`` is no faster than fp32
-(it decodes the weights and runs the float kernel), but its u8 x s8 integer GEMM behind
-``MatMulIntegerToFloat`` / ``DynamicQuantizeMatMul`` is 3-4x faster than the fp32 GEMM
-(measured here, NOTES-quant.md). This module rewrites chosen ``MatMul(x, W)`` nodes to
+onnxruntime's block-quantized ``MatMulNBits`` is at best ~1.2x faster than fp32 on these CPUs
+(NOTES-quant.md), while its u8 x s8 integer GEMM behind ``MatMulIntegerToFloat`` is 3-4x faster than
+the fp32 GEMM. This module rewrites chosen ``MatMul(x, W)`` nodes to
 
     x_s  = x * (1/s)                      SmoothQuant factors s per input channel (calibrated)
     m    = max(|x_s|) per token           ReduceMax over the last axis
-    q    = DynamicQuantizeLinear(x_s / m) uint8 codes; per token in effect, since every row now spans [-1, 1]
-    y    = MatMulIntegerToFloat(q, W_q, a_scale, w_scale, a_zero_point) * m
+    q    = QuantizeLinear(x_s / m)        uint8 codes 128 + round(127 x_s / m): every row spans [-1, 1]
+    y    = MatMulIntegerToFloat(q, W_q, 1/127, w_scale, 128) * m
+
+(7-bit codes 64 + round(63 x_s / m) for x86 CPUs without VNNI, see ``ACTIVATION_BITS``)
 
 with ``W_q = round(diag(s) W / w_scale)``, symmetric int8 codes in -127..127 and one float32
 ``w_scale`` per output channel. Plain per-tensor dynamic quantization (onnxruntime's
@@ -19,8 +20,10 @@ The per-token row scale handles the first, the smoothing factors the second.
 Which weights need more is measured, not assumed: 8-bit inputs of ``v_proj`` and ``down_proj``
 cost several times the Q8_0 error budget (mean cosine 0.9987 with down_proj alone), so their
 input is quantized in two passes: ``q1`` as above, then the rounding residual ``x/m - deq(q1)`` by a
-second DynamicQuantizeLinear, and ``y = (MMITF(q1) + MMITF(q2)) * m``: about 16-bit activations
-for twice the integer work, still faster than one fp32 or MatMulNBits product.
+second QuantizeLinear at a 254x finer step, and ``y = (MMITF(q1) + MMITF(q2)) * m``: about 16-bit
+activations for twice the integer work, still faster than one fp32 or MatMulNBits product. An input
+read only in two passes (down_proj's) is not smoothed: that would only move difficulty into the
+weights (mean cosine 0.99954 -> 0.99960 without it).
 
 numpy and onnx only.
 """
@@ -38,9 +41,14 @@ ELIGIBLE = re.compile(r"\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_pr
 TWO_PASS = re.compile(r"\.(v_proj|down_proj)\.weight_t$")
 #: Largest weight code; -128 is never used, as in ggml's Q8_0 (keeps the codes symmetric).
 WEIGHT_QMAX = 127
-#: SmoothQuant migration strength: s_k = max|x_k|^alpha / max|w_k|^(1-alpha). 0.5 measured best of
-#: 0.3 / 0.5 on the parity texts' activations (NOTES-quant.md).
+#: SmoothQuant migration strength: s_k = max|x_k|^alpha / max|w_k|^(1-alpha). Of 0.4 / 0.5 / 0.65 / 0.8
+#: 0.5 gave the best mean and min cosine on the parity texts (NOTES-quant.md).
 SMOOTH_ALPHA = 0.5
+#: Activation code width. x86 CPUs without VNNI multiply u8 x s8 with vpmaddubsw, whose pair sums
+#: saturate at int16: with 8-bit activation codes (up to 255) and weight codes up to 127 a sum can
+#: exceed 32767. Seen under emulation of such a CPU: a product of 1,032,256 came out as 8,160.
+#: 7-bit codes (up to 127) keep every pair sum below 2 * 127 * 127 = 32258.
+ACTIVATION_BITS = (7, 8)
 # Smoothing factors are clipped to this range so a dead or extreme channel cannot blow up a weight.
 _SMOOTH_RANGE = (1e-3, 1e3)
 # Rows whose max |x| is below this are all zero in practice (padding); avoids 0/0.
@@ -101,11 +109,13 @@ def quantize_per_channel(w_t: np.ndarray, scales: np.ndarray | None = None) -> t
 
 
 def add_integer_path(model: onnx.ModelProto, activation: str, sites: list, packed: dict[str, tuple[np.ndarray, np.ndarray]],
-                     smooth: np.ndarray | None) -> None:
+                     smooth: np.ndarray | None, activation_bits: int = 8) -> None:
     """Rewrite every MatMul in ``sites`` (all reading ``activation``) to the integer path, in place.
 
     ``packed`` maps each site's weight name to its (int8 codes [K, N], float32 scales [N]), already
-    quantized from the smoothed weights ``diag(smooth) W``. The per-token quantization of the input
+    quantized from the smoothed weights ``diag(smooth) W``. ``activation_bits`` 8 gives codes 1..255
+    (exact with VNNI or Arm dot products), 7 gives 1..127 (exact on plain AVX2 too, see
+    ``ACTIVATION_BITS``). The per-token quantization of the input
     is inserted once, before the first consumer, and shared by all of them. Each node keeps its
     name and output, so nothing downstream changes; the fp32 weights are removed from the graph.
     """
@@ -126,14 +136,23 @@ def add_integer_path(model: onnx.ModelProto, activation: str, sites: list, packe
     pre += [helper.make_node("Abs", [x], [f"{p}.abs"], name=f"{p}/abs"),
             helper.make_node("ReduceMax", [f"{p}.abs", f"{p}.axes"], [f"{p}.rowmax0"], name=f"{p}/rowmax", keepdims=1),
             helper.make_node("Max", [f"{p}.rowmax0", f"{p}.tiny"], [f"{p}.rowmax"], name=f"{p}/rowmax_floor"),
-            helper.make_node("Div", [x, f"{p}.rowmax"], [f"{p}.unit"], name=f"{p}/unit_rows"),
-            helper.make_node("DynamicQuantizeLinear", [f"{p}.unit"], [f"{p}.q", f"{p}.a_scale", f"{p}.a_zero"],
-                             name=f"{p}/quantize")]
-    if any(is_two_pass(site.name) for site in sites):
+            helper.make_node("Div", [x, f"{p}.rowmax"], [f"{p}.unit"], name=f"{p}/unit_rows")]
+    two_pass = any(is_two_pass(site.name) for site in sites)
+    # Rows span [-1, 1]: fixed symmetric codes around the zero point, the same for every batch (a
+    # data-dependent range would make a text's vector depend on what it is batched with).
+    half = 2 ** (activation_bits - 1) - 1
+    step = 1.0 / half
+    consts.update({f"{p}.a_scale": np.array(step, np.float32), f"{p}.a_zero": np.array(half + 1, np.uint8)})
+    pre.append(helper.make_node("QuantizeLinear", [f"{p}.unit", f"{p}.a_scale", f"{p}.a_zero"], [f"{p}.q"],
+                                name=f"{p}/quantize"))
+    if two_pass:
+        # The rounding residual lies in [-step/2, step/2]: the same codes at a 2*half times finer step.
+        consts[f"{p}.a_scale2"] = np.array(step / (2 * half), np.float32)
+        consts[f"{p}.a_zero2"] = consts[f"{p}.a_zero"]
         pre += [helper.make_node("DequantizeLinear", [f"{p}.q", f"{p}.a_scale", f"{p}.a_zero"], [f"{p}.coarse"],
                                  name=f"{p}/coarse"),
                 helper.make_node("Sub", [f"{p}.unit", f"{p}.coarse"], [f"{p}.residual"], name=f"{p}/residual"),
-                helper.make_node("DynamicQuantizeLinear", [f"{p}.residual"], [f"{p}.q2", f"{p}.a_scale2", f"{p}.a_zero2"],
+                helper.make_node("QuantizeLinear", [f"{p}.residual", f"{p}.a_scale2", f"{p}.a_zero2"], [f"{p}.q2"],
                                  name=f"{p}/quantize_residual")]
     for name, value in consts.items():
         graph.initializer.append(numpy_helper.from_array(value, name))

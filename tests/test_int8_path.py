@@ -31,29 +31,30 @@ def _one_matmul_model(w: np.ndarray, weight_name: str) -> onnx.ModelProto:
     return model
 
 
-def _dql(x: np.ndarray):
-    """ONNX DynamicQuantizeLinear, written out from the operator's specification."""
-    lo, hi = min(float(x.min()), 0.0), max(float(x.max()), 0.0)
-    scale = np.float32((hi - lo) / 255)
-    zp = np.clip(np.rint(-lo / scale), 0, 255)
-    return np.clip(np.rint(x / scale) + zp, 0, 255), scale, zp
+def _quantize(x: np.ndarray, scale: float, zero: int):
+    """ONNX QuantizeLinear to uint8 (round half to even, saturate), from the operator's specification."""
+    return np.clip(np.rint(x / np.float32(scale)) + zero, 0, 255)
 
 
-def _numpy_integer_path(x, codes, scales, smooth, two_pass):
+def _numpy_integer_path(x, codes, scales, smooth, two_pass, bits=8):
+    """The arithmetic quant.int8_path documents, in float64: rows scaled to [-1, 1], fixed symmetric codes."""
+    half = 2 ** (bits - 1) - 1
+    step = np.float32(1.0 / half)
     xs = x / smooth
     rowmax = np.maximum(np.abs(xs).max(axis=-1, keepdims=True), 1e-30)
     unit = xs / rowmax
-    q, s, z = _dql(unit)
-    acc = ((q - z) @ codes.astype(np.float64)) * s
+    q = _quantize(unit, step, half + 1)
+    acc = ((q - half - 1) @ codes.astype(np.float64)) * step
     if two_pass:
-        r = unit - (q - z) * s
-        q2, s2, z2 = _dql(r)
-        acc = acc + ((q2 - z2) @ codes.astype(np.float64)) * s2
+        step2 = np.float32(step / (2 * half))
+        q2 = _quantize(unit - (q - half - 1) * step, step2, half + 1)
+        acc = acc + ((q2 - half - 1) @ codes.astype(np.float64)) * step2
     return acc * scales * rowmax
 
 
+@pytest.mark.parametrize("bits", I8.ACTIVATION_BITS)
 @pytest.mark.parametrize("two_pass", [False, True])
-def test_rewrite_matches_the_arithmetic_it_claims(two_pass):
+def test_rewrite_matches_the_arithmetic_it_claims(two_pass, bits):
     rng = np.random.default_rng(0)
     w = rng.normal(size=(K, N)).astype(np.float32)
     x = rng.normal(size=(2, 5, K)).astype(np.float32)
@@ -65,18 +66,21 @@ def test_rewrite_matches_the_arithmetic_it_claims(two_pass):
     codes, scales = I8.quantize_per_channel(w * smooth[:, None])
     model = _one_matmul_model(w, name)
     site = WeightSite(name, "feed_forward", "MatMul", "mm", "x", K, N)
-    I8.add_integer_path(model, "x", [site], {name: (codes, scales)}, smooth)
+    I8.add_integer_path(model, "x", [site], {name: (codes, scales)}, smooth, activation_bits=bits)
     onnx.checker.check_model(model)
     assert not [i for i in model.graph.initializer if i.name == name], "the fp32 weight must be gone"
     ops = [n.op_type for n in model.graph.node]
     assert ops.count("MatMulIntegerToFloat") == (2 if two_pass else 1) and "MatMul" not in ops
     got = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
-    want = _numpy_integer_path(x.astype(np.float64), codes, scales, smooth.astype(np.float64), two_pass)
+    want = _numpy_integer_path(x.astype(np.float64), codes, scales, smooth.astype(np.float64), two_pass, bits)
     np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-5 * np.abs(want).max())
     # and it is an accurate product: the error against the fp32 matmul is small, smaller with two passes
     exact = x @ w
     rel = np.linalg.norm(got - exact) / np.linalg.norm(exact)
-    assert rel < (0.006 if two_pass else 0.02), rel
+    assert rel < (0.006 if two_pass else 0.02 * 2 ** (8 - bits)), rel
+    # codes stay within the declared width (7 bits: every u8 x s8 pair sum fits int16)
+    q_nodes = [n for n in model.graph.node if n.op_type == "QuantizeLinear"]
+    assert len(q_nodes) == (2 if two_pass else 1)
 
 
 def test_two_pass_input_is_far_more_accurate_than_one():
@@ -136,7 +140,7 @@ def test_w8a8_on_the_tiny_model(tiny_artifact, tmp_path):
     ops = [n.op_type for n in model.graph.node]
     layers = 4
     assert ops.count("MatMulIntegerToFloat") == 9 * layers        # 7 weights + the residual pass of v and down
-    assert ops.count("DynamicQuantizeLinear") == 6 * layers       # 4 inputs per layer, 2 of them twice
+    assert ops.count("QuantizeLinear") == 6 * layers              # 4 inputs per layer, 2 of them twice
     assert ops.count("MatMulNBits") == 2 and "MatMul" in ops      # the heads; attention scores stay fp32
     floats = [i.name for i in model.graph.initializer if len(i.dims) == 2 and i.data_type == TensorProto.FLOAT]
     assert all(n.endswith(".scales") for n in floats), floats
@@ -145,8 +149,40 @@ def test_w8a8_on_the_tiny_model(tiny_artifact, tmp_path):
     assert groups["attention"]["tensors"] == 4 * layers and groups["feed_forward"]["tensors"] == 3 * layers
     assert groups["embeddings"]["format"] == "Q8_0" and groups["projection"]["format"] == "Q8_0"
     assert groups["feed_forward"]["two_pass_inputs"] == "down_proj"
+    int8 = read_manifest(out)["quantization"]["int8_path"]
+    assert int8["activation_bits"] in (7, 8) and int8["needs_int8_dot_products"] == (int8["activation_bits"] == 8)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         ref = Embedder(tiny_artifact, threads=1).encode(TINY_TEXTS)
         got = Embedder(out, threads=1).encode(TINY_TEXTS)
     assert np.sum(ref * got, axis=1).min() >= 0.999     # measured 0.99966
+
+
+def test_runtime_refuses_8_bit_codes_on_x86_without_vnni(tmp_path, monkeypatch):
+    """An artifact whose integer path needs int8 dot products is refused where they are missing."""
+    from runtime import cpu, embedder
+    from runtime.artifact import ArtifactError
+
+    manifest = {"variant": "w8a8", "quantization": {"int8_path": {"needs_int8_dot_products": True}}}
+    monkeypatch.setattr(cpu, "cpu_flags", lambda cpuinfo=None: {"avx2", "fma"})
+    monkeypatch.setattr(cpu, "is_x86", lambda machine=None: True)
+    with pytest.raises(ArtifactError, match="no VNNI.*--int8-activation-bits 7"):
+        embedder._check_cpu_can_run(tmp_path, manifest)
+    monkeypatch.setattr(cpu, "cpu_flags", lambda cpuinfo=None: {"avx2", "avx512_vnni"})
+    embedder._check_cpu_can_run(tmp_path, manifest)           # VNNI: fine
+    monkeypatch.setattr(cpu, "is_x86", lambda machine=None: False)
+    monkeypatch.setattr(cpu, "cpu_flags", lambda cpuinfo=None: set())
+    embedder._check_cpu_can_run(tmp_path, manifest)           # Arm: no saturation
+    manifest["quantization"]["int8_path"]["needs_int8_dot_products"] = False
+    monkeypatch.setattr(cpu, "is_x86", lambda machine=None: True)
+    embedder._check_cpu_can_run(tmp_path, manifest)           # 7-bit codes: fine everywhere
+
+
+def test_cpu_flags_parsing():
+    from runtime.cpu import auto_accuracy_level, cpu_flags, has_int8_dot
+
+    info = "processor\t: 0\nflags\t\t: fpu avx2 fma avx512_vnni\n\nprocessor\t: 1\nflags\t\t: fpu avx2\n"
+    assert {"avx2", "avx512_vnni"} <= cpu_flags(info)
+    assert has_int8_dot({"avx2", "avx512_vnni"}) and has_int8_dot({"asimd", "asimddp"})
+    assert not has_int8_dot({"avx2", "fma"})
+    assert auto_accuracy_level({"avx2"}) == 0 and auto_accuracy_level({"avx_vnni"}) == 4

@@ -43,3 +43,28 @@ def test_q8_0_fidelity_on_parity_texts(rtn_variants, real_artifact):
     got = result[str(rtn_variants["q8_0"])]["prompts"]["document"]
     mean_target, min_target = TARGETS["q8_0"]
     assert got["mean"] >= mean_target and got["min"] >= min_target, got
+
+
+@pytest.fixture(scope="module")
+def w8a8(real_artifact, tmp_path_factory):
+    """The speed-first variant as `--variant all` builds it: GPTQ weights, calibrated smoothing,
+    activation width chosen for this CPU."""
+    out = tmp_path_factory.mktemp("real-w8a8") / "w8a8"
+    build_variants(real_artifact, [(parse_recipe("w8a8"), out)], method="gptq", progress=False, verify_input=False)
+    return out
+
+
+# What w8a8 measured (document | query prompt), asserted as floors. The Q8_0 target (mean 0.9995, min
+# 0.999) is met on the mean with 8-bit activation codes and MISSED on the min (two short texts);
+# quant/NOTES-quant.md has the numbers. 8-bit: 0.99960 / 0.99893 | 0.99953 / 0.99864.
+# 7-bit (x86 without VNNI): 0.99913 / 0.99779 | 0.99904 / 0.99781.
+W8A8_FLOOR = {8: (TARGETS["w8a8"][0], 0.998), 7: (0.9988, 0.997)}
+
+
+def test_w8a8_fidelity_on_parity_texts(w8a8, real_artifact):
+    """w8a8 against fp32 on the parity texts, both prompts, at the activation width built for this CPU."""
+    int8 = read_manifest(w8a8)["quantization"]["int8_path"]
+    result = measure(real_artifact, [w8a8], load_texts())[str(w8a8)]["prompts"]
+    mean_target, min_target = W8A8_FLOOR[int8["activation_bits"]]
+    for prompt, got in result.items():
+        assert got["mean"] >= mean_target and got["min"] >= min_target, (prompt, got, int8)
