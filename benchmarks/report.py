@@ -20,8 +20,9 @@ def _fmt_ratio(x):
 
 
 def _markdown(meta: dict, summary: dict) -> str:
+    features = ", ".join(meta.get("cpu_features") or []) or "unknown"
     lines = [f"# Benchmark ({meta['time']})", "",
-             f"{meta['cpu']}, {meta['threads']} threads, {meta['rounds']} interleaved rounds, medians; "
+             f"{meta['cpu']} ({features}), {meta['threads']} threads, {meta['rounds']} interleaved rounds, medians; "
              "each measurement in a fresh process.", ""]
     for w, info in meta["workloads"].items():
         lines.append(f"- **{w}**: {info['description']} ({info['tokens']} tokens in {info['texts']} texts)")
@@ -43,6 +44,13 @@ def _markdown(meta: dict, summary: dict) -> str:
         mem_w = "short" if "short" in ws else next(iter(ws))
         row += [f"{ws[mem_w]['peak_rss_mb']:.0f}", f"{ws[mem_w]['load_s']:.2f}"]
         lines.append("| " + " | ".join(row) + " |")
+    if meta.get("fidelity"):
+        lines += ["", "Fidelity (cosine to fp32 on the parity texts, worst prompt): " + "; ".join(
+            f"{v} mean {f['mean']:.5f} / min {f['min']:.5f} ({'meets' if f['meets'] else 'misses'} its target)"
+            for v, f in meta["fidelity"].items())]
+    if meta.get("targets"):
+        lines += ["", "| target | measured | verdict |", "|---|---|---|"]
+        lines += [f"| {t['target']} | {t['measured']} | {'PASS' if t['ok'] else '**MISS**'} |" for t in meta["targets"]]
     return "\n".join(lines) + "\n"
 
 

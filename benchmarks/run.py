@@ -51,15 +51,17 @@ def _systems(args) -> list[dict]:
     return systems
 
 
-def _run_one(system: dict, workload: str, threads: int, tokenizer: str, repeats: int) -> dict:
-    spec = {"system": system["system"], "path": system["path"], "threads": threads, "workload": workload,
-            "tokenizer": tokenizer, "repeats": repeats}
+def _run_one(system: dict, workload, threads: int, repeats: int) -> dict:
+    # The texts travel in the spec: a worker that built them itself would load the 33 MB
+    # tokenizer.json with `tokenizers` (~400 MB peak) and that would swamp its peak RSS.
+    spec = {"system": system["system"], "path": system["path"], "threads": threads, "workload": workload.name,
+            "texts": list(workload.texts), "batch_size": workload.batch_size, "repeats": repeats}
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
                OMP_NUM_THREADS=str(threads))
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.worker", json.dumps(spec)], capture_output=True,
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.worker"], input=json.dumps(spec), capture_output=True,
                           text=True, env=env, cwd=ROOT)
     if proc.returncode != 0:
-        raise RuntimeError(f"{system['name']} / {workload} failed:\n{proc.stderr[-3000:]}")
+        raise RuntimeError(f"{system['name']} / {workload.name} failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
@@ -103,6 +105,8 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="threads per system (default: all cores)")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; medians are taken (default 3)")
     parser.add_argument("--repeats", type=int, help="timed repeats per process (default: short 5, medium 3, long 1)")
+    parser.add_argument("--fidelity", metavar="JSON", help="output of `python -m quant.fidelity --json`: decides which "
+                        "variants meet their fidelity target for the speed verdicts")
     parser.add_argument("--out", required=True, help="folder for results.json, results.md and results.png")
     args = parser.parse_args(argv)
 
@@ -125,12 +129,19 @@ def main(argv=None) -> int:
     jobs = [(r, w, s) for r in range(args.rounds) for w in workloads for s in systems]
     started = time.time()
     for r, w, s in tqdm(jobs, desc="measuring", unit="run"):
-        raw[s["name"]][w].append(_run_one(s, w, args.threads, tokenizer, args.repeats or REPEATS[w]))
+        raw[s["name"]][w].append(_run_one(s, built[w], args.threads, args.repeats or REPEATS[w]))
 
     from benchmarks.report import write_report
+    from benchmarks.targets import check, load_fidelity
+    from runtime.cpu import cpu_flags
 
     summary = summarise(systems, raw, token_counts)
+    fidelity = load_fidelity(args.fidelity)
+    flags = cpu_flags()
     meta = {"threads": args.threads, "rounds": args.rounds, "cpu": _cpu_name(), "seconds": time.time() - started,
+            "cpu_features": sorted(f for f in flags if f in ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni",
+                                                             "amx_int8", "asimddp", "f16c")),
+            "fidelity": fidelity, "targets": check(summary, fidelity),
             "workloads": {w: dict(token_counts[w], description=built[w].description) for w in workloads},
             "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     out = write_report(Path(args.out), meta, summary, raw)

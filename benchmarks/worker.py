@@ -33,14 +33,11 @@ def _load(system: str, path: str, threads: int):
 def measure(spec: dict) -> dict:
     """Load ``spec['system']`` from ``spec['path']`` and time workload ``spec['workload']``."""
     t_import = time.perf_counter()
-    from benchmarks.workloads import build_workloads
-
-    workload = build_workloads(spec["tokenizer"], [spec["workload"]])[spec["workload"]]
     encode, load_s = _load(spec["system"], spec["path"], spec["threads"])
-    texts, bs = list(workload.texts), workload.batch_size
+    texts, bs = list(spec["texts"]), int(spec["batch_size"])
     encode(texts[: min(len(texts), 8)], bs)  # warm-up: first-run allocations and kernel selection
     times = []
-    if workload.batch_size == 1:  # latency: one timed call per text
+    if bs == 1:  # latency: one timed call per text
         for text in texts:
             t = time.perf_counter()
             encode([text], 1)
@@ -55,4 +52,4 @@ def measure(spec: dict) -> dict:
 
 
 if __name__ == "__main__":
-    print(json.dumps(measure(json.loads(sys.argv[1]))))
+    print(json.dumps(measure(json.loads(sys.stdin.read()))))

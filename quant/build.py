@@ -233,8 +233,9 @@ def _build_one(src: Fp32Source, recipe: Recipe, out: Path, *, force: bool, metho
             group_methods[site.group] = used
             bar.update(1)
         for activation, members in integer_sites.items():
-            packed, smooth, used = quantizer.get_integer(activation, members)
-            I8.add_integer_path(model, activation, members, packed, smooth, activation_bits=act_bits[0])
+            packed, smooth, used, outliers = quantizer.get_integer(activation, members)
+            I8.add_integer_path(model, activation, members, packed, smooth, activation_bits=act_bits[0],
+                                outliers=outliers)
             for site in members:
                 integer_counts[site.group] += 1
                 group_methods[site.group] = used
@@ -332,11 +333,13 @@ class _Quantizer:
             self._cache[key] = result
         return result
 
-    def get_integer(self, activation: str, members: list[G.WeightSite]) -> tuple[dict, np.ndarray, str]:
+    def get_integer(self, activation: str, members: list[G.WeightSite]) -> tuple:
         """Integer-path weights of every site in ``members`` (all reading ``activation``): smoothing
         factors from the calibrated max |x| and the weights, then per-channel int8 codes of the
         smoothed weights (GPTQ on the smoothed Hessian with ``gptq``, round-to-nearest with ``rtn``).
-        Returns ``({weight name: (codes [K, N] int8, scales [N])}, smoothing factors, method)``."""
+        The ``I8.OUTLIER_CHANNELS`` largest input channels are split (``I8.split_columns``).
+        Returns ``({weight name: (codes [K + copies, N] int8, scales [N])}, smoothing factors, method,
+        split channel indices)``."""
         from .calibrate import gptq_factor, gptq_quantize_per_channel
 
         weights = {s.name: np.asarray(self._weight(s), dtype=np.float32) for s in members}
@@ -348,15 +351,19 @@ class _Quantizer:
             smooth = np.ones(members[0].k, np.float32)
         else:
             smooth = I8.smoothing_factors(self.absmax[activation], list(weights.values()))
+        outliers = I8.outlier_channels(self.absmax[activation] / smooth)
+        cols = I8.split_columns(members[0].k, outliers)
+        divisors = I8.input_divisors(smooth, outliers).astype(np.float64)
         use_gptq = self.method == "gptq" and activation in self.hessians
         factor = None
         if use_gptq:
-            inv = (1.0 / smooth).astype(np.float64)
-            factor = gptq_factor(self.hessians[activation] * inv[:, None] * inv[None, :])
+            inv = 1.0 / divisors
+            # Hessian of the widened input: the copies of a channel are equal columns
+            factor = gptq_factor((self.hessians[activation] * inv[:, None] * inv[None, :])[np.ix_(cols, cols)])
         packed = {}
         for site in members:
             self._pending[(site.name, INTEGER_KEY)] -= 1
-            w_t = weights.pop(site.name) * smooth[:, None]             # [K, N], rows scaled by s
+            w_t = (weights.pop(site.name) * smooth[:, None])[cols]  # [K + copies, N]: rows scaled by s, copied
             if use_gptq:
                 scales = I8.per_channel_scales(w_t, factor.diag)
                 codes = gptq_quantize_per_channel(np.ascontiguousarray(w_t.T), factor, scales, I8.WEIGHT_QMAX).T
@@ -364,7 +371,7 @@ class _Quantizer:
                 codes, scales = I8.quantize_per_channel(w_t)
             packed[site.name] = (np.ascontiguousarray(codes), scales)
         self._release(activation)
-        return packed, smooth, "gptq" if use_gptq else "rtn"
+        return packed, smooth, "gptq" if use_gptq else "rtn", outliers
 
     def _release(self, activation: str) -> None:
         """Free an input's Hessian once no request that needs it is still to be computed."""
@@ -447,12 +454,14 @@ def _manifest(src: Fp32Source, recipe: Recipe, method: str, levels: dict[int, in
             entry["scales_stored_as"] = "float16" if embedding_op == "gather" else "float32 (widened float16)"
         if recipe.uses_integer_path(group):
             entry = {"format": recipe.format(group), "bits": 8,
-                     "op": "MatMulIntegerToFloat after DynamicQuantizeLinear of rows scaled to [-1, 1]",
+                     "op": "MatMulIntegerToFloat on per-token codes (QuantizeLinear of rows scaled to [-1, 1])",
                      "weights": "q/k/v/o_proj" if group == "attention" else "gate/up/down_proj",
                      "two_pass_inputs": "v_proj" if group == "attention" else "down_proj",
                      "tensors": (integer_counts or {}).get(group, 0), "method": group_methods.get(group, method),
                      "weight_codes": f"symmetric -{I8.WEIGHT_QMAX}..{I8.WEIGHT_QMAX}, one float32 scale per output channel",
-                     "smoothing": {"alpha": I8.SMOOTH_ALPHA, "from": "calibrated per-channel max |x|"}}
+                     "smoothing": {"alpha": I8.SMOOTH_ALPHA, "from": "calibrated per-channel max |x|"},
+                     "split_channels": {"per_input": I8.OUTLIER_CHANNELS, "copies": I8.OUTLIER_SPLIT,
+                                        "which": "largest calibrated max |x / s|"}}
         groups[group] = entry
     groups["norms"] = "fp32"
     quantization = {"recipe": recipe.recipe, "method": method, "block_size": recipe.block_size, "groups": groups,

@@ -31,9 +31,50 @@ def test_benchmark_command_writes_report(tiny_artifact, tmp_path):
     md = (out / "results.md").read_text()
     assert "| fp32 |" in md and "| copy |" in md and "latency p50 / p95 ms" in md
     assert (out / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # verdicts can be re-checked later with fidelity numbers measured elsewhere
+    fid = tmp_path / "fid.json"
+    fid.write_text(json.dumps({"x": {"variant": "q8_0", "prompts": {"document": {"mean": 0.9999, "min": 0.9995}}}}))
+    rerun = subprocess.run([sys.executable, "-m", "benchmarks.targets", str(out), "--fidelity", str(fid)],
+                           capture_output=True, text=True, cwd=ROOT)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    again = json.loads((out / "results.json").read_text())
+    assert again["meta"]["fidelity"]["q8_0"]["meets"] and again["summary"] == result["summary"]
+    rows = {r["target"]: r for r in again["meta"]["targets"]}
+    assert rows["fastest variant meeting its fidelity target >= 1.5x fp32 ONNX and torch"]["measured"] == \
+        "no variant meets its fidelity target"
+    assert "| target | measured | verdict |" in (out / "results.md").read_text()
 
 
 def test_benchmark_rejects_bad_arguments(tmp_path):
     run = subprocess.run([sys.executable, "-m", "benchmarks", "--artifacts", str(tmp_path), "--out", str(tmp_path / "o")],
                          capture_output=True, text=True, cwd=ROOT)
     assert run.returncode != 0 and "not an artifact folder" in run.stderr
+
+
+def test_target_verdicts_on_a_hand_made_run(tmp_path):
+    from benchmarks.targets import check, load_fidelity
+
+    def entry(variant, short, long=None, rss=300.0, load=1.0, system="onnx"):
+        w = {"short": {"tokens_per_s": short, "peak_rss_mb": rss, "load_s": load}}
+        if long:
+            w["long"] = {"tokens_per_s": long, "peak_rss_mb": rss, "load_s": load}
+        return {"system": system, "variant": variant, "size_mb": 1.0, "workloads": w}
+
+    summary = {"fp32": entry("fp32", 800, 500), "q8_0": entry("q8_0", 950, 520), "q4_0": entry("q4_0", 700, 510, rss=390),
+               "w8a8": entry("w8a8", 1600, 900), "torch": entry("sentence-transformers", 700, 400, system="torch")}
+    fid = tmp_path / "fid.json"
+    fid.write_text(json.dumps({
+        "a": {"variant": "q8_0", "prompts": {"document": {"mean": 0.9999, "min": 0.9995}, "query": {"mean": 0.9998, "min": 0.9992}}},
+        "b": {"variant": "w8a8", "prompts": {"document": {"mean": 0.9996, "min": 0.9989}, "query": {"mean": 0.9996, "min": 0.9995}}},
+    }))
+    fidelity = load_fidelity(fid)
+    assert fidelity["q8_0"]["meets"] and not fidelity["w8a8"]["meets"] and fidelity["w8a8"]["min"] == 0.9989
+    rows = {r["target"]: r for r in check(summary, fidelity)}
+    assert not rows["short workload: no variant slower than fp32 ONNX"]["ok"]       # q4_0 0.88x
+    assert "q4_0 0.88x" in rows["short workload: no variant slower than fp32 ONNX"]["measured"]
+    assert rows["long workload: no variant slower than fp32 ONNX"]["ok"]
+    assert rows["q4_0 short workload >= 525 tokens/s"]["ok"]
+    assert not rows["q4_0 peak resident memory <= 350 MB (short workload)"]["ok"]
+    fastest = rows["fastest variant meeting its fidelity target >= 1.5x fp32 ONNX and torch"]
+    # w8a8 is faster but misses its fidelity target, so q8_0 decides: 950/800 = 1.19x -> MISS
+    assert not fastest["ok"] and fastest["measured"].startswith("q8_0: 1.19x fp32, 1.36x torch")

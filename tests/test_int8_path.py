@@ -83,6 +83,41 @@ def test_rewrite_matches_the_arithmetic_it_claims(two_pass, bits):
     assert len(q_nodes) == (2 if two_pass else 1)
 
 
+@pytest.mark.parametrize("two_pass", [False, True])
+def test_split_outlier_channels_keep_the_product_and_the_other_channels_precision(two_pass):
+    rng = np.random.default_rng(3)
+    w = rng.normal(size=(K, N)).astype(np.float32)
+    x = rng.normal(size=(2, 5, K)).astype(np.float32)
+    x[:, 0, [5, 17]] *= 12      # a sink-like token: two channels far above the rest
+    name = "backbone.layers.0.mlp." + ("down_proj" if two_pass else "up_proj") + ".weight_t"
+    smooth = np.ones(K, np.float32)   # as for down_proj's input; smoothing would absorb part of the outliers
+    idx = I8.outlier_channels(np.abs(x).reshape(-1, K).max(0) / smooth, 2)
+    np.testing.assert_array_equal(idx, [5, 17])
+    cols = I8.split_columns(K, idx, 4)
+    assert cols.tolist() == list(range(K)) + [5, 17] * 3
+    codes, scales = I8.quantize_per_channel((w * smooth[:, None])[cols])
+    model = _one_matmul_model(w, name)
+    site = WeightSite(name, "feed_forward", "MatMul", "mm", "x", K, N)
+    I8.add_integer_path(model, "x", [site], {name: (codes, scales)}, smooth, outliers=idx, split=4)
+    onnx.checker.check_model(model)
+    got = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    # reference: each outlier channel fed as 4 copies of x / (4 s), each reading the row W s
+    widened = (x.astype(np.float64) / I8.input_divisors(smooth, idx, 4))[..., cols]
+    want = _numpy_integer_path(widened, codes, scales, np.ones(len(cols)), two_pass)
+    np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-5 * np.abs(want).max())
+    # with exact activations the widened product is the original one (copies sum back) ...
+    wide_exact = widened @ (w * smooth[:, None]).astype(np.float64)[cols]
+    np.testing.assert_allclose(wide_exact, x.astype(np.float64) @ w, rtol=1e-6, atol=1e-4)
+    # ... and the sink token's activation codes lose less (error against each path's own weights)
+    plain_codes, plain_scales = I8.quantize_per_channel(w * smooth[:, None])
+    plain = _numpy_integer_path(x.astype(np.float64), plain_codes, plain_scales, smooth.astype(np.float64), two_pass)
+    ref_plain = (x / smooth) @ (plain_codes * plain_scales.astype(np.float64))
+    ref_wide = widened @ (codes * scales.astype(np.float64))
+    err = lambda y, r: np.linalg.norm(y[:, 0] - r[:, 0]) / np.linalg.norm(r[:, 0])  # noqa: E731
+    if not two_pass:
+        assert err(got, ref_wide) < err(plain, ref_plain) / 2, (err(got, ref_wide), err(plain, ref_plain))
+
+
 def test_two_pass_input_is_far_more_accurate_than_one():
     rng = np.random.default_rng(1)
     w = rng.normal(size=(K, N)).astype(np.float32)

@@ -1,0 +1,100 @@
+"""The design's speed, memory and load targets, checked against one benchmark run (PASS / MISS).
+
+Fidelity comes from ``python -m quant.fidelity --json`` (cosine to fp32 on the parity texts), so
+"the fastest variant that meets its fidelity target" is decided on measured numbers, not names.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+#: Q8_0 and Q4_0 must reach 1.5x llama.cpp's Q8_0 measured on this machine (350 tokens/s).
+MIN_BLOCK_TOKENS_PER_S = 525
+#: The fastest variant that meets its fidelity target, against fp32 ONNX and torch, short workload.
+MIN_SPEEDUP = 1.5
+Q4_0_MAX_RSS_MB = 350
+Q4_0_MAX_LOAD_S = 1.5
+
+
+def load_fidelity(path: str | Path | None) -> dict[str, dict]:
+    """``{variant: {"mean", "min", "target", "meets"}}`` from a quant.fidelity JSON (worst prompt)."""
+    if not path:
+        return {}
+    from quant.fidelity import TARGETS
+
+    out = {}
+    for entry in json.loads(Path(path).read_text(encoding="utf-8")).values():
+        prompts = entry["prompts"].values()
+        mean, low = min(p["mean"] for p in prompts), min(p["min"] for p in prompts)
+        target = TARGETS.get(entry["variant"])
+        out[entry["variant"]] = {"mean": mean, "min": low, "target": target,
+                                 "meets": target is not None and mean >= target[0] and low >= target[1]}
+    return out
+
+
+def check(summary: dict, fidelity: dict) -> list[dict]:
+    """One row per target: what, measured, PASS / MISS / n/a."""
+    rows = []
+    onnx = {n: e for n, e in summary.items() if e["system"] == "onnx"}
+    fp32 = next((n for n, e in onnx.items() if e["variant"] == "fp32"), None)
+    torch_name = next((n for n, e in summary.items() if e["system"] == "torch"), None)
+
+    def tps(name, w):
+        return summary[name]["workloads"].get(w, {}).get("tokens_per_s")
+
+    for w in ("short", "long"):
+        if fp32 and tps(fp32, w):
+            slower = [f"{n} {tps(n, w) / tps(fp32, w):.2f}x" for n in onnx if n != fp32 and tps(n, w) < tps(fp32, w)]
+            rows.append({"target": f"{w} workload: no variant slower than fp32 ONNX",
+                         "measured": "; ".join(slower) or "all at least as fast", "ok": not slower})
+    for variant in ("q8_0", "q4_0"):
+        name = next((n for n, e in onnx.items() if e["variant"] == variant), None)
+        if name and tps(name, "short"):
+            got = tps(name, "short")
+            rows.append({"target": f"{variant} short workload >= {MIN_BLOCK_TOKENS_PER_S} tokens/s",
+                         "measured": f"{got:.0f} tokens/s", "ok": got >= MIN_BLOCK_TOKENS_PER_S})
+    q4 = next((n for n, e in onnx.items() if e["variant"] == "q4_0"), None)
+    if q4 and "short" in summary[q4]["workloads"]:
+        e = summary[q4]["workloads"]["short"]
+        rows.append({"target": f"q4_0 peak resident memory <= {Q4_0_MAX_RSS_MB} MB (short workload)",
+                     "measured": f"{e['peak_rss_mb']:.0f} MB", "ok": e["peak_rss_mb"] <= Q4_0_MAX_RSS_MB})
+        rows.append({"target": f"q4_0 load <= {Q4_0_MAX_LOAD_S} s", "measured": f"{e['load_s']:.2f} s",
+                     "ok": e["load_s"] <= Q4_0_MAX_LOAD_S})
+    if fp32 and fidelity and tps(fp32, "short"):
+        name = f"fastest variant meeting its fidelity target >= {MIN_SPEEDUP}x fp32 ONNX and torch"
+        meeting = [n for n, e in onnx.items() if fidelity.get(e["variant"], {}).get("meets")]
+        if not meeting:
+            rows.append({"target": name, "measured": "no variant meets its fidelity target", "ok": False})
+        else:
+            best = max(meeting, key=lambda n: tps(n, "short"))
+            vs_fp32 = tps(best, "short") / tps(fp32, "short")
+            vs_torch = tps(best, "short") / tps(torch_name, "short") if torch_name else None
+            ok = vs_fp32 >= MIN_SPEEDUP and (vs_torch is None or vs_torch >= MIN_SPEEDUP)
+            rows.append({"target": name,
+                         "measured": f"{best}: {vs_fp32:.2f}x fp32" + (f", {vs_torch:.2f}x torch" if vs_torch else
+                                                                       " (torch not measured)"),
+                         "ok": ok})
+    return rows
+
+
+def main(argv=None) -> int:
+    """Re-check a finished run's targets with (new) fidelity numbers and rewrite its report."""
+    import argparse
+
+    from benchmarks.report import write_report
+
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.targets", description=main.__doc__)
+    parser.add_argument("run", help="folder of a benchmark run (with results.json)")
+    parser.add_argument("--fidelity", required=True, metavar="JSON", help="output of `python -m quant.fidelity --json`")
+    args = parser.parse_args(argv)
+    run = Path(args.run)
+    data = json.loads((run / "results.json").read_text(encoding="utf-8"))
+    meta, summary = data["meta"], data["summary"]
+    meta["fidelity"] = load_fidelity(args.fidelity)
+    meta["targets"] = check(summary, meta["fidelity"])
+    print(write_report(run, meta, summary, data["raw"]).read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
