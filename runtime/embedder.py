@@ -53,8 +53,9 @@ class Embedder:
         tokenizer: "auto" (sentencepiece when installed and shipped: ~45 MB instead of ~280 MB
         resident, identical ids), "sentencepiece" or "tokenizers". low_memory: turn off onnxruntime's
         CPU memory arena and memory patterns, whose buffers grow with every new batch shape (Q4_0
-        peak 552 MB -> 388 MB over repeated short batches, measured), and for int4 artifacts the
-        pre-packed weight copies; ignored with session_options.
+        peak 552 MB -> 388 MB over repeated short batches, measured); ignored with session_options.
+        (Dropping onnxruntime's pre-packed weight copies saves ~95 MB on Q4_0 but made batch-1
+        latency 10x worse: measured and not done.)
         """
         self.path = Path(path)
         self.manifest = read_manifest(self.path)
@@ -81,11 +82,7 @@ class Embedder:
             if low_memory:
                 options.enable_cpu_mem_arena = False
                 options.enable_mem_pattern = False
-                if _has_int4_weights(m):
-                    # A pre-packed copy of int4 weights is extra memory with no speed to show for it
-                    # (Q4_0, measured: same or better speed without it, ~95 MB less resident). Q8_0
-                    # and fp32 keep it (Q8_0 0.95x without).
-                    options.add_session_config_entry("session.disable_prepacking", "1")
+
         if threads is not None:
             if threads < 1:
                 raise ValueError(f"threads must be >= 1, got {threads}")
@@ -298,7 +295,3 @@ def _progress(total: int, enabled: bool):
             bar.close()
     return update
 
-
-def _has_int4_weights(manifest: dict) -> bool:
-    groups = (manifest.get("quantization") or {}).get("groups") or {}
-    return any(isinstance(g, dict) and g.get("bits") == 4 for g in groups.values())

@@ -78,3 +78,13 @@ def test_target_verdicts_on_a_hand_made_run(tmp_path):
     fastest = rows["fastest variant meeting its fidelity target >= 1.5x fp32 ONNX and torch"]
     # w8a8 is faster but misses its fidelity target, so q8_0 decides: 950/800 = 1.19x -> MISS
     assert not fastest["ok"] and fastest["measured"].startswith("q8_0: 1.19x fp32, 1.36x torch")
+
+
+def test_worker_peak_memory_is_its_own_not_the_parents():
+    ballast = bytearray(400 * 1024 * 1024)   # this (parent) process now holds 400 MB resident
+    ballast[:: 4096] = b"x" * len(ballast[:: 4096])
+    run = subprocess.run([sys.executable, "-c", "from benchmarks.worker import peak_rss_mb; print(peak_rss_mb())"],
+                         capture_output=True, text=True, cwd=ROOT)
+    assert run.returncode == 0, run.stderr
+    assert 5 < float(run.stdout) < 200, run.stdout   # a bare interpreter, not the parent's 400 MB
+    del ballast
