@@ -15,7 +15,8 @@ with ``W_q = round(diag(s) W / w_scale)``, symmetric int8 codes in -127..127 and
 ``w_scale`` per output channel. Plain per-tensor dynamic quantization (onnxruntime's
 ``quantize_dynamic``) loses far too much on this model (mean cosine 0.970, min 0.935 on the parity
 texts): a few tokens carry activations up to 30x larger than the rest, and a few channels too.
-The per-token row scale handles the first, the smoothing factors the second.
+The per-token row scale handles the first, the smoothing factors the second, and the few channels
+still far above the rest are split into copies (``OUTLIER_CHANNELS``) so they do not set the row's scale.
 
 Which weights need more is measured, not assumed: 8-bit inputs of ``v_proj`` and ``down_proj``
 cost several times the Q8_0 error budget (mean cosine 0.9987 with down_proj alone), so their
