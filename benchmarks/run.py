@@ -133,14 +133,13 @@ def main(argv=None) -> int:
 
     from benchmarks.report import write_report
     from benchmarks.targets import check, load_fidelity
-    from runtime.cpu import cpu_flags
+    from runtime.cpu import INT8_DOT_FLAGS, cpu_flags
 
     summary = summarise(systems, raw, token_counts)
     fidelity = load_fidelity(args.fidelity)
     flags = cpu_flags()
     meta = {"threads": args.threads, "rounds": args.rounds, "cpu": _cpu_name(), "seconds": time.time() - started,
-            "cpu_features": sorted(f for f in flags if f in ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni",
-                                                             "amx_int8", "asimddp", "f16c")),
+            "cpu_features": sorted(f for f in flags if f in ("avx2", "fma", "avx512f", "f16c", *INT8_DOT_FLAGS)),
             "fidelity": fidelity, "targets": check(summary, fidelity),
             "workloads": {w: dict(token_counts[w], description=built[w].description) for w in workloads},
             "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}

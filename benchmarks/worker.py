@@ -56,9 +56,10 @@ def peak_rss_mb() -> float:
     ``ru_maxrss`` is carried over from the parent across fork + exec, so a worker started by a
     runner that had loaded a tokenizer reported the runner's 941 MB for every system."""
     try:
-        for line in open("/proc/self/status", encoding="ascii"):
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
     except OSError:
         pass
     scale = 1024 * 1024 if sys.platform == "darwin" else 1024  # bytes on macOS, KiB elsewhere

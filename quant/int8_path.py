@@ -50,8 +50,8 @@ SMOOTH_ALPHA = 0.5
 #: per-token code they set the row's scale and leave the other channels of that token few codes.
 #: Each is fed to the integer product as ``OUTLIER_SPLIT`` copies of x / OUTLIER_SPLIT, reading copies
 #: of its weight row: the product is unchanged, the row's max drops. Measured on the parity texts
-#: (NOTES-quant.md): min cosine 0.99864 -> 0.9993 with 4 channels; an fp32 side product for the same
-#: channels was as accurate but cost 15% of the speed (one extra N-wide MatMul and Add per weight).
+#: (NOTES-quant.md, worst prompt): min cosine 0.99864 -> 0.99907 with 4 channels for ~8% of the speed;
+#: an fp32 side product for the same channels reached 0.99931 but cost 15-24% (an N-wide MatMul + Add per weight).
 OUTLIER_CHANNELS = 4
 OUTLIER_SPLIT = 4
 #: Activation code width. x86 CPUs without VNNI multiply u8 x s8 with vpmaddubsw, whose pair sums
@@ -175,7 +175,7 @@ def add_integer_path(model: onnx.ModelProto, activation: str, sites: list, packe
         pre.append(helper.make_node("Mul", [activation, f"{p}.inv_smooth"], [f"{p}.smoothed"], name=f"{p}/smooth"))
         x = f"{p}.smoothed"
     if has_outliers:
-        consts[f"{p}.copies"] = np.tile(np.asarray(outliers, np.int64), split - 1)
+        consts[f"{p}.copies"] = split_columns(sites[0].k, outliers, split)[sites[0].k:]  # the codes' extra rows
         pre += [helper.make_node("Gather", [x, f"{p}.copies"], [f"{p}.copies_x"], name=f"{p}/copies", axis=-1),
                 helper.make_node("Concat", [x, f"{p}.copies_x"], [f"{p}.widened"], name=f"{p}/widen", axis=-1)]
         x = f"{p}.widened"
