@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+from onnx import numpy_helper
 
 from runtime import __version__
 from runtime.artifact import (ArtifactError, OutputExistsError, read_manifest, sha256_file, staged_output,
@@ -31,9 +32,9 @@ log = logging.getLogger("quant")
 METHODS = ("rtn", "gptq")
 #: Default method (see NOTES-quant.md for the measurements behind it).
 DEFAULT_METHOD = "rtn"
-#: MatMulNBits accuracy_level when none is given: "auto" = 4 on CPUs with int8 dot products (VNNI,
-#: Arm dotprod), where it is faster than fp32, else 0 (exact decode; 4 is slower on plain AVX2).
-#: Measured in NOTES-quant.md. The level is baked into the graph: build on (or for) the target CPU.
+#: MatMulNBits accuracy_level when none is given: "auto" times levels 0 and 4 on the building CPU per
+#: bit width and keeps the faster (``quant.level_probe``; the winner differed between two VNNI CPUs,
+#: NOTES-quant.md). The level is baked into the graph: build on (or for) the target CPU.
 DEFAULT_ACCURACY_LEVEL = "auto"
 #: Token-table lookup: "gather" (standard ops, float16 scales, 12.6 MB smaller on the real model) or
 #: "gbq" (com.microsoft.GatherBlockQuantized, which needs float32 scales for a float32 output).
@@ -119,17 +120,28 @@ def activation_bits(choice: int | str) -> tuple[int, str]:
     return int(choice), f"given: {choice}"
 
 
-def accuracy_levels(override: int | str | None) -> dict[int, int]:
-    """MatMulNBits accuracy_level per bit width: ``auto``/None picks by this CPU (``quant.cpu``), an
-    int 0-4 applies to both bit widths."""
+def accuracy_levels(override: int | str | None, bits_needed: set[int] | None = None,
+                    threads: int | None = None) -> tuple[dict[int, int], dict[str, str]]:
+    """MatMulNBits accuracy_level per bit width and why. ``auto``/None times levels 0 and 4 on this
+    CPU for each bit width in ``bits_needed`` (``quant.level_probe``; which one wins differs between
+    CPUs of the same instruction set); an int 0-4 applies to every bit width."""
     if override is None or override == "auto":
-        from runtime.cpu import auto_accuracy_level
+        from .level_probe import choose_level
 
-        level = auto_accuracy_level()
-        return {4: level, 8: level}
+        levels, notes = {4: 0, 8: 0}, {}
+        for bits in sorted(bits_needed if bits_needed is not None else (4, 8)):
+            levels[bits], notes[f"Q{bits}_0"] = choose_level(bits, threads)
+            log.info("MatMulNBits accuracy_level for Q%d_0: %s", bits, notes[f"Q{bits}_0"])
+        return levels, notes
     if override not in (0, 1, 2, 3, 4):
         raise QuantInputError(f"--accuracy-level must be 0, 1, 2, 3 or 4 (onnxruntime MatMulNBits), got {override}")
-    return {4: override, 8: override}
+    return {4: override, 8: override}, {"all": f"given: {override}"}
+
+
+def _matmul_bits(recipes: list[Recipe]) -> set[int]:
+    """Bit widths that some MatMulNBits node of these recipes will use."""
+    return {recipe.bits(g) for recipe in recipes for g in GROUPS
+            if g != "embeddings" and not recipe.uses_integer_path(g)}
 
 
 def build_variants(fp32_dir: str | Path, targets: list[tuple[Recipe, str | Path]], *, force: bool = False,
@@ -151,15 +163,10 @@ def build_variants(fp32_dir: str | Path, targets: list[tuple[Recipe, str | Path]
     """
     if method not in METHODS:
         raise QuantInputError(f"unknown --method {method!r}; choose one of {', '.join(METHODS)}")
-    levels = accuracy_levels(accuracy_level)
+    if accuracy_level not in (None, "auto", 0, 1, 2, 3, 4):
+        raise QuantInputError(f"--accuracy-level must be 0, 1, 2, 3, 4 or auto (onnxruntime MatMulNBits), "
+                              f"got {accuracy_level!r}")
     act_bits = activation_bits(int8_activation_bits)
-    if accuracy_level in (None, "auto"):
-        from runtime.cpu import has_int8_dot
-
-        level_note = (f"auto: {levels[4]} (the building CPU "
-                      f"{'has' if has_int8_dot() else 'lacks'} int8 dot products: VNNI / Arm dotprod)")
-    else:
-        level_note = f"given: {accuracy_level}"
     if embedding_op not in G.EMBEDDING_OPS:
         raise QuantInputError(f"unknown --embedding-op {embedding_op!r}; choose one of {', '.join(G.EMBEDDING_OPS)}")
     if threads is not None and threads < 1:
@@ -176,6 +183,7 @@ def build_variants(fp32_dir: str | Path, targets: list[tuple[Recipe, str | Path]
         if out.resolve() == src.folder.resolve():
             raise QuantInputError(f"--out {str(out)!r} is the --in folder; write the quantized artifact elsewhere")
 
+    levels, level_note = accuracy_levels(accuracy_level, _matmul_bits([r for r, _ in targets]), threads)
     hessians = rows = calib_info = absmax = None
     integer = any(recipe.integer for recipe, _ in targets)
     if method == "gptq" or integer:
@@ -188,7 +196,8 @@ def build_variants(fp32_dir: str | Path, targets: list[tuple[Recipe, str | Path]
         if method != "gptq":
             hessians = rows = None   # round-to-nearest needs only the integer path's max |x|
 
-    quantizer = _Quantizer(src, method, hessians, rows, [recipe for recipe, _ in targets], absmax=absmax)
+    quantizer = _Quantizer(src, method, hessians, rows, [recipe for recipe, _ in targets], absmax=absmax,
+                           progress=progress)
     del hessians  # the quantizer keeps only what it still needs
     reference = _Reference(src.folder, threads) if check else None
     written = []
@@ -209,7 +218,7 @@ def build_variant(fp32_dir: str | Path, recipe: Recipe, out: str | Path, **kwarg
 
 def _build_one(src: Fp32Source, recipe: Recipe, out: Path, *, force: bool, method: str, levels: dict[int, int],
                quantizer: "_Quantizer", calib_info, progress: bool, reference, embedding_op: str,
-               level_note: str = "", act_bits: tuple[int, str] = (8, "")) -> Path:
+               level_note: dict[str, str] | None = None, act_bits: tuple[int, str] = (8, "")) -> Path:
     manifest_in = src.manifest
     model = onnx.load(str(src.folder / manifest_in["model_file"]), load_external_data=False)
     sites = G.find_weight_sites(model)
@@ -219,6 +228,11 @@ def _build_one(src: Fp32Source, recipe: Recipe, out: Path, *, force: bool, metho
     group_methods: dict[str, str] = {}
     with staged_output(out, force=force) as stage:
         G.internalize_external_data(model, src.folder, skip=names)
+        edits = quantizer.norm_edits(recipe)
+        for init in model.graph.initializer:
+            if init.name in edits:   # x / s out of the norm, to match the AWQ-scaled weights that read it
+                init.CopyFrom(numpy_helper.from_array(
+                    (numpy_helper.to_array(init) / edits[init.name]).astype(np.float32), init.name))
         bar = _progress_bar(len(sites), f"quantizing {recipe.name}", progress)
         integer_sites: dict[str, list[G.WeightSite]] = {}
         for site in sites:
@@ -253,7 +267,17 @@ def _build_one(src: Fp32Source, recipe: Recipe, out: Path, *, force: bool, metho
 
         manifest = _manifest(src, recipe, method, levels, counts, group_methods, opsets, calib_info, embedding_op,
                              integer_counts)
-        manifest["quantization"]["accuracy_level_choice"] = level_note
+        awq_groups = sorted({g for g, m in group_methods.items() if m.startswith("awq")})
+        if awq_groups:
+            alphas = [a for act, a in quantizer.fold.alphas.items()
+                      if any(st.activation == act and st.group in awq_groups for st in sites)]
+            manifest["quantization"]["activation_aware_scales"] = {
+                "groups": awq_groups, "inputs": len(alphas), "norm_weights_divided": len(edits),
+                "alpha": {"min": min(alphas), "median": float(np.median(alphas)), "max": max(alphas)},
+                "how": "s = rms(x)^alpha per input channel, alpha per input searched on the calibrated output error; "
+                       "x / s folded into the preceding RMSNorm weight, v_proj or up_proj columns (quant/awq.py)"}
+        manifest["quantization"]["accuracy_level_choice"] = {
+            k: v for k, v in (level_note or {}).items() if k == "all" or int(k[1]) in _matmul_bits([recipe])}
         if recipe.integer:
             manifest["quantization"]["int8_path"] = {
                 "activation_bits": act_bits[0], "activation_bits_choice": act_bits[1],
@@ -282,7 +306,7 @@ class _Quantizer:
     """
 
     def __init__(self, src: Fp32Source, method: str, hessians: dict | None, rows: dict | None,
-                 recipes: list[Recipe], absmax: dict | None = None):
+                 recipes: list[Recipe], absmax: dict | None = None, progress: bool = False):
         self.src, self.method = src, method
         self.hessians = hessians or {}
         self.rows = rows or {}
@@ -296,10 +320,43 @@ class _Quantizer:
                 key = (site.name, INTEGER_KEY if _on_integer_path(recipe, site) else recipe.bits(site.group))
                 self._pending[key] = self._pending.get(key, 0) + 1
         self._cache: dict[tuple[str, int], tuple[G.QuantizedWeight, str]] = {}
-        self._factors: dict[str, tuple] = {}
+        self._factors: dict[tuple[str, bool], object] = {}
+        self.fold = self._plan_folding(recipes, progress)
 
-    def _weight(self, site: G.WeightSite) -> np.ndarray:
-        return G.read_initializer(self._inits[site.name], self.src.folder)
+    def _plan_folding(self, recipes: list[Recipe], progress: bool = False):
+        """AWQ scales (``quant.awq``) for the 4-bit attention / feed-forward groups of the calibrated method."""
+        groups = {g for r in recipes for g in AWQ_GROUPS if r.bits(g) == 4 and not r.uses_integer_path(g)}
+        if self.method != "gptq" or not groups or not self.hessians:
+            return None
+        from . import awq
+
+        model = onnx.load(str(self.src.folder / self.src.manifest["model_file"]), load_external_data=False)
+        sites = [s for s in self.src.sites if s.group in groups]
+        t0 = time.time()
+        layers = len({s.name.split(".self_attn.")[0].split(".mlp.")[0] for s in sites})
+        bar = _progress_bar(layers, "activation-aware scales", progress, unit="layer")
+        fold = awq.plan(model, sites, self.hessians, self.rows, self._weight, groups, progress=bar.update)
+        bar.close()
+        log.info("activation-aware scales for %s searched in %.1f s", ", ".join(sorted(groups)), time.time() - t0)
+        return fold
+
+    def folded(self, site: G.WeightSite, bits: int) -> bool:
+        """Whether ``site`` at ``bits`` is quantized from AWQ-scaled weights."""
+        return self.fold is not None and bits == 4 and site.group in AWQ_GROUPS and (
+            site.name in self.fold.row_scales or site.name in self.fold.column_divisors)
+
+    def norm_edits(self, recipe: Recipe) -> dict[str, np.ndarray]:
+        """Norm initializers to divide by their AWQ scales in ``recipe``'s graph."""
+        if self.fold is None:
+            return {}
+        return {name: s for name, s in self.fold.norm_divisors.items()
+                if recipe.bits(self.fold.norm_groups[name]) == 4 and not recipe.uses_integer_path(self.fold.norm_groups[name])}
+
+    def _weight(self, site: G.WeightSite, bits: int | None = None) -> np.ndarray:
+        w = G.read_initializer(self._inits[site.name], self.src.folder)
+        if bits is not None and self.folded(site, bits):
+            w = self.fold.weight(site.name, np.asarray(w, np.float32))
+        return w
 
     def get(self, site: G.WeightSite, bits: int) -> tuple[G.QuantizedWeight, str]:
         """Packed tensors for ``site`` at ``bits`` and the method actually used for them."""
@@ -377,23 +434,28 @@ class _Quantizer:
         """Free an input's Hessian once no request that needs it is still to be computed."""
         names = {s.name for s in self.src.sites if s.activation == activation}
         if not any(n > 0 and (name, b) not in self._cache for (name, b), n in self._pending.items() if name in names):
-            self._factors.pop(activation, None)
+            self._factors.pop((activation, False), None)
+            self._factors.pop((activation, True), None)
             self.hessians.pop(activation, None)
 
     def _gptq_group(self, site: G.WeightSite, bits: int) -> tuple[G.QuantizedWeight, str]:
-        from .calibrate import gptq_factor, gptq_quantize
+        from .calibrate import DAMP, HEAD_DAMP, gptq_factor, gptq_quantize
 
         act = site.activation
-        if act not in self._factors:
-            self._factors[act] = gptq_factor(self.hessians[act])
+        folded = self.folded(site, bits)
+        key = (act, folded)
+        if key not in self._factors:
+            h = self.fold.hessian(act, self.hessians[act]) if folded else self.hessians[act]
+            self._factors[key] = gptq_factor(h, damp=HEAD_DAMP if site.group == "projection" else DAMP)
         members = [s for s in self.src.sites if s.activation == act and s.op == "MatMul"
                    and (s.name == site.name or self._pending.get((s.name, bits), 0) > 0)]
         # [sum N_out, K_in]: rows of every weight that reads this input, quantized in one pass
-        wt = np.concatenate([np.asarray(self._weight(s), dtype=np.float32).T for s in members])
-        q, d = gptq_quantize(wt, bits, factor=self._factors[act])
+        wt = np.concatenate([np.asarray(self._weight(s, bits), dtype=np.float32).T for s in members])
+        q, d = gptq_quantize(wt, bits, factor=self._factors[key])
         start, result = 0, None
         for s in members:
-            part = (G.QuantizedWeight(bits, *F.to_matmulnbits(q[start:start + s.n], d[start:start + s.n], bits)), "gptq")
+            part = (G.QuantizedWeight(bits, *F.to_matmulnbits(q[start:start + s.n], d[start:start + s.n], bits)),
+                    "awq+gptq" if folded else "gptq")
             start += s.n
             if s.name == site.name:
                 result = part
@@ -403,6 +465,8 @@ class _Quantizer:
         return result
 
 
+#: Groups whose 4-bit weights get activation-aware scales before GPTQ (``quant.awq``).
+AWQ_GROUPS = ("attention", "feed_forward")
 #: Key of integer-path requests in the quantizer's bookkeeping (beside bit widths 4 and 8).
 INTEGER_KEY = "int8_path"
 

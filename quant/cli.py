@@ -45,12 +45,13 @@ def build_parser() -> argparse.ArgumentParser:
                         help="weights per block (default and only supported value: 32, as ggml defines Q8_0/Q4_0)")
     parser.add_argument("--method", default=DEFAULT_METHOD, choices=METHODS,
                         help=f"how stored values are chosen: rtn = ggml round-to-nearest (bit-exact to gguf), "
-                             f"gptq = calibrated error feedback, same format (default: {DEFAULT_METHOD})")
+                             f"gptq = calibrated error feedback (after activation-aware scales for 4-bit attention and "
+                             f"feed-forward), same format (default: {DEFAULT_METHOD})")
     parser.add_argument("--accuracy-level", type=_accuracy_level, default="auto", metavar="N|auto",
                         help="MatMulNBits accuracy_level 0-4 for every block-quantized matmul; 4 also quantizes "
-                             "activations to int8 per block of 32 (like llama.cpp) and is faster than fp32 only on "
-                             "CPUs with VNNI or Arm dot products; auto (default) picks 4 there and 0 elsewhere, "
-                             "judged on THIS machine, so build on the kind of CPU you deploy to")
+                             "activations to int8 per block of 32 (like llama.cpp); which is faster depends on the CPU; "
+                             "auto (default) times levels 0 and 4 per bit width on THIS machine (a few seconds) and "
+                             "keeps the faster, so build on the kind of CPU you deploy to")
     parser.add_argument("--int8-activation-bits", default="auto", choices=("auto", "7", "8"),
                         help="integer-path recipes (w8a8): activation code width; 8 is exact only on CPUs with VNNI "
                              "or Arm dot products (elsewhere the runtime refuses the artifact), 7 runs exactly "

@@ -1,8 +1,6 @@
 """What this CPU offers for int8 arithmetic.
 
-The quant stage uses it to pick MatMulNBits' accuracy_level (4 quantizes activation blocks to int8
-and uses integer dot products: faster than fp32 with VNNI or Arm dot products, slower on plain
-AVX2) and the integer path's activation width; the runtime uses it to refuse an artifact whose
+The quant stage uses it to pick the integer path's activation width; the runtime uses it to refuse an artifact whose
 8-bit integer path would saturate on an x86 CPU without VNNI. Standard library only.
 """
 from __future__ import annotations
@@ -35,11 +33,6 @@ def has_int8_dot(flags: set[str] | None = None) -> bool:
     """Whether this CPU has fast int8 dot-product instructions (VNNI or Arm dotprod)."""
     flags = cpu_flags() if flags is None else flags
     return any(f in flags for f in INT8_DOT_FLAGS)
-
-
-def auto_accuracy_level(flags: set[str] | None = None) -> int:
-    """MatMulNBits accuracy_level that measured fastest here: 4 with int8 dot products, else 0."""
-    return 4 if has_int8_dot(flags) else 0
 
 
 def is_x86(machine: str | None = None) -> bool:

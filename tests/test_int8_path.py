@@ -214,10 +214,9 @@ def test_runtime_refuses_8_bit_codes_on_x86_without_vnni(tmp_path, monkeypatch):
 
 
 def test_cpu_flags_parsing():
-    from runtime.cpu import auto_accuracy_level, cpu_flags, has_int8_dot
+    from runtime.cpu import cpu_flags, has_int8_dot
 
     info = "processor\t: 0\nflags\t\t: fpu avx2 fma avx512_vnni\n\nprocessor\t: 1\nflags\t\t: fpu avx2\n"
     assert {"avx2", "avx512_vnni"} <= cpu_flags(info)
     assert has_int8_dot({"avx2", "avx512_vnni"}) and has_int8_dot({"asimd", "asimddp"})
     assert not has_int8_dot({"avx2", "fma"})
-    assert auto_accuracy_level({"avx2"}) == 0 and auto_accuracy_level({"avx_vnni"}) == 4

@@ -54,9 +54,9 @@ def w8a8(real_artifact, tmp_path_factory):
     return out
 
 
-# What w8a8 measured (document | query prompt), asserted as floors. The Q8_0 target (mean 0.9995, min
-# 0.999) is met on the mean with 8-bit activation codes and MISSED on the min (two short texts);
-# quant/NOTES-quant.md has the numbers. 8-bit: 0.99960 / 0.99893 | 0.99953 / 0.99864.
+# What w8a8 measured (document | query prompt), asserted as floors with room for build-to-build
+# variation of the minimum (set by a few short texts; quant/NOTES-quant.md). 8-bit codes, latest build:
+# 0.99965 / 0.99925 | 0.99961 / 0.99910 (meets the Q8_0 target, thin margin on the min).
 # 7-bit (x86 without VNNI): 0.99913 / 0.99779 | 0.99904 / 0.99781.
 W8A8_FLOOR = {8: (TARGETS["w8a8"][0], 0.998), 7: (0.9988, 0.997)}
 

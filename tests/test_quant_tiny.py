@@ -95,6 +95,26 @@ def test_recipe_errors_say_what_is_allowed(text, match):
         parse_recipe(text)
 
 
+def test_accuracy_level_probe_times_both_levels_and_fp32():
+    from quant.level_probe import choose_level, time_levels
+
+    timed = time_levels(4, threads=1, rounds=1)
+    assert set(timed) == {0, 4, "fp32"} and all(t > 0 for t in timed.values())
+    level, note = choose_level(8, threads=1)
+    assert level in (0, 4) and note.startswith(f"auto: {level}, timed") and "Q8_0" in note
+
+
+def test_explicit_accuracy_level_is_written_on_every_node(tiny_artifact, tmp_path):
+    out = tmp_path / "q8_acc0"
+    assert run_cli("--in", tiny_artifact, "--variant", "q8_0", "--out", out, "-q", "--accuracy-level", "0",
+                   "--no-check") == 0
+    model = onnx.load(str(out / "model.onnx"), load_external_data=False)
+    levels = {a.i for n in model.graph.node if n.op_type == "MatMulNBits" for a in n.attribute
+              if a.name == "accuracy_level"}
+    assert levels == {0}
+    assert read_manifest(out)["quantization"]["accuracy_level_choice"] == {"all": "given: 0"}
+
+
 def test_block_size_other_than_32_rejected():
     with pytest.raises(RecipeError, match="block size 64 is not supported.*32"):
         parse_recipe("q4_0", block_size=64)
@@ -132,6 +152,14 @@ def test_manifest_records_recipe_and_provenance(built, tiny_artifact, variant):
         assert g["bits"] == bits and g["format"] == f"Q{bits}_0" and g["tensors"] == counts[group]
         assert g["op"] == (G.EMBEDDING_OP_NAMES["gather"] if group == "embeddings" else "MatMulNBits")
     assert q["groups"]["norms"] == "fp32"
+    # auto accuracy level: timed per bit width the variant's MatMulNBits nodes use, and the level
+    # written on the nodes is the one the note names
+    used = {bits for group, bits in BITS[variant].items() if group != "embeddings"}
+    assert sorted(q["accuracy_level_choice"]) == sorted(f"Q{b}_0" for b in used)
+    for group, bits in BITS[variant].items():
+        if group != "embeddings":
+            note = q["accuracy_level_choice"][f"Q{bits}_0"]
+            assert note.startswith(f"auto: {q['groups'][group]['accuracy_level']}, timed") and "fp32 MatMul" in note
     assert m["source"]["fp32_artifact"] == sha256_file(tiny_artifact / "model.onnx.data")
     assert m["source"]["model"] == fp32["source"]["model"]
     assert m["written_by"]["stage"] == "quant"
