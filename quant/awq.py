@@ -85,12 +85,23 @@ def search_scales(w: np.ndarray, h: np.ndarray, rows: int, bits: int, tie: int =
     return best[1], best[2]
 
 
+def layer_sites(sites, groups: set[str]) -> dict[str, dict[str, object]]:
+    """``{layer prefix: {projection name: site}}`` of the decoder-layer sites in ``groups``."""
+    layers: dict[str, dict[str, object]] = {}
+    for s in sites:
+        m = _LAYER.match(s.name)
+        if m and s.group in groups:
+            layers.setdefault(m["prefix"], {})[m["proj"]] = s
+    return layers
+
+
 def plan(model, sites, hessians: dict, rows: dict, read_weight, groups: set[str], bits: int = 4,
          progress=None) -> Folding:
     """Search the scales of every layer input in ``groups`` (``attention``, ``feed_forward``).
 
     ``read_weight(site)`` returns a site's fp32 weight [K_in, N_out]. Layers whose graph does not
     have the expected producers (a norm weight used once, v/up projections) are left unscaled.
+    ``progress(1)`` is called after each layer (``len(layer_sites(sites, groups))`` calls).
     """
     by_name = {s.name: s for s in sites}
     inits = {i.name for i in model.graph.initializer}
@@ -107,11 +118,7 @@ def plan(model, sites, hessians: dict, rows: dict, read_weight, groups: set[str]
         consts = [i for i in node.input if i in inits]
         return consts[0] if len(consts) == 1 and uses.get(consts[0]) == 1 else None
 
-    layers: dict[str, dict[str, object]] = {}
-    for s in sites:
-        m = _LAYER.match(s.name)
-        if m and s.group in groups:
-            layers.setdefault(m["prefix"], {})[m["proj"]] = s
+    layers = layer_sites(sites, groups)
     fold = Folding()
     cache: dict[str, np.ndarray] = {}
 

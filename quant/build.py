@@ -124,7 +124,8 @@ def accuracy_levels(override: int | str | None, bits_needed: set[int] | None = N
                     threads: int | None = None) -> tuple[dict[int, int], dict[str, str]]:
     """MatMulNBits accuracy_level per bit width and why. ``auto``/None times levels 0 and 4 on this
     CPU for each bit width in ``bits_needed`` (``quant.level_probe``; which one wins differs between
-    CPUs of the same instruction set); an int 0-4 applies to every bit width."""
+    CPUs of the same instruction set); an int 0-4 (checked by ``build_variants``) applies to every bit
+    width."""
     if override is None or override == "auto":
         from .level_probe import choose_level
 
@@ -133,8 +134,6 @@ def accuracy_levels(override: int | str | None, bits_needed: set[int] | None = N
             levels[bits], notes[f"Q{bits}_0"] = choose_level(bits, threads)
             log.info("MatMulNBits accuracy_level for Q%d_0: %s", bits, notes[f"Q{bits}_0"])
         return levels, notes
-    if override not in (0, 1, 2, 3, 4):
-        raise QuantInputError(f"--accuracy-level must be 0, 1, 2, 3 or 4 (onnxruntime MatMulNBits), got {override}")
     return {4: override, 8: override}, {"all": f"given: {override}"}
 
 
@@ -311,9 +310,8 @@ class _Quantizer:
         self.hessians = hessians or {}
         self.rows = rows or {}
         self.absmax = absmax or {}
-        self._inits = {init.name: init for init in
-                       onnx.load(str(src.folder / src.manifest["model_file"]), load_external_data=False).graph.initializer
-                       if init.name in {s.name for s in src.sites}}
+        model = onnx.load(str(src.folder / src.manifest["model_file"]), load_external_data=False)
+        self._inits = {init.name: init for init in model.graph.initializer if init.name in {s.name for s in src.sites}}
         self._pending: dict[tuple[str, int], int] = {}
         for recipe in recipes:
             for site in src.sites:
@@ -321,20 +319,18 @@ class _Quantizer:
                 self._pending[key] = self._pending.get(key, 0) + 1
         self._cache: dict[tuple[str, int], tuple[G.QuantizedWeight, str]] = {}
         self._factors: dict[tuple[str, bool], object] = {}
-        self.fold = self._plan_folding(recipes, progress)
+        self.fold = self._plan_folding(model, recipes, progress)
 
-    def _plan_folding(self, recipes: list[Recipe], progress: bool = False):
+    def _plan_folding(self, model: onnx.ModelProto, recipes: list[Recipe], progress: bool = False):
         """AWQ scales (``quant.awq``) for the 4-bit attention / feed-forward groups of the calibrated method."""
-        groups = {g for r in recipes for g in AWQ_GROUPS if r.bits(g) == 4 and not r.uses_integer_path(g)}
+        groups = {g for r in recipes for g in AWQ_GROUPS if _awq_applies(r, g)}
         if self.method != "gptq" or not groups or not self.hessians:
             return None
         from . import awq
 
-        model = onnx.load(str(self.src.folder / self.src.manifest["model_file"]), load_external_data=False)
         sites = [s for s in self.src.sites if s.group in groups]
         t0 = time.time()
-        layers = len({s.name.split(".self_attn.")[0].split(".mlp.")[0] for s in sites})
-        bar = _progress_bar(layers, "activation-aware scales", progress, unit="layer")
+        bar = _progress_bar(len(awq.layer_sites(sites, groups)), "activation-aware scales", progress, unit="layer")
         fold = awq.plan(model, sites, self.hessians, self.rows, self._weight, groups, progress=bar.update)
         bar.close()
         log.info("activation-aware scales for %s searched in %.1f s", ", ".join(sorted(groups)), time.time() - t0)
@@ -342,7 +338,7 @@ class _Quantizer:
 
     def folded(self, site: G.WeightSite, bits: int) -> bool:
         """Whether ``site`` at ``bits`` is quantized from AWQ-scaled weights."""
-        return self.fold is not None and bits == 4 and site.group in AWQ_GROUPS and (
+        return self.fold is not None and bits == 4 and (
             site.name in self.fold.row_scales or site.name in self.fold.column_divisors)
 
     def norm_edits(self, recipe: Recipe) -> dict[str, np.ndarray]:
@@ -350,7 +346,7 @@ class _Quantizer:
         if self.fold is None:
             return {}
         return {name: s for name, s in self.fold.norm_divisors.items()
-                if recipe.bits(self.fold.norm_groups[name]) == 4 and not recipe.uses_integer_path(self.fold.norm_groups[name])}
+                if _awq_applies(recipe, self.fold.norm_groups[name])}
 
     def _weight(self, site: G.WeightSite, bits: int | None = None) -> np.ndarray:
         w = G.read_initializer(self._inits[site.name], self.src.folder)
@@ -372,7 +368,8 @@ class _Quantizer:
             result = (G.QuantizedWeight(bits, data, scales), "scale_search" if search else "rtn")
         elif (self.method == "gptq" and site.activation in self.hessians
               and self.rows.get(site.activation, 0) < GPTQ_MIN_ROWS_PER_INPUT * site.k):
-            # Too few rows for a full-rank Hessian (the Dense heads see one pooled row per text):
+            # Too few rows for a full-rank Hessian (the Dense heads, when the graph's pooling is not
+            # the shape ``calibrate.pooling_states`` knows and they get one pooled row per text):
             # error feedback would fit the calibration texts, so only weight the scale search by
             # the Hessian diagonal.
             from .calibrate import scale_search_quantize
@@ -467,6 +464,11 @@ class _Quantizer:
 
 #: Groups whose 4-bit weights get activation-aware scales before GPTQ (``quant.awq``).
 AWQ_GROUPS = ("attention", "feed_forward")
+def _awq_applies(recipe: Recipe, group: str) -> bool:
+    """Whether ``recipe`` stores ``group`` as 4-bit blocks that get activation-aware scales."""
+    return group in AWQ_GROUPS and recipe.bits(group) == 4 and not recipe.uses_integer_path(group)
+
+
 #: Key of integer-path requests in the quantizer's bookkeeping (beside bit widths 4 and 8).
 INTEGER_KEY = "int8_path"
 

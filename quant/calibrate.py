@@ -111,8 +111,9 @@ def collect_hessians(src, texts: list[str], threads: int | None = None, progress
     inputs = [p + t for i, t in enumerate(texts) for p in dict.fromkeys(["", prompts[i % len(prompts)]])]
     encodings = tok.encode_batch(inputs)
 
+    fetch = acts + ([states] if states else [])
     existing = {o.name for o in model.graph.output}
-    for name in acts + ([states] if states else []):
+    for name in fetch:
         if name not in existing:
             model.graph.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, None))
     hessians = {a: np.zeros((k_of[a], k_of[a]), np.float64) for a in acts}
@@ -147,7 +148,7 @@ def collect_hessians(src, texts: list[str], threads: int | None = None, progress
     buffered = 0
     for enc in encodings:
         ids = np.asarray([enc.ids], np.int64)
-        outs = session.run(acts + ([states] if states else []), {"input_ids": ids, "attention_mask": np.ones_like(ids)})
+        outs = session.run(fetch, {"input_ids": ids, "attention_mask": np.ones_like(ids)})
         for name, x in zip(acts, outs):
             pending[name].append(np.asarray(x, np.float32).reshape(-1, k_of[name]))
         if states:
