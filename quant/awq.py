@@ -28,7 +28,9 @@ import numpy as np
 from . import formats as F
 
 #: Exponents tried for s = rms(x)^alpha (0 = no scaling, so the search never does worse than none).
-ALPHAS = np.round(np.linspace(0.0, 1.0, 11), 2)
+#: On 0..1 in steps of 0.1 every one of the real model's 96 inputs chose 0.0-0.4, so the grid stops at
+#: 0.6: same choices, a third less search time.
+ALPHAS = np.round(np.linspace(0.0, 0.6, 7), 2)
 _LAYER = re.compile(r"^(?P<prefix>.*layers\.\d+\.)(?P<module>self_attn|mlp)\.(?P<proj>\w+_proj)\.weight_t$")
 
 
@@ -95,6 +97,10 @@ def layer_sites(sites, groups: set[str]) -> dict[str, dict[str, object]]:
     return layers
 
 
+# Fused RMSNorm operators (export.fusions) -> index of their scale input.
+_FUSED_NORM_SCALE = {"SimplifiedLayerNormalization": 1, "SkipSimplifiedLayerNormalization": 2}
+
+
 def plan(model, sites, hessians: dict, rows: dict, read_weight, groups: set[str], bits: int = 4,
          progress=None) -> Folding:
     """Search the scales of every layer input in ``groups`` (``attention``, ``feed_forward``).
@@ -113,10 +119,17 @@ def plan(model, sites, hessians: dict, rows: dict, read_weight, groups: set[str]
 
     def norm_weight(activation: str) -> str | None:
         node = producer.get(activation)
-        if node is None or node.op_type != "Mul":
+        if node is None:
             return None
-        consts = [i for i in node.input if i in inits]
-        return consts[0] if len(consts) == 1 and uses.get(consts[0]) == 1 else None
+        if node.op_type in _FUSED_NORM_SCALE:   # export fuses RMSNorms; older artifacts end in a Mul
+            if node.output[0] != activation:
+                return None   # the skip form's second output is the residual sum, not a norm
+            consts = [node.input[_FUSED_NORM_SCALE[node.op_type]]]
+        elif node.op_type == "Mul":
+            consts = [i for i in node.input if i in inits]
+        else:
+            return None
+        return consts[0] if len(consts) == 1 and consts[0] in inits and uses.get(consts[0]) == 1 else None
 
     layers = layer_sites(sites, groups)
     fold = Folding()

@@ -47,6 +47,12 @@ def test_graph_contract(tiny_artifact):
     assert set(weights) == expected
     assert weights["backbone.layers.0.mlp.down_proj.weight_t"] == [96, 64]  # stored [in, out]
     assert not any(p.key == "pkg.torch.onnx.stack_trace" for n in model.graph.node for p in n.metadata_props)
+    # Every RMSNorm (4 per layer, q/k norms, the final one) is one fused operator; the two norms
+    # after each residual Add take it in as their skip input.
+    ops = [n.op_type for n in model.graph.node]
+    assert ops.count("SimplifiedLayerNormalization") + ops.count("SkipSimplifiedLayerNormalization") == 6 * 4 + 1
+    assert ops.count("SkipSimplifiedLayerNormalization") == 2 * 4
+    assert "Pow" not in ops and "Reciprocal" not in ops
 
 
 def test_manifest_matches_checkpoint_and_files(tiny_artifact, tiny_checkpoint):
