@@ -266,11 +266,14 @@ def test_method_gptq_builds_valid_blocks(tiny_artifact, tmp_path):
     assert np.sum(ref * got, axis=1).min() >= MIN_COSINE["q4_0"]
 
 
-def test_gather_block_quantized_lookup_decodes_identically(built, tiny_artifact, tmp_path):
+def test_gather_block_quantized_lookup_decodes_identically(tiny_artifact, tmp_path):
     """--embedding-op gbq: one com.microsoft.GatherBlockQuantized node, same embeddings bit for bit."""
-    out = tmp_path / "gbq"
-    assert run_cli("--in", tiny_artifact, "--variant", "e4_a8_f4_p4", "--embedding-op", "gbq", "--out", out,
-                   "-q", "--threads", "1") == 0
+    # Both builds pin the MatMulNBits accuracy level: "auto" times levels 0 and 4 on this CPU, and two
+    # builds can choose differently when the timings are close (level 4 is not exact).
+    out, ref = tmp_path / "gbq", tmp_path / "gather"
+    for folder, op in ((out, "gbq"), (ref, "gather")):
+        assert run_cli("--in", tiny_artifact, "--variant", "e4_a8_f4_p4", "--embedding-op", op, "--out", folder,
+                       "-q", "--threads", "1", "--accuracy-level", "0") == 0
     model = onnx.load(str(out / "model.onnx"), load_external_data=False)
     (gbq,) = [n for n in model.graph.node if n.op_type == "GatherBlockQuantized"]
     assert gbq.domain == "com.microsoft"
@@ -280,9 +283,9 @@ def test_gather_block_quantized_lookup_decodes_identically(built, tiny_artifact,
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         a = Embedder(out, threads=1).encode(TEXTS, normalize=False)
-        b = Embedder(built / "e4_a8_f4_p4", threads=1).encode(TEXTS, normalize=False)
+        b = Embedder(ref, threads=1).encode(TEXTS, normalize=False)
     np.testing.assert_array_equal(a, b)
-    assert (out / "model.onnx.data").stat().st_size > (built / "e4_a8_f4_p4" / "model.onnx.data").stat().st_size
+    assert (out / "model.onnx.data").stat().st_size > (ref / "model.onnx.data").stat().st_size
 
 
 # ---------------------------------------------------------------------------------------------
