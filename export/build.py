@@ -97,16 +97,13 @@ def _fuse_norms(path: Path) -> dict[str, int]:
     the export's peak memory where it was (loading everything measured 5.9 GB).
     """
     import onnx
-    from onnx.external_data_helper import load_external_data_for_tensor, uses_external_data
+
+    from quant.graph import internalize_external_data
 
     from .fusions import fuse_rms_norms
 
     model = onnx.load(str(path), load_external_data=False)
-    for tensor in model.graph.initializer:
-        if uses_external_data(tensor) and _external_length(tensor) <= _INLINE_BYTES:
-            load_external_data_for_tensor(tensor, str(path.parent))
-            tensor.data_location = onnx.TensorProto.DEFAULT
-            del tensor.external_data[:]
+    internalize_external_data(model, path.parent, max_bytes=_INLINE_BYTES)
     counts = fuse_rms_norms(model)
     onnx.save(model, str(path))
     return counts
@@ -114,11 +111,6 @@ def _fuse_norms(path: Path) -> dict[str, int]:
 
 # Constants up to this size are read into the graph for the fusion's shape inference.
 _INLINE_BYTES = 1 << 16
-
-
-def _external_length(tensor) -> int:
-    info = {e.key: e.value for e in tensor.external_data}
-    return int(info.get("length", 1 << 62))
 
 
 def _self_check(st, folder: Path, texts: list[str]) -> list[float]:

@@ -15,11 +15,12 @@ from collections import Counter
 
 import onnx
 
+from quant.graph import FUSED_NORM_SCALE_INPUT, MS_DOMAIN, MS_OPSET
+
 log = logging.getLogger("export")
 
-MS_DOMAIN = "com.microsoft"
 #: Operators that replace the exported RMSNorm chains.
-NORM_OPS = ("SimplifiedLayerNormalization", "SkipSimplifiedLayerNormalization")
+NORM_OPS = tuple(FUSED_NORM_SCALE_INPUT)
 
 
 def fuse_rms_norms(model: onnx.ModelProto) -> dict[str, int]:
@@ -28,7 +29,7 @@ def fuse_rms_norms(model: onnx.ModelProto) -> dict[str, int]:
     The skip fusion checks the Add's input shapes by symbolic shape inference, which reads small
     constants (shape values, frequencies): those must be loaded, large weights may stay external.
     """
-    # Imported here: the optimiser package prints to the log on import and is only needed at export.
+    # Imported here: only the export needs the optimiser package.
     import onnxruntime.transformers  # noqa: F401  (puts its module folder on sys.path for its own imports)
     from onnxruntime.transformers.fusion_simplified_layernorm import (
         FusionSimplifiedLayerNormalization,
@@ -41,7 +42,7 @@ def fuse_rms_norms(model: onnx.ModelProto) -> dict[str, int]:
     FusionSkipSimplifiedLayerNormalization(wrapped).apply()
     wrapped.prune_graph()
     if not any(o.domain == MS_DOMAIN for o in model.opset_import):
-        model.opset_import.append(onnx.helper.make_opsetid(MS_DOMAIN, 1))
+        model.opset_import.append(onnx.helper.make_opsetid(MS_DOMAIN, MS_OPSET))
     counts = Counter(n.op_type for n in model.graph.node)
     left = counts.get("Pow", 0)
     if left:

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import formats as F
+from .graph import FUSED_NORM_SCALE_INPUT
 
 #: Exponents tried for s = rms(x)^alpha (0 = no scaling, so the search never does worse than none).
 #: On 0..1 in steps of 0.1 every one of the real model's 96 inputs chose 0.0-0.4, so the grid stops at
@@ -97,10 +98,6 @@ def layer_sites(sites, groups: set[str]) -> dict[str, dict[str, object]]:
     return layers
 
 
-# Fused RMSNorm operators (export.fusions) -> index of their scale input.
-_FUSED_NORM_SCALE = {"SimplifiedLayerNormalization": 1, "SkipSimplifiedLayerNormalization": 2}
-
-
 def plan(model, sites, hessians: dict, rows: dict, read_weight, groups: set[str], bits: int = 4,
          progress=None) -> Folding:
     """Search the scales of every layer input in ``groups`` (``attention``, ``feed_forward``).
@@ -121,10 +118,10 @@ def plan(model, sites, hessians: dict, rows: dict, read_weight, groups: set[str]
         node = producer.get(activation)
         if node is None:
             return None
-        if node.op_type in _FUSED_NORM_SCALE:   # export fuses RMSNorms; older artifacts end in a Mul
+        if node.op_type in FUSED_NORM_SCALE_INPUT:   # export fuses RMSNorms; older artifacts end in a Mul
             if node.output[0] != activation:
                 return None   # the skip form's second output is the residual sum, not a norm
-            consts = [node.input[_FUSED_NORM_SCALE[node.op_type]]]
+            consts = [node.input[FUSED_NORM_SCALE_INPUT[node.op_type]]]
         elif node.op_type == "Mul":
             consts = [i for i in node.input if i in inits]
         else:

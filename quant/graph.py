@@ -29,6 +29,8 @@ from . import formats as F
 
 MS_DOMAIN = "com.microsoft"
 MS_OPSET = 1
+#: onnxruntime's fused RMSNorm operators (written by ``export.fusions``) -> index of their scale input.
+FUSED_NORM_SCALE_INPUT = {"SimplifiedLayerNormalization": 1, "SkipSimplifiedLayerNormalization": 2}
 
 _GROUP_PATTERNS = (
     ("embeddings", re.compile(r"^backbone\.embed_tokens\.weight$"), "Gather"),
@@ -143,16 +145,27 @@ def read_initializer(tensor: TensorProto, base_dir: str | Path) -> np.ndarray:
     return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape)
 
 
-def internalize_external_data(model: onnx.ModelProto, base_dir: str | Path, skip: set[str]) -> None:
-    """Load the external data of every initializer not in ``skip`` into the proto (they are small)."""
+def internalize_external_data(model: onnx.ModelProto, base_dir: str | Path, skip: set[str] = frozenset(),
+                              max_bytes: int | None = None) -> None:
+    """Load the external data of every initializer not in ``skip`` (and, with ``max_bytes``, of at
+    most that size) into the proto."""
     from onnx.external_data_helper import load_external_data_for_tensor
 
     for init in model.graph.initializer:
         if init.name in skip or init.data_location != TensorProto.EXTERNAL:
             continue
+        if max_bytes is not None and _external_length(init) > max_bytes:
+            continue
         load_external_data_for_tensor(init, str(base_dir))
         init.data_location = TensorProto.DEFAULT
         del init.external_data[:]
+
+
+def _external_length(tensor: TensorProto) -> int:
+    info = {e.key: e.value for e in tensor.external_data}
+    if "length" in info:
+        return int(info["length"])
+    return int(np.prod(tensor.dims, dtype=np.int64)) * helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
 
 
 @dataclass

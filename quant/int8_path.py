@@ -36,6 +36,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from .graph import MS_DOMAIN
+
 #: Weights that take the integer path when their group asks for it (see the module docstring).
 ELIGIBLE = re.compile(r"\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)\.weight_t$")
 #: Weights whose input is quantized in two passes (residual too), see the module docstring.
@@ -63,7 +65,6 @@ ACTIVATION_BITS = (7, 8)
 _SMOOTH_RANGE = (1e-3, 1e3)
 # Rows whose max |x| is below this are all zero in practice (padding); avoids 0/0.
 _TINY = 1e-30
-MS_DOMAIN = "com.microsoft"
 
 
 def is_eligible(weight_name: str) -> bool:

@@ -17,6 +17,7 @@ import time
 import numpy as np
 
 from . import formats as F
+from .graph import MS_DOMAIN, MS_OPSET
 
 #: Levels compared: 0 decodes the weights to fp32 and multiplies in fp32; 4 quantizes each
 #: activation block of 32 to int8 and uses integer dot products. (1-3 are fp32/fp16/bf16 compute
@@ -48,14 +49,14 @@ def _probe_model(bits: int | None, level: int, rng: np.random.Generator) -> byte
             data, scales = F.to_matmulnbits(q, d, bits)
             inits += [numpy_helper.from_array(data, f"B{i}"), numpy_helper.from_array(scales, f"S{i}")]
             nodes.append(helper.make_node("MatMulNBits", [name_in, f"B{i}", f"S{i}"], [name_out], name=f"mm{i}",
-                                          domain="com.microsoft", **F.matmulnbits_attributes(n, k, bits, level)))
+                                          domain=MS_DOMAIN, **F.matmulnbits_attributes(n, k, bits, level)))
         name_in = name_out
     graph = helper.make_graph(
         nodes, "accuracy_level_probe",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, PROBE_SHAPES[0][0]])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, PROBE_SHAPES[-1][1]])], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
-                                                    helper.make_opsetid("com.microsoft", 1)])
+                                                    helper.make_opsetid(MS_DOMAIN, MS_OPSET)])
     return model.SerializeToString()
 
 
