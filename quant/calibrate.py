@@ -22,6 +22,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,6 +40,13 @@ DAMP = 0.01
 GPTQ_BATCH = 128
 # Token rows buffered before X^T X is accumulated (98 inputs x 512 rows x 768 floats = 150 MB).
 _FLUSH_ROWS = 512
+#: Calibration texts run in batches of similar length, padded to at most this many token positions
+#: (padding rows are dropped from the statistics). One text per run wasted most of the time on
+#: per-run overhead for short texts (NOTES-quant.md has the timing).
+CALIBRATION_BATCH_TOKENS = 2048
+#: Calibration texts are cut at this many tokens. All 439 texts once each, cut here (~86k tokens),
+#: gave the Q4_0 fidelity of the non-code texts run twice, uncut (~88k tokens; NOTES-quant.md).
+CALIBRATION_MAX_TOKENS = 512
 #: Process input channels by decreasing Hessian diagonal (NOTES-quant.md has the comparison).
 ACT_ORDER = True
 #: The Dense heads see one pooled row per text: too few for GPTQ (106 rows against K = 768 and 3072).
@@ -79,10 +88,11 @@ def collect_hessians(src, texts: list[str], threads: int | None = None, progress
                      ) -> tuple[dict[str, np.ndarray], dict[str, int], dict]:
     """``{activation name: X^T X}`` for every distinct MatMul input of the fp32 artifact ``src``.
 
-    ``src`` is a ``quant.build.Fp32Source``. Each text runs alone (no padding rows pollute the
-    statistics) twice: bare, and with one of the artifact's prompts (taken in turn), so the
-    statistics cover how the model is used. Returns the Hessians (float64 [K, K], summed over
-    rows), the number of rows behind each, and a description for the manifest.
+    ``src`` is a ``quant.build.Fp32Source``. Each text runs once, bare or behind one of the
+    artifact's prompts (taken in turn), so the statistics cover how the model is used; texts are cut
+    at ``max_tokens`` (default ``CALIBRATION_MAX_TOKENS``). Texts of similar length share a batch
+    (``length_batches``); padding rows are left out of the statistics. Returns the Hessians (float64
+    [K, K], summed over rows), the number of rows behind each, and a description for the manifest.
     """
     import onnx
     import onnxruntime as ort
@@ -106,9 +116,9 @@ def collect_hessians(src, texts: list[str], threads: int | None = None, progress
 
     tok = Tokenizer.from_file(str(src.folder / manifest["tokenizer_file"]))
     tok.no_padding()
-    tok.enable_truncation(int(max_tokens or manifest["max_seq_length"]))
-    prompts = sorted(set(manifest.get("prompts", {}).values())) or [""]
-    inputs = [p + t for i, t in enumerate(texts) for p in dict.fromkeys(["", prompts[i % len(prompts)]])]
+    tok.enable_truncation(min(int(max_tokens or CALIBRATION_MAX_TOKENS), int(manifest["max_seq_length"])))
+    prompts = [""] + sorted(set(manifest.get("prompts", {}).values()) - {""})
+    inputs = [prompts[i % len(prompts)] + t for i, t in enumerate(texts)]
     encodings = tok.encode_batch(inputs)
 
     fetch = acts + ([states] if states else [])
@@ -146,27 +156,44 @@ def collect_hessians(src, texts: list[str], threads: int | None = None, progress
                 pending[name].clear()
 
     buffered = 0
-    for enc in encodings:
-        ids = np.asarray([enc.ids], np.int64)
-        outs = session.run(fetch, {"input_ids": ids, "attention_mask": np.ones_like(ids)})
+    for batch in length_batches([len(e.ids) for e in encodings], CALIBRATION_BATCH_TOKENS):
+        width = max(len(encodings[i].ids) for i in batch)
+        ids = np.zeros((len(batch), width), np.int64)
+        mask = np.zeros_like(ids)
+        for r, i in enumerate(batch):
+            ids[r, :len(encodings[i].ids)] = encodings[i].ids
+            mask[r, :len(encodings[i].ids)] = 1
+        outs = session.run(fetch, {"input_ids": ids, "attention_mask": mask})
+        lengths = [len(encodings[i].ids) for i in batch]
         for name, x in zip(acts, outs):
-            pending[name].append(np.asarray(x, np.float32).reshape(-1, k_of[name]))
+            x = np.asarray(x, np.float32)
+            # token rows: padding positions are dropped (attention never lets them reach real tokens,
+            # so the kept rows equal those of each text run alone); views, copied once by flush();
+            # pooled rows are one per text
+            if x.ndim == 3:
+                pending[name].extend(x[r, :n] for r, n in enumerate(lengths))
+            else:
+                pending[name].append(x.reshape(-1, k_of[name]))
         if states:
-            pooled = window_means(np.asarray(outs[-1], np.float32)[0], POOLED_WINDOWS_PER_TEXT, rng)
-            pending[heads[0].activation].append(pooled)
-            if len(heads) > 1:   # the second head reads the first one's output: same rows through it
-                pending[heads[1].activation].append(pooled @ first_head)
-        buffered += len(enc.ids)
+            hidden = np.asarray(outs[-1], np.float32)
+            for r, n in enumerate(lengths):
+                pooled = window_means(hidden[r, :n], POOLED_WINDOWS_PER_TEXT, rng)
+                pending[heads[0].activation].append(pooled)
+                if len(heads) > 1:   # the second head reads the first one's output: same rows through it
+                    pending[heads[1].activation].append(pooled @ first_head)
+        n_tokens = int(mask.sum())
+        buffered += n_tokens
         del outs
         if buffered >= _FLUSH_ROWS:
             flush()
             buffered = 0
-        bar.update(len(enc.ids))
+        bar.update(n_tokens)
     flush()
     bar.close()
     del session
     info = {"texts": len(texts), "tokens": int(sum(len(e.ids) for e in encodings)),
-            "prompts": "each text bare and with one of the artifact's prompts, in turn",
+            "prompts": "each text once: bare or behind one of the artifact's prompts, in turn",
+            "max_tokens_per_text": min(int(max_tokens or CALIBRATION_MAX_TOKENS), int(manifest["max_seq_length"])),
             "texts_sha256": hashlib.sha256(json.dumps(texts, ensure_ascii=False).encode()).hexdigest(),
             "min_rows_per_weight": int(min(rows.values())), "damp": DAMP}
     if states:
@@ -174,6 +201,26 @@ def collect_hessians(src, texts: list[str], threads: int | None = None, progress
                          "why": "one pooled row per text is too few for GPTQ on the Dense heads; means of random "
                                 "token windows of each text (seed 0) are added"}
     return hessians, rows, info
+
+
+def length_batches(lengths: list[int], max_tokens: int, max_padding: float = 0.25) -> list[list[int]]:
+    """Indices grouped into batches of similar length: sorted by length, a batch closes when its padded
+    size (rows x longest) would exceed ``max_tokens`` or its padding would exceed ``max_padding`` of it.
+    A text longer than ``max_tokens`` gets a batch of its own."""
+    order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
+    batches: list[list[int]] = []
+    cur: list[int] = []
+    for i in order:
+        trial = cur + [i]
+        width = lengths[i]   # sorted ascending: the new text is the longest
+        padded = width * len(trial)
+        if cur and (padded > max_tokens or padded - sum(lengths[j] for j in trial) > max_padding * padded):
+            batches.append(cur)
+            trial = [i]
+        cur = trial
+    if cur:
+        batches.append(cur)
+    return batches
 
 
 def _head_chain(model, sites) -> list:
@@ -249,7 +296,8 @@ def search_scales(x: np.ndarray, bits: int, weights: np.ndarray | None = None) -
     out = np.empty(flat.shape[0], np.float16)
     # All candidates at once on a [rows, candidates, 32] array; chunks keep it to ~16 MB.
     step = max(1, (1 << 22) // (len(targets) * flat.shape[1]))
-    for s in range(0, flat.shape[0], step):
+
+    def search(s):
         xb = flat[s:s + step][:, None, :]                              # [B, 1, 32]
         wb = None if wflat is None else wflat[s:s + step][:, None, :]
         m = np.take_along_axis(xb[:, 0], np.abs(xb[:, 0]).argmax(axis=-1)[:, None], axis=-1)  # [B, 1]
@@ -266,6 +314,15 @@ def search_scales(x: np.ndarray, bits: int, weights: np.ndarray | None = None) -
         err = np.sum(r * r if wb is None else wb * r * r, axis=-1)    # [B, 2C]
         # ties go to the earliest candidate, i.e. ggml's own scale first
         out[s:s + step] = np.take_along_axis(cand[..., 0], err.argmin(axis=1)[:, None], axis=1)[:, 0]
+
+    starts = range(0, flat.shape[0], step)
+    if len(starts) == 1:
+        search(0)
+    else:
+        # numpy releases the GIL in these array operations: chunks on all cores (the token table's
+        # search went from ~100 s to about half on 2 cores; NOTES-quant.md)
+        with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+            list(pool.map(search, starts))
     return out.reshape(lead)
 
 

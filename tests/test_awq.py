@@ -133,3 +133,28 @@ def test_gptq_q4_0_records_awq_and_keeps_norms_consistent(tiny_artifact, tmp_pat
     q2 = read_manifest(out2)["quantization"]
     assert q2["groups"]["attention"]["method"] == "gptq" and q2["groups"]["feed_forward"]["method"] == "awq+gptq"
     assert q2["activation_aware_scales"]["norm_weights_divided"] == TINY_LAYERS
+
+
+def test_length_batches_cover_every_text_once_within_limits():
+    from quant.calibrate import length_batches
+
+    lengths = [5, 300, 7, 7, 64, 3000, 12, 9, 250, 6]
+    batches = length_batches(lengths, max_tokens=512, max_padding=0.25)
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+    for b in batches:
+        width = max(lengths[i] for i in b)
+        assert len(b) == 1 or width * len(b) <= 512                       # padded size bound
+        assert len(b) == 1 or width * len(b) - sum(lengths[i] for i in b) <= 0.25 * width * len(b)
+    assert [5] in batches                                                # the 3000-token text runs alone
+
+
+def test_batched_calibration_equals_one_text_per_run(calibrated, monkeypatch):
+    """Padding rows never enter the statistics: batching changes the Hessians by float rounding only."""
+    import quant.calibrate as C
+
+    src, hessians, rows, _ = calibrated
+    monkeypatch.setattr(C, "CALIBRATION_BATCH_TOKENS", 1)   # every text in a batch of its own
+    alone, rows_alone, _ = collect_hessians(src, load_calibration_texts()[:12], threads=1, progress=False)
+    assert rows_alone == rows
+    for name, h in hessians.items():
+        np.testing.assert_allclose(alone[name], h, rtol=1e-4, atol=1e-6 * np.abs(h).max())
