@@ -56,8 +56,8 @@ def export_artifact(checkpoint: Checkpoint, out: str | Path, force: bool = False
         program.save(str(stage / "model.onnx"), external_data=True)
         del program
         _name_weights(stage / "model.onnx")
-        steps("fusing RMSNorms and rotary embeddings into onnxruntime's operators")
-        log.info("fused: %s", _fuse(stage / "model.onnx"))
+        steps("fusing RMSNorms into onnxruntime's normalisation operators")
+        log.info("fused norms: %s", _fuse_norms(stage / "model.onnx"))
         st.tokenizer.backend_tokenizer.save(str(stage / "tokenizer.json"))
         sentencepiece = ship_sentencepiece(checkpoint.folder, stage, st.tokenizer, int(st.max_seq_length))
 
@@ -89,9 +89,8 @@ def _name_weights(path: Path) -> None:
     onnx.save(model, str(path))
 
 
-def _fuse(path: Path) -> dict[str, int]:
-    """Rewrite the staged graph file with fused RMSNorms and rotary embeddings; the weights file is
-    left as it is.
+def _fuse_norms(path: Path) -> dict[str, int]:
+    """Rewrite the staged graph file with fused RMSNorms; the weights file is left as it is.
 
     The fusion's shape inference reads small constants (shapes, rotary frequencies, norm weights),
     so those are loaded into the graph; the large matrices stay in the external file, which keeps
@@ -101,12 +100,11 @@ def _fuse(path: Path) -> dict[str, int]:
 
     from quant.graph import internalize_external_data
 
-    from .fusions import fuse_rms_norms, fuse_rotary_embeddings
+    from .fusions import fuse_rms_norms
 
     model = onnx.load(str(path), load_external_data=False)
     internalize_external_data(model, path.parent, max_bytes=_INLINE_BYTES)
     counts = fuse_rms_norms(model)
-    counts["RotaryEmbedding"] = fuse_rotary_embeddings(model)
     onnx.save(model, str(path))
     return counts
 
