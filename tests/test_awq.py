@@ -1,4 +1,5 @@
-"""Activation-aware scales (quant/awq.py) and the pooled-window rows of the heads' calibration.
+"""Activation-aware scales (quant/awq.py), the pooled-window rows of the heads' calibration and
+the length-batched calibration pass.
 
 Tiny random Gemma 3 model; no download.
 """
