@@ -106,6 +106,18 @@ def test_length_grouping_respects_token_budget(tiny_artifact):
     np.testing.assert_allclose(emb.encode(texts), Embedder(tiny_artifact).encode(texts), atol=1e-5)
 
 
+def test_length_grouping_splits_where_padding_grows(tiny_artifact):
+    from runtime.embedder import SPLIT_MIN_ROWS, SPLIT_PADDING
+    emb = Embedder(tiny_artifact)
+    long_rows, short_rows = [40] * SPLIT_MIN_ROWS, [30] * 5     # 30 < 40 * (1 - SPLIT_PADDING)
+    assert 30 < 40 * (1 - SPLIT_PADDING)
+    batches = [sorted(b.tolist()) for b in emb._length_grouped_batches(long_rows + short_rows, batch_size=64)]
+    assert batches == [list(range(SPLIT_MIN_ROWS)), list(range(SPLIT_MIN_ROWS, SPLIT_MIN_ROWS + 5))]
+    # Fewer rows than SPLIT_MIN_ROWS stay together; texts within SPLIT_PADDING of the longest too.
+    assert len(list(emb._length_grouped_batches([40] * (SPLIT_MIN_ROWS - 1) + [30], batch_size=64))) == 1
+    assert len(list(emb._length_grouped_batches([40] * 20 + [37] * 20, batch_size=64))) == 1
+
+
 @pytest.mark.parametrize("call, error, message", [
     (lambda e: e.encode(["ok", 3]), TypeError, r"texts\[1\] is int, expected str"),
     (lambda e: e.encode(None), TypeError, "texts must be a str or a list of str"),
