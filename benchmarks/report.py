@@ -44,6 +44,15 @@ def _markdown(meta: dict, summary: dict) -> str:
         mem_w = "short" if "short" in ws else next(iter(ws))
         row += [f"{ws[mem_w]['peak_rss_mb']:.0f}", f"{ws[mem_w]['load_s']:.2f}"]
         lines.append("| " + " | ".join(row) + " |")
+    if through:
+        lines += ["", "Best repeat of each system (tokens/s, ×fp32, ×torch): steadier than the medians when the "
+                  "machine's speed changes during the run; the verdicts below use the medians.", ""]
+        lines += ["| system | " + " | ".join(f"{w} best" for w in through) + " |", "|" + "---|" * (len(through) + 1)]
+        for name, entry in summary.items():
+            ws = entry["workloads"]
+            lines.append(f"| {name} | " + " | ".join(
+                f"{ws[w]['best_tokens_per_s']:.0f} ({_fmt_ratio(ws[w].get('best_vs_fp32_onnx'))}, "
+                f"{_fmt_ratio(ws[w].get('best_vs_torch'))})" for w in through) + " |")
     if meta.get("fidelity"):
         lines += ["", "Fidelity (cosine to fp32 on the parity texts, worst prompt): " + "; ".join(
             f"{v} mean {f['mean']:.5f} / min {f['min']:.5f} ({'meets' if f['meets'] else 'misses'} its target)"
