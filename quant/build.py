@@ -319,6 +319,17 @@ class _Quantizer:
                 self._pending[key] = self._pending.get(key, 0) + 1
         self._cache: dict[tuple[str, int], tuple[G.QuantizedWeight, str]] = {}
         self._factors: dict[tuple[str, bool], object] = {}
+        # Chained heads (x @ W1 @ W2): the later head is quantized to undo the earlier one's error
+        # (``calibrate.chained_head_weights``), from the earlier head's decoded values and input Hessian.
+        self._chain_prev: dict[str, G.WeightSite] = {}
+        if method == "gptq":
+            from .calibrate import _head_chain
+
+            chain = _head_chain(model, src.sites)
+            self._chain_prev = {b.name: a for a, b in zip(chain, chain[1:])}
+        self._chain_next = {a.name for a in self._chain_prev.values()}
+        self._chain_decoded: dict[tuple[str, int], np.ndarray] = {}
+        self._chain_hessian: dict[str, np.ndarray] = {}
         self.fold = self._plan_folding(model, recipes, progress)
 
     def _plan_folding(self, model: onnx.ModelProto, recipes: list[Recipe], progress: bool = False):
@@ -377,6 +388,9 @@ class _Quantizer:
             wt = np.ascontiguousarray(np.asarray(self._weight(site), dtype=np.float32).T)
             q, d = scale_search_quantize(wt, bits, np.diag(self.hessians[site.activation]))
             result = (G.QuantizedWeight(bits, *F.to_matmulnbits(q, d, bits)), "scale_search")
+        elif self.method == "gptq" and (self._chain_prev.get(site.name) is not None
+                                        and (self._chain_prev[site.name].name, bits) in self._chain_decoded):
+            result = self._gptq_chained(site, self._chain_prev[site.name], bits)
         elif self.method == "gptq" and site.activation in self.hessians:
             return self._gptq_group(site, bits)
         else:
@@ -449,6 +463,10 @@ class _Quantizer:
         # [sum N_out, K_in]: rows of every weight that reads this input, quantized in one pass
         wt = np.concatenate([np.asarray(self._weight(s, bits), dtype=np.float32).T for s in members])
         q, d = gptq_quantize(wt, bits, factor=self._factors[key])
+        if site.name in self._chain_next:   # members == [site]: a head reads its own input
+            decode = F.dequantize_q4_0 if bits == 4 else F.dequantize_q8_0
+            self._chain_decoded[(site.name, bits)] = decode(q, d).reshape(q.shape).T
+            self._chain_hessian[site.name] = self.hessians[act]
         start, result = 0, None
         for s in members:
             part = (G.QuantizedWeight(bits, *F.to_matmulnbits(q[start:start + s.n], d[start:start + s.n], bits)),
@@ -460,6 +478,19 @@ class _Quantizer:
                 self._cache[(s.name, bits)] = part
         self._release(act)
         return result
+
+    def _gptq_chained(self, site: G.WeightSite, prev: G.WeightSite, bits: int) -> tuple[G.QuantizedWeight, str]:
+        """GPTQ of a head whose input is the previous head's output, from weights corrected for the
+        previous head's quantization error (``calibrate.chained_head_weights``)."""
+        from .calibrate import HEAD_DAMP, chained_head_weights, gptq_factor, gptq_quantize
+
+        w2, h = chained_head_weights(self._weight(prev), self._chain_decoded.pop((prev.name, bits)),
+                                     self._weight(site), self._chain_hessian[prev.name])
+        if not any(name == prev.name for name, _ in self._chain_decoded):
+            self._chain_hessian.pop(prev.name, None)
+        q, d = gptq_quantize(np.ascontiguousarray(w2.T), bits, factor=gptq_factor(h, damp=HEAD_DAMP))
+        self._release(site.activation)
+        return G.QuantizedWeight(bits, *F.to_matmulnbits(q, d, bits)), "gptq+chain"
 
 
 #: Groups whose 4-bit weights get activation-aware scales before GPTQ (``quant.awq``).

@@ -57,6 +57,10 @@ POOLED_WINDOWS_PER_TEXT = 60
 #: GPTQ dampening for the heads: their window rows are correlated, so more damping generalises
 #: better (0.01: 0.99819 mean, 0.1: 0.99834 on the parity texts, heads alone).
 HEAD_DAMP = 0.1
+#: The second head is quantized from weights that also undo the first head's quantization error
+#: (``chained_head_weights``); its ridge, as a fraction of the mean Hessian diagonal, pulls the
+#: corrected weights towards the original ones (0.001-0.01 measured alike; NOTES-quant.md).
+CHAIN_RIDGE = 0.01
 
 # Per-format code range: Q8_0 codes are symmetric -127..127; Q4_0 codes are -8..7 (nibble - 8).
 _QRANGE = {8: (-127, 127), 4: (-8, 7)}
@@ -91,8 +95,9 @@ def collect_hessians(src, texts: list[str], threads: int | None = None, progress
     ``src`` is a ``quant.build.Fp32Source``. Each text runs once, bare or behind one of the
     artifact's prompts (taken in turn), so the statistics cover how the model is used; texts are cut
     at ``max_tokens`` (default ``CALIBRATION_MAX_TOKENS``). Texts of similar length share a batch
-    (``length_batches``); padding rows are left out of the statistics. Returns the Hessians (float64
-    [K, K], summed over rows), the number of rows behind each, and a description for the manifest.
+    (``runtime.batching.length_batches``, the runtime's rule); padding rows are left out of the
+    statistics. Returns the Hessians (float64 [K, K], summed over rows), the number of rows behind
+    each, and a description for the manifest.
     """
     import onnx
     import onnxruntime as ort
@@ -157,7 +162,10 @@ def collect_hessians(src, texts: list[str], threads: int | None = None, progress
                 pending[name].clear()
 
     buffered = 0
-    for batch in length_batches([len(e.ids) for e in encodings], CALIBRATION_BATCH_TOKENS):
+    from runtime.batching import length_batches
+
+    for batch in length_batches([len(e.ids) for e in encodings], max_rows=len(encodings),
+                                max_tokens=CALIBRATION_BATCH_TOKENS):
         lengths = [len(encodings[i].ids) for i in batch]
         ids = np.zeros((len(batch), max(lengths)), np.int64)
         mask = np.zeros_like(ids)
@@ -203,24 +211,27 @@ def collect_hessians(src, texts: list[str], threads: int | None = None, progress
     return hessians, rows, info
 
 
-def length_batches(lengths: list[int], max_tokens: int, max_padding: float = 0.25) -> list[list[int]]:
-    """Indices grouped into batches of similar length: sorted by length, a batch closes when its padded
-    size (rows x longest) would exceed ``max_tokens`` or its padding would exceed ``max_padding`` of it.
-    A text longer than ``max_tokens`` gets a batch of its own."""
-    order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
-    batches: list[list[int]] = []
-    cur: list[int] = []
-    for i in order:
-        trial = cur + [i]
-        width = lengths[i]   # sorted ascending: the new text is the longest
-        padded = width * len(trial)
-        if cur and (padded > max_tokens or padded - sum(lengths[j] for j in trial) > max_padding * padded):
-            batches.append(cur)
-            trial = [i]
-        cur = trial
-    if cur:
-        batches.append(cur)
-    return batches
+def chained_head_weights(w1: np.ndarray, q1: np.ndarray, w2: np.ndarray, h1: np.ndarray,
+                         ridge: float = CHAIN_RIDGE) -> tuple[np.ndarray, np.ndarray]:
+    """Weights and Hessian for quantizing the second of two chained heads ``x @ w1 @ w2`` once the
+    first is quantized (``q1``, its decoded values; all [K_in, N_out]; ``h1`` = X^T X of x).
+
+    The second head's input is really ``x @ q1``, and its target is ``x @ w1 @ w2``. Least squares
+    over the calibration rows, with a ridge towards ``w2``, gives the weights that map the one to the
+    other: ``(A + r I)^-1 (B + r I) w2`` with ``A = q1^T h1 q1`` and ``B = q1^T h1 w1``, and ``A`` is
+    the Hessian to quantize them with. The second head has 4x the first one's inputs, all linear in
+    x, so it can undo almost all of the first one's error (NOTES-quant.md).
+    Returns ``(corrected w2 [K2, N2] float32, A [K2, K2] float64)``.
+    """
+    q1 = np.asarray(q1, np.float64)
+    hq = np.asarray(h1, np.float64) @ q1
+    a = q1.T @ hq                                          # (x q1)^T (x q1)
+    b = hq.T @ np.asarray(w1, np.float64)                  # (x q1)^T (x w1)
+    r = ridge * float(np.mean(np.diag(a)))
+    w2 = np.asarray(w2, np.float64)
+    lhs = a.copy()
+    lhs[np.diag_indices(len(a))] += r
+    return np.linalg.solve(lhs, b @ w2 + r * w2).astype(np.float32), a
 
 
 def _head_chain(model, sites) -> list:
@@ -355,6 +366,7 @@ class GptqFactor:
     diag: np.ndarray          # float32 [K], original order
     dead: np.ndarray          # bool [K]
     perm: np.ndarray | None   # processing order (None = natural order)
+    hessian: np.ndarray       # float32 [K, K], dampened, original order (for the scale refit)
 
 
 def gptq_factor(hessian: np.ndarray, damp: float = DAMP, act_order: bool = ACT_ORDER) -> GptqFactor:
@@ -369,6 +381,7 @@ def gptq_factor(hessian: np.ndarray, damp: float = DAMP, act_order: bool = ACT_O
     h[dead, dead] = 1.0
     h[np.diag_indices(k)] += damp * np.mean(np.diag(h))
     diag = np.diag(h).astype(np.float32)
+    dampened = h.astype(np.float32)
     perm = np.argsort(-np.diag(h), kind="stable") if act_order else None
     if perm is not None:
         h = h[np.ix_(perm, perm)]
@@ -377,7 +390,7 @@ def gptq_factor(hessian: np.ndarray, damp: float = DAMP, act_order: bool = ACT_O
     # the upper triangular R = J L J, so U = R^-1 = J L^-1 J: one Cholesky and one inverse.
     lower = np.linalg.cholesky(h[::-1, ::-1])
     u = np.triu(np.linalg.inv(lower)[::-1, ::-1]).astype(np.float32)
-    return GptqFactor(u, diag, dead, perm)
+    return GptqFactor(u, diag, dead, perm, dampened)
 
 
 def gptq_quantize(w: np.ndarray, bits: int, hessian: np.ndarray | None = None, damp: float = DAMP,
@@ -387,9 +400,11 @@ def gptq_quantize(w: np.ndarray, bits: int, hessian: np.ndarray | None = None, d
     (or its precomputed ``gptq_factor``, which then fixes damping and order).
 
     Columns are quantized one at a time and each one's rounding error is fed back into the columns
-    not yet quantized. Block scales are chosen by ``search_scales`` weighted with the Hessian
+    not yet quantized. Block scales are first chosen by ``search_scales`` weighted with the Hessian
     diagonal: in natural order when the block starts, from the error-updated weights; in act order
-    up front, from the original weights (a block's columns are scattered through the order).
+    up front, from the original weights (a block's columns are scattered through the order). Then
+    ``refit_block_scales`` re-solves the scales for the chosen codes (a second GPTQ pass with those
+    scales fitted the calibration texts better but the parity texts worse: NOTES-quant.md).
     Returns ``(codes, float16 scales)`` in ``quant.formats`` conventions (int8 codes for Q8_0,
     nibbles 0..15 for Q4_0), which decode exactly as the format says.
     """
@@ -399,14 +414,27 @@ def gptq_quantize(w: np.ndarray, bits: int, hessian: np.ndarray | None = None, d
     f = factor if factor is not None else gptq_factor(hessian, damp, act_order)
     if f.u.shape != (k, k):
         raise ValueError(f"Hessian factor has shape {f.u.shape}, expected {(k, k)}")
-    nb = k // F.BLOCK_SIZE
     W = np.array(w, np.float32, copy=True)
     W[:, f.dead] = 0.0
-    d16 = np.empty((n, nb), np.float16)
+    codes, d16 = _gptq_pass(W, bits, f, batch)
+    d16 = refit_block_scales(W, codes, d16, f.hessian)
+    if bits == 4:
+        return (codes + 8).astype(np.uint8), d16
+    return codes, d16
+
+
+def _gptq_pass(W: np.ndarray, bits: int, f: GptqFactor, batch: int) -> tuple[np.ndarray, np.ndarray]:
+    """One GPTQ pass over ``W`` [N, K] (not modified): signed codes [N, K] in the original column
+    order and float16 block scales."""
+    n, k = W.shape
+    nb = k // F.BLOCK_SIZE
     static = f.perm is not None
     if static:
-        d16[:] = search_scales(W.reshape(n, nb, F.BLOCK_SIZE), bits, f.diag.reshape(nb, F.BLOCK_SIZE))
+        d16 = search_scales(W.reshape(n, nb, F.BLOCK_SIZE), bits, f.diag.reshape(nb, F.BLOCK_SIZE))
         W = W[:, f.perm]
+    else:
+        d16 = np.empty((n, nb), np.float16)
+        W = W.copy()
     order = f.perm if static else np.arange(k)
     u = f.u
     lo, hi = _QRANGE[bits]
@@ -440,9 +468,57 @@ def gptq_quantize(w: np.ndarray, bits: int, hessian: np.ndarray | None = None, d
         unperm = np.empty_like(codes)
         unperm[:, f.perm] = codes
         codes = unperm
-    if bits == 4:
-        return (codes + 8).astype(np.uint8), d16
     return codes, d16
+
+
+def refit_block_scales(w: np.ndarray, codes: np.ndarray, d16: np.ndarray, hessian: np.ndarray,
+                       chunk_bytes: int = 1 << 25) -> np.ndarray:
+    """Float16 block scales minimising ``(w - decode) H (w - decode)^T`` per row for fixed signed
+    ``codes`` [N, K] (``w`` [N, K], ``d16`` [N, K/32] the current scales, ``H`` [K, K]).
+
+    With the codes fixed the output error is a quadratic in the row's block scales,
+    ``w H w^T - 2 r.d + d^T M d`` with ``M[b, c] = q_b H_bc q_c`` and ``r[b] = q_b H_b w``, so one
+    linear solve of K/32 unknowns per row finds them (GPTQ chose them before the codes existed). The
+    new scales are rounded to float16, as stored; a row keeps its old scales where rounding (or a
+    singular system) would make it worse, so the result is never worse than ``d16`` under ``H``.
+    Blocks whose codes are all zero keep their scale (it multiplies nothing).
+    """
+    n, k = w.shape
+    nb = k // F.BLOCK_SIZE
+    h = np.asarray(hessian, np.float32)
+    out = np.array(d16, np.float16, copy=True)
+    rows = max(1, chunk_bytes // (4 * k * 2))
+    idx = np.arange(nb)
+    for s in range(0, n, rows):
+        e = min(n, s + rows)
+        q = codes[s:e].astype(np.float32)
+        x = np.asarray(w[s:e], np.float32)
+        qb = q.reshape(e - s, nb, F.BLOCK_SIZE)
+        m = np.empty((e - s, nb, nb))
+        r = np.empty((e - s, nb))
+        for b in range(nb):
+            cols = slice(b * F.BLOCK_SIZE, (b + 1) * F.BLOCK_SIZE)
+            p = q[:, cols] @ h[cols]                                   # [rows, K]: q_b^T H_b,:
+            m[:, b] = np.einsum("rcj,rcj->rc", p.reshape(e - s, nb, F.BLOCK_SIZE), qb)
+            r[:, b] = np.einsum("rk,rk->r", p, x)
+        empty = ~qb.any(axis=-1)
+        m[:, idx, idx] += empty
+        r[empty] = 0.0
+        with np.errstate(all="ignore"):
+            try:
+                d = np.linalg.solve(m, r[..., None])[..., 0]
+            except np.linalg.LinAlgError:
+                continue
+        old = out[s:e].astype(np.float64)
+        new = np.where(empty | ~np.isfinite(d), old, d).astype(np.float16)
+        new = np.where(np.isfinite(new), new, out[s:e])
+        # the quadratic without its constant w H w^T: enough to compare two sets of scales
+        def cost(dd):
+            dd = dd.astype(np.float64)
+            return np.einsum("rb,rbc,rc->r", dd, m, dd) - 2 * np.einsum("rb,rb->r", r, dd)
+        better = cost(new) < cost(old)
+        out[s:e][better] = new[better]
+    return out
 
 
 def gptq_quantize_per_channel(w: np.ndarray, factor: GptqFactor, scales: np.ndarray, qmax: int = 127,

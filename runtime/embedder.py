@@ -12,15 +12,8 @@ from typing import Sequence
 import numpy as np
 import onnxruntime as ort
 from .artifact import ArtifactError, read_manifest, verify_files
+from .batching import length_batches
 from .tokenizer import load_tokenizer
-
-
-#: A batch is split where the next (shorter) text would be padded by more than this share of the
-#: batch's longest text, once the batch has ``SPLIT_MIN_ROWS`` texts: every padded token costs a full
-#: pass through the linear layers, while a second, smaller run costs little at these row counts
-#: (measured, 64 texts of 26-34 tokens: 1.11-1.13x faster with fp32 and w8a8; 0.05 and 0.2 alike).
-SPLIT_PADDING = 0.1
-SPLIT_MIN_ROWS = 8
 
 
 class TruncationWarning(UserWarning):
@@ -228,7 +221,8 @@ class Embedder:
                           TruncationWarning, stacklevel=3)
 
         out = np.empty((len(texts), self.dim), dtype=np.float32)
-        batches = list(self._length_grouped_batches([len(e) for e in encodings], batch_size))
+        batches = list(length_batches([len(e) for e in encodings], max_rows=batch_size,
+                                      max_tokens=self.max_batch_tokens))
         progress = _progress(len(texts), show_progress)
         for idx in batches:
             width = max(len(encodings[i]) for i in idx)
@@ -248,24 +242,6 @@ class Embedder:
             out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
         out = np.ascontiguousarray(out)
         return out[0] if single else out
-
-    def _length_grouped_batches(self, lengths: list[int], batch_size: int):
-        """Indices grouped by similar length (longest first) so little padding is computed: a batch
-        ends at ``batch_size`` texts, at ``max_batch_tokens`` padded tokens, or (once it has
-        ``SPLIT_MIN_ROWS`` texts) where the next text is more than ``SPLIT_PADDING`` shorter than
-        the batch's longest."""
-        order = np.argsort(-np.asarray(lengths), kind="stable")
-        batch: list[int] = []
-        for i in order:
-            # Sorted descending, so the first member sets the padded width of the batch.
-            width = lengths[batch[0]] if batch else lengths[i]
-            if batch and (len(batch) == batch_size or (len(batch) + 1) * width > self.max_batch_tokens
-                          or (len(batch) >= SPLIT_MIN_ROWS and lengths[i] < width * (1 - SPLIT_PADDING))):
-                yield np.asarray(batch)
-                batch = []
-            batch.append(int(i))
-        if batch:
-            yield np.asarray(batch)
 
 
 def _check_cpu_can_run(path: Path, manifest: dict) -> None:

@@ -17,6 +17,7 @@ import asyncio
 import collections
 import contextlib
 import logging
+import sys
 import threading
 import warnings
 from typing import Iterator, Sequence
@@ -24,6 +25,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from runtime import Embedder, TruncationWarning
+from runtime.batching import length_batches
 
 log = logging.getLogger("serve.batcher")
 
@@ -305,27 +307,15 @@ class Batcher:
 
 
 def length_groups(costs: Sequence[int], slack: float = 0.3, free_padding: int = 64) -> list[list[int]]:
-    """Split batch positions into groups of similar token length, longest first.
-
-    A text joins the current group while the group's padding (tokens computed for nothing) stays
-    within ``slack`` of its real tokens, or within ``free_padding`` tokens, which costs little.
-    """
-    order = sorted(range(len(costs)), key=lambda i: -costs[i])
-    groups: list[list[int]] = []
-    group: list[int] = []
-    real = 0
-    for i in order:
-        if group:
-            width = costs[group[0]]  # sorted descending: the first text sets the padded width
-            waste = (len(group) + 1) * width - (real + costs[i])
-            if waste > max(slack * (real + costs[i]), free_padding):
-                groups.append(group)
-                group, real = [], 0
-        group.append(i)
-        real += costs[i]
-    if group:
-        groups.append(group)
-    return groups
+    """Split batch positions into groups of similar token length, longest first
+    (``runtime.batching.length_batches``): a text starts a new group where it is more than ``slack``
+    shorter than the group's longest and would be padded by more than ``free_padding`` tokens;
+    smaller padding costs little."""
+    if not costs:
+        return []
+    return [b.tolist() for b in length_batches(costs, max_rows=len(costs), max_tokens=sys.maxsize,
+                                               max_padding=slack, min_rows=len(costs) + 1,
+                                               free_padding=free_padding)]
 
 
 def finish_vectors(raw: np.ndarray, dim: int, normalize: bool) -> np.ndarray:

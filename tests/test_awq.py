@@ -116,7 +116,7 @@ def test_gptq_q4_0_records_awq_and_keeps_norms_consistent(tiny_artifact, tmp_pat
                    "--threads", "1") == 0
     q = read_manifest(out)["quantization"]
     assert q["groups"]["attention"]["method"] == q["groups"]["feed_forward"]["method"] == "awq+gptq"
-    assert q["groups"]["projection"]["method"] == "gptq" and q["groups"]["embeddings"]["method"] == "scale_search"
+    assert q["groups"]["projection"]["method"] == "gptq+chain" and q["groups"]["embeddings"]["method"] == "scale_search"
     a = q["activation_aware_scales"]
     assert a["groups"] == ["attention", "feed_forward"] and a["norm_weights_divided"] == 2 * TINY_LAYERS
     assert a["inputs"] == 4 * TINY_LAYERS and 0 <= a["alpha"]["min"] <= a["alpha"]["max"] <= 1
@@ -134,19 +134,6 @@ def test_gptq_q4_0_records_awq_and_keeps_norms_consistent(tiny_artifact, tmp_pat
     q2 = read_manifest(out2)["quantization"]
     assert q2["groups"]["attention"]["method"] == "gptq" and q2["groups"]["feed_forward"]["method"] == "awq+gptq"
     assert q2["activation_aware_scales"]["norm_weights_divided"] == TINY_LAYERS
-
-
-def test_length_batches_cover_every_text_once_within_limits():
-    from quant.calibrate import length_batches
-
-    lengths = [5, 300, 7, 7, 64, 3000, 12, 9, 250, 6]
-    batches = length_batches(lengths, max_tokens=512, max_padding=0.25)
-    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
-    for b in batches:
-        width = max(lengths[i] for i in b)
-        assert len(b) == 1 or width * len(b) <= 512                       # padded size bound
-        assert len(b) == 1 or width * len(b) - sum(lengths[i] for i in b) <= 0.25 * width * len(b)
-    assert [5] in batches                                                # the 3000-token text runs alone
 
 
 def test_batched_calibration_equals_one_text_per_run(calibrated, monkeypatch):

@@ -1,8 +1,9 @@
 """Real google/embeddinggemma-300m: round-to-nearest Q8_0 and Q4_0 artifacts from the fp32 export.
 
 Runs only with EMBEDDINGGEMMA_DIR set. Checks what the quant stage promises and meets today: Q8_0
-fidelity on the parity texts, sizes on disk, every tokenizer file carried over. (The Q4_0 fidelity
-target is not met yet; quant/NOTES-quant.md has the numbers, so it is not asserted here.)
+fidelity on the parity texts, sizes on disk, every tokenizer file carried over. (Q4_0 meets its
+fidelity target only with ``--method gptq``; that build and its fidelity run would add ~7 minutes to
+CI, so the target is measured by hand: quant/NOTES-quant.md and README have the numbers.)
 """
 from __future__ import annotations
 

@@ -9,6 +9,7 @@ import pytest
 
 from runtime import ArtifactError, Embedder, TextTooLongError, TruncationWarning
 from runtime.artifact import MANIFEST_NAME
+from runtime.batching import SPLIT_FREE_PADDING, SPLIT_MIN_ROWS, SPLIT_PADDING, length_batches
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +99,7 @@ def test_truncation_is_reported_or_refused(emb):
 def test_length_grouping_respects_token_budget(tiny_artifact):
     emb = Embedder(tiny_artifact, max_batch_tokens=128)
     lengths = [64, 3, 40, 64, 10, 64, 5]
-    batches = list(emb._length_grouped_batches(lengths, batch_size=32))
+    batches = list(length_batches(lengths, max_rows=32, max_tokens=128))
     assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
     for b in batches:
         assert len(b) * max(lengths[i] for i in b) <= 128
@@ -106,16 +107,25 @@ def test_length_grouping_respects_token_budget(tiny_artifact):
     np.testing.assert_allclose(emb.encode(texts), Embedder(tiny_artifact).encode(texts), atol=1e-5)
 
 
-def test_length_grouping_splits_where_padding_grows(tiny_artifact):
-    from runtime.embedder import SPLIT_MIN_ROWS, SPLIT_PADDING
-    emb = Embedder(tiny_artifact)
+def test_length_grouping_splits_where_padding_grows():
     long_rows, short_rows = [40] * SPLIT_MIN_ROWS, [30] * 5     # 30 < 40 * (1 - SPLIT_PADDING)
     assert 30 < 40 * (1 - SPLIT_PADDING)
-    batches = [sorted(b.tolist()) for b in emb._length_grouped_batches(long_rows + short_rows, batch_size=64)]
+    batches = [sorted(b.tolist()) for b in length_batches(long_rows + short_rows, max_rows=64, max_tokens=8192)]
     assert batches == [list(range(SPLIT_MIN_ROWS)), list(range(SPLIT_MIN_ROWS, SPLIT_MIN_ROWS + 5))]
     # Fewer rows than SPLIT_MIN_ROWS stay together; texts within SPLIT_PADDING of the longest too.
-    assert len(list(emb._length_grouped_batches([40] * (SPLIT_MIN_ROWS - 1) + [30], batch_size=64))) == 1
-    assert len(list(emb._length_grouped_batches([40] * 20 + [37] * 20, batch_size=64))) == 1
+    assert len(list(length_batches([40] * (SPLIT_MIN_ROWS - 1) + [30], max_rows=64, max_tokens=8192))) == 1
+    assert len(list(length_batches([40] * 20 + [37] * 20, max_rows=64, max_tokens=8192))) == 1
+    # ... unless the padding would pass SPLIT_FREE_PADDING tokens: a long document does not pad short queries.
+    assert [b.tolist() for b in length_batches([15, 190, 12, 20], max_rows=64, max_tokens=8192)] == [[1], [3, 0, 2]]
+    assert 190 - 20 > SPLIT_FREE_PADDING
+    # Every index once, padded size within the budget, an over-long text alone.
+    lengths = [5, 300, 7, 7, 64, 3000, 12, 9, 250, 6]
+    batches = [b.tolist() for b in length_batches(lengths, max_rows=4, max_tokens=512)]
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+    assert [5] in batches and all(len(b) <= 4 for b in batches)
+    assert all(len(b) == 1 or len(b) * max(lengths[i] for i in b) <= 512 for b in batches)
+    with pytest.raises(ValueError, match="positive"):
+        list(length_batches(lengths, max_rows=0, max_tokens=512))
 
 
 @pytest.mark.parametrize("call, error, message", [
