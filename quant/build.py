@@ -328,8 +328,8 @@ class _Quantizer:
             chain = _head_chain(model, src.sites)
             self._chain_prev = {b.name: a for a, b in zip(chain, chain[1:])}
         self._chain_next = {a.name for a in self._chain_prev.values()}
-        self._chain_decoded: dict[tuple[str, int], np.ndarray] = {}
-        self._chain_hessian: dict[str, np.ndarray] = {}
+        # (earlier head, bits) -> (its decoded values [K, N], its input Hessian), until the next head uses them
+        self._chain_done: dict[tuple[str, int], tuple[np.ndarray, np.ndarray]] = {}
         self.fold = self._plan_folding(model, recipes, progress)
 
     def _plan_folding(self, model: onnx.ModelProto, recipes: list[Recipe], progress: bool = False):
@@ -388,9 +388,8 @@ class _Quantizer:
             wt = np.ascontiguousarray(np.asarray(self._weight(site), dtype=np.float32).T)
             q, d = scale_search_quantize(wt, bits, np.diag(self.hessians[site.activation]))
             result = (G.QuantizedWeight(bits, *F.to_matmulnbits(q, d, bits)), "scale_search")
-        elif self.method == "gptq" and (self._chain_prev.get(site.name) is not None
-                                        and (self._chain_prev[site.name].name, bits) in self._chain_decoded):
-            result = self._gptq_chained(site, self._chain_prev[site.name], bits)
+        elif (prev := self._chain_prev.get(site.name)) is not None and (prev.name, bits) in self._chain_done:
+            result = self._gptq_chained(site, prev, bits)
         elif self.method == "gptq" and site.activation in self.hessians:
             return self._gptq_group(site, bits)
         else:
@@ -465,8 +464,7 @@ class _Quantizer:
         q, d = gptq_quantize(wt, bits, factor=self._factors[key])
         if site.name in self._chain_next:   # members == [site]: a head reads its own input
             decode = F.dequantize_q4_0 if bits == 4 else F.dequantize_q8_0
-            self._chain_decoded[(site.name, bits)] = decode(q, d).reshape(q.shape).T
-            self._chain_hessian[site.name] = self.hessians[act]
+            self._chain_done[(site.name, bits)] = (decode(q, d).reshape(q.shape).T, self.hessians[act])
         start, result = 0, None
         for s in members:
             part = (G.QuantizedWeight(bits, *F.to_matmulnbits(q[start:start + s.n], d[start:start + s.n], bits)),
@@ -484,10 +482,8 @@ class _Quantizer:
         previous head's quantization error (``calibrate.chained_head_weights``)."""
         from .calibrate import HEAD_DAMP, chained_head_weights, gptq_factor, gptq_quantize
 
-        w2, h = chained_head_weights(self._weight(prev), self._chain_decoded.pop((prev.name, bits)),
-                                     self._weight(site), self._chain_hessian[prev.name])
-        if not any(name == prev.name for name, _ in self._chain_decoded):
-            self._chain_hessian.pop(prev.name, None)
+        decoded, hessian = self._chain_done.pop((prev.name, bits))
+        w2, h = chained_head_weights(self._weight(prev), decoded, self._weight(site), hessian)
         q, d = gptq_quantize(np.ascontiguousarray(w2.T), bits, factor=gptq_factor(h, damp=HEAD_DAMP))
         self._release(site.activation)
         return G.QuantizedWeight(bits, *F.to_matmulnbits(q, d, bits)), "gptq+chain"

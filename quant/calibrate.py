@@ -29,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
+from runtime.batching import length_batches
+
 from . import formats as F
 
 log = logging.getLogger("quant")
@@ -162,8 +164,6 @@ def collect_hessians(src, texts: list[str], threads: int | None = None, progress
                 pending[name].clear()
 
     buffered = 0
-    from runtime.batching import length_batches
-
     for batch in length_batches([len(e.ids) for e in encodings], max_rows=len(encodings),
                                 max_tokens=CALIBRATION_BATCH_TOKENS):
         lengths = [len(encodings[i].ids) for i in batch]
