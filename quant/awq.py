@@ -63,8 +63,7 @@ class Folding:
 def _rtn_error(w: np.ndarray, s: np.ndarray, h: np.ndarray, bits: int) -> float:
     """Calibrated output error of round-to-nearest quantization of diag(s) w, mapped back by 1/s."""
     ws = np.ascontiguousarray((w * s[:, None]).T, dtype=np.float32)      # [N, K]
-    quantize, dequantize = ((F.quantize_q4_0, F.dequantize_q4_0) if bits == 4 else
-                            (F.quantize_q8_0, F.dequantize_q8_0))
+    quantize, dequantize = F.quantizer(bits), F.dequantizer(bits)
     e = (w - dequantize(*quantize(ws)).T / s[:, None]).astype(np.float64)
     return float(np.einsum("ij,ij->", e, h @ e))
 

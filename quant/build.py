@@ -220,7 +220,9 @@ def _build_one(src: Fp32Source, recipe: Recipe, out: Path, *, force: bool, metho
                level_note: dict[str, str] | None = None, act_bits: tuple[int, str] = (8, "")) -> Path:
     manifest_in = src.manifest
     model = onnx.load(str(src.folder / manifest_in["model_file"]), load_external_data=False)
-    sites = G.find_weight_sites(model)
+    all_sites = G.find_weight_sites(model)
+    sites = [s for s in all_sites if not _kept_fp32(recipe, s)]   # the kept ones are internalized as fp32
+    fp32_counts = {g: sum(1 for s in all_sites if s.group == g and _kept_fp32(recipe, s)) for g in GROUPS}
     names = {s.name for s in sites}
     counts = {g: 0 for g in GROUPS}
     integer_counts = {g: 0 for g in GROUPS}
@@ -265,7 +267,7 @@ def _build_one(src: Fp32Source, recipe: Recipe, out: Path, *, force: bool, metho
             shutil.copy2(src.folder / name, stage / name)
 
         manifest = _manifest(src, recipe, method, levels, counts, group_methods, opsets, calib_info, embedding_op,
-                             integer_counts)
+                             integer_counts, fp32_counts)
         awq_groups = sorted({g for g, m in group_methods.items() if m.startswith("awq")})
         if awq_groups:
             alphas = [a for act, a in quantizer.fold.alphas.items()
@@ -315,6 +317,8 @@ class _Quantizer:
         self._pending: dict[tuple[str, int], int] = {}
         for recipe in recipes:
             for site in src.sites:
+                if _kept_fp32(recipe, site):
+                    continue
                 key = (site.name, INTEGER_KEY if _on_integer_path(recipe, site) else recipe.bits(site.group))
                 self._pending[key] = self._pending.get(key, 0) + 1
         self._cache: dict[tuple[str, int], tuple[G.QuantizedWeight, str]] = {}
@@ -394,7 +398,7 @@ class _Quantizer:
             return self._gptq_group(site, bits)
         else:
             wt = np.ascontiguousarray(np.asarray(self._weight(site), dtype=np.float32).T)  # [N_out, K_in]
-            q, d = (F.quantize_q8_0 if bits == 8 else F.quantize_q4_0)(wt)
+            q, d = F.quantizer(bits)(wt)
             result = (G.QuantizedWeight(bits, *F.to_matmulnbits(q, d, bits)), "rtn")
         if self._pending[key] and self.method != "rtn":
             self._cache[key] = result
@@ -412,12 +416,7 @@ class _Quantizer:
         weights = {s.name: np.asarray(self._weight(s), dtype=np.float32) for s in members}
         if activation not in self.absmax:
             raise QuantInputError(f"no calibration statistics for {activation!r}; the integer path needs calibration")
-        # An input read only in two passes is already quantized finely: smoothing would only move
-        # difficulty into the weights.
-        if all(I8.is_two_pass(s.name) for s in members):
-            smooth = np.ones(members[0].k, np.float32)
-        else:
-            smooth = I8.smoothing_factors(self.absmax[activation], list(weights.values()))
+        smooth = I8.smoothing_factors(self.absmax[activation], list(weights.values()))
         outliers = I8.outlier_channels(self.absmax[activation] / smooth)
         cols = I8.split_columns(members[0].k, outliers)
         divisors = I8.input_divisors(smooth, outliers).astype(np.float64)
@@ -463,7 +462,7 @@ class _Quantizer:
         wt = np.concatenate([np.asarray(self._weight(s, bits), dtype=np.float32).T for s in members])
         q, d = gptq_quantize(wt, bits, factor=self._factors[key])
         if site.name in self._chain_next:   # members == [site]: a head reads its own input
-            decode = F.dequantize_q4_0 if bits == 4 else F.dequantize_q8_0
+            decode = F.dequantizer(bits)
             self._chain_done[(site.name, bits)] = (decode(q, d).reshape(q.shape).T, self.hessians[act])
         start, result = 0, None
         for s in members:
@@ -504,6 +503,10 @@ def _on_integer_path(recipe: Recipe, site: G.WeightSite) -> bool:
     return site.op == "MatMul" and recipe.uses_integer_path(site.group) and I8.is_eligible(site.name)
 
 
+def _kept_fp32(recipe: Recipe, site: G.WeightSite) -> bool:
+    return site.op == "MatMul" and recipe.uses_integer_path(site.group) and I8.keeps_fp32(site.name)
+
+
 def _quantize_table(table: np.ndarray, bits: int, search: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Quantize the [vocab, hidden] table in row chunks straight into the packed outputs.
 
@@ -519,7 +522,7 @@ def _quantize_table(table: np.ndarray, bits: int, search: bool = False) -> tuple
 
         quantize = lambda x: quantize_rows(x, bits)  # noqa: E731
     else:
-        quantize = F.quantize_q8_0 if bits == 8 else F.quantize_q4_0
+        quantize = F.quantizer(bits)
     for start in range(0, vocab, _TABLE_ROWS_PER_CHUNK):
         stop = min(vocab, start + _TABLE_ROWS_PER_CHUNK)
         q, d = quantize(np.asarray(table[start:stop], dtype=np.float32))
@@ -529,7 +532,8 @@ def _quantize_table(table: np.ndarray, bits: int, search: bool = False) -> tuple
 
 def _manifest(src: Fp32Source, recipe: Recipe, method: str, levels: dict[int, int], counts: dict[str, int],
               group_methods: dict[str, str], opsets: dict[str, int], calib_info: dict | None,
-              embedding_op: str, integer_counts: dict[str, int] | None = None) -> dict:
+              embedding_op: str, integer_counts: dict[str, int] | None = None,
+              fp32_counts: dict[str, int] | None = None) -> dict:
     import onnxruntime
 
     fp32 = src.manifest
@@ -548,8 +552,11 @@ def _manifest(src: Fp32Source, recipe: Recipe, method: str, levels: dict[int, in
         if recipe.uses_integer_path(group):
             entry = {"format": recipe.format(group), "bits": 8,
                      "op": "MatMulIntegerToFloat on per-token codes (QuantizeLinear of rows scaled to [-1, 1])",
-                     "weights": "q/k/v/o_proj" if group == "attention" else "gate/up/down_proj",
-                     "two_pass_inputs": "v_proj" if group == "attention" else "down_proj",
+                     "weights": "q/k/o_proj" if group == "attention" else "gate/up_proj",
+                     "fp32_weights": {"which": "v_proj" if group == "attention" else "down_proj",
+                                      "tensors": (fp32_counts or {}).get(group, 0),
+                                      "why": "their inputs need ~16-bit activations; the fp32 GEMM is faster "
+                                             "than two integer passes (quant/int8_path.py)"},
                      "tensors": (integer_counts or {}).get(group, 0), "method": group_methods.get(group, method),
                      "weight_codes": f"symmetric -{I8.WEIGHT_QMAX}..{I8.WEIGHT_QMAX}, one float32 scale per output channel",
                      "smoothing": {"alpha": I8.SMOOTH_ALPHA, "from": "calibrated per-channel max |x|"},

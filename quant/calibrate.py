@@ -339,7 +339,7 @@ def search_scales(x: np.ndarray, bits: int, weights: np.ndarray | None = None) -
 
 def quantize_with_scales(w: np.ndarray, d16: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray]:
     """Codes for chosen float16 scales in ``quant.formats`` conventions (int8 for Q8_0, nibbles for Q4_0)."""
-    return (F.quantize_q8_0 if bits == 8 else F.quantize_q4_0)(w, d=d16)
+    return F.quantizer(bits)(w, d=d16)
 
 
 def scale_search_quantize(w: np.ndarray, bits: int, weights: np.ndarray | None = None,

@@ -246,6 +246,20 @@ def dequantize_q4_0(q, d) -> np.ndarray:
     return _dequantize(q.view(np.int8) - np.int8(8), d)
 
 
+def quantizer(bits: int):
+    """``quantize_q8_0`` for 8 bits, ``quantize_q4_0`` for 4 (a ValueError otherwise)."""
+    if bits not in (4, 8):
+        raise ValueError(f"bits must be 4 (Q4_0) or 8 (Q8_0), got {bits!r}")
+    return quantize_q8_0 if bits == 8 else quantize_q4_0
+
+
+def dequantizer(bits: int):
+    """``dequantize_q8_0`` for 8 bits, ``dequantize_q4_0`` for 4 (a ValueError otherwise)."""
+    if bits not in (4, 8):
+        raise ValueError(f"bits must be 4 (Q4_0) or 8 (Q8_0), got {bits!r}")
+    return dequantize_q8_0 if bits == 8 else dequantize_q4_0
+
+
 # ----------------------------------------------------------------------------------------------
 # packing
 

@@ -4,8 +4,10 @@ onnxruntime's block-quantized ``MatMulNBits`` is at best ~1.2x faster than fp32 
 (NOTES-quant.md), while its u8 x s8 integer GEMM behind ``MatMulIntegerToFloat`` is 3-4x faster than
 the fp32 GEMM. This module rewrites chosen ``MatMul(x, W)`` nodes to
 
-    x_s  = x * (1/s)                      SmoothQuant factors s per input channel (calibrated)
-    m    = max(|x_s|) per token           ReduceMax over the last axis
+    x_s  = x * (1/s)                      SmoothQuant factors s per input channel (calibrated), folded
+                                          into the producing RMSNorm's scale where there is one
+                                          (``_fold_divisors``), else a Mul
+    m    = max(|x_s|) per token           max(ReduceMax, -ReduceMin) over the last axis
     q    = QuantizeLinear(x_s / m)        uint8 codes 128 + round(127 x_s / m): every row spans [-1, 1]
     y    = MatMulIntegerToFloat(q, W_q, 1/127, w_scale, 128) * m
 
@@ -18,13 +20,11 @@ texts): a few tokens carry activations up to 30x larger than the rest, and a few
 The per-token row scale handles the first, the smoothing factors the second, and the few channels
 still far above the rest are split into copies (``OUTLIER_CHANNELS``) so they do not set the row's scale.
 
-Which weights need more is measured, not assumed: 8-bit inputs of ``v_proj`` and ``down_proj``
-cost several times the Q8_0 error budget (mean cosine 0.9987 with down_proj alone), so their
-input is quantized in two passes: ``q1`` as above, then the rounding residual ``x/m - deq(q1)`` by a
-second QuantizeLinear at a 254x finer step, and ``y = (MMITF(q1) + MMITF(q2)) * m``: about 16-bit
-activations for twice the integer work, still faster than one fp32 or MatMulNBits product. An input
-read only in two passes (down_proj's) is not smoothed: that would only move difficulty into the
-weights (mean cosine 0.99954 -> 0.99960 without it).
+Which weights take the path is measured, not assumed (``ELIGIBLE``, ``KEPT_FP32``): 8-bit inputs
+of ``v_proj`` and ``down_proj`` cost several times the Q8_0 error budget (mean cosine 0.9987 with
+down_proj alone). Until 2026-11-27 their inputs were quantized in two passes (the rounding residual
+again at a 254x finer step, twice the integer work); plain fp32 MatMuls for these two are faster
+than that on this CPU (whole model 1.07x, NOTES-quant.md) and exact, so they stay fp32.
 
 numpy and onnx only.
 """
@@ -36,12 +36,13 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from .graph import MS_DOMAIN
+from .graph import FUSED_NORM_SCALE_INPUT, MS_DOMAIN
 
 #: Weights that take the integer path when their group asks for it (see the module docstring).
-ELIGIBLE = re.compile(r"\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)\.weight_t$")
-#: Weights whose input is quantized in two passes (residual too), see the module docstring.
-TWO_PASS = re.compile(r"\.(v_proj|down_proj)\.weight_t$")
+ELIGIBLE = re.compile(r"\.(q_proj|k_proj|o_proj|gate_proj|up_proj)\.weight_t$")
+#: Weights of an integer-path group that stay fp32: their inputs need ~16-bit activations, and the
+#: fp32 GEMM is faster than two integer passes (see the module docstring).
+KEPT_FP32 = re.compile(r"\.(v_proj|down_proj)\.weight_t$")
 #: Largest weight code; -128 is never used, as in ggml's Q8_0 (keeps the codes symmetric).
 WEIGHT_QMAX = 127
 #: SmoothQuant migration strength: s_k = max|x_k|^alpha / max|w_k|^(1-alpha). Of 0.4 / 0.5 / 0.65 / 0.8
@@ -72,9 +73,9 @@ def is_eligible(weight_name: str) -> bool:
     return bool(ELIGIBLE.search(weight_name))
 
 
-def is_two_pass(weight_name: str) -> bool:
-    """Whether a weight's input is quantized in two passes (value and rounding residual)."""
-    return bool(TWO_PASS.search(weight_name))
+def keeps_fp32(weight_name: str) -> bool:
+    """Whether a weight (by its export name) stays fp32 in a group on the integer path."""
+    return bool(KEPT_FP32.search(weight_name))
 
 
 def smoothing_factors(act_absmax: np.ndarray, weights: list[np.ndarray], alpha: float = SMOOTH_ALPHA) -> np.ndarray:
@@ -171,36 +172,30 @@ def add_integer_path(model: onnx.ModelProto, activation: str, sites: list, packe
     split = OUTLIER_SPLIT if split is None else split
     if has_outliers:
         smooth = input_divisors(np.ones(sites[0].k, np.float32) if smooth is None else smooth, outliers, split)
-    if smooth is not None:
+    if smooth is not None and not _fold_divisors(model, activation, {s.node_name for s in sites}, smooth):
         consts[f"{p}.inv_smooth"] = (1.0 / np.asarray(smooth, np.float32)).astype(np.float32)
         pre.append(helper.make_node("Mul", [activation, f"{p}.inv_smooth"], [f"{p}.smoothed"], name=f"{p}/smooth"))
         x = f"{p}.smoothed"
-    if has_outliers:
-        consts[f"{p}.copies"] = split_columns(sites[0].k, outliers, split)[sites[0].k:]  # the codes' extra rows
-        pre += [helper.make_node("Gather", [x, f"{p}.copies"], [f"{p}.copies_x"], name=f"{p}/copies", axis=-1),
-                helper.make_node("Concat", [x, f"{p}.copies_x"], [f"{p}.widened"], name=f"{p}/widen", axis=-1)]
-        x = f"{p}.widened"
-    pre += [helper.make_node("Abs", [x], [f"{p}.abs"], name=f"{p}/abs"),
-            helper.make_node("ReduceMax", [f"{p}.abs", f"{p}.axes"], [f"{p}.rowmax0"], name=f"{p}/rowmax", keepdims=1),
-            helper.make_node("Max", [f"{p}.rowmax0", f"{p}.tiny"], [f"{p}.rowmax"], name=f"{p}/rowmax_floor"),
+    # max |x| as max(max x, -min x): two reads of x instead of writing |x| and reading it back
+    pre += [helper.make_node("ReduceMax", [x, f"{p}.axes"], [f"{p}.rowhi"], name=f"{p}/rowmax", keepdims=1),
+            helper.make_node("ReduceMin", [x, f"{p}.axes"], [f"{p}.rowlo"], name=f"{p}/rowmin", keepdims=1),
+            helper.make_node("Neg", [f"{p}.rowlo"], [f"{p}.rowlo_neg"], name=f"{p}/rowmin_neg"),
+            helper.make_node("Max", [f"{p}.rowhi", f"{p}.rowlo_neg", f"{p}.tiny"], [f"{p}.rowmax"], name=f"{p}/rowmax_floor"),
             helper.make_node("Div", [x, f"{p}.rowmax"], [f"{p}.unit"], name=f"{p}/unit_rows")]
-    two_pass = any(is_two_pass(site.name) for site in sites)
     # Rows span [-1, 1]: fixed symmetric codes around the zero point, the same for every batch (a
     # data-dependent range would make a text's vector depend on what it is batched with).
     half = 2 ** (activation_bits - 1) - 1
-    step = 1.0 / half
-    consts.update({f"{p}.a_scale": np.array(step, np.float32), f"{p}.a_zero": np.array(half + 1, np.uint8)})
-    pre.append(helper.make_node("QuantizeLinear", [f"{p}.unit", f"{p}.a_scale", f"{p}.a_zero"], [f"{p}.q"],
+    consts.update({f"{p}.a_scale": np.array(1.0 / half, np.float32), f"{p}.a_zero": np.array(half + 1, np.uint8)})
+    # The split copies repeat values already in the row, so the row's max and each copy's code are
+    # those of the original channel: widen the uint8 codes (a quarter of the bytes of the float
+    # activations; measured in NOTES-quant.md) rather than the activations.
+    codes = f"{p}.q_narrow" if has_outliers else f"{p}.q"
+    pre.append(helper.make_node("QuantizeLinear", [f"{p}.unit", f"{p}.a_scale", f"{p}.a_zero"], [codes],
                                 name=f"{p}/quantize"))
-    if two_pass:
-        # The rounding residual lies in [-step/2, step/2]: the same codes at a 2*half times finer step.
-        consts[f"{p}.a_scale2"] = np.array(step / (2 * half), np.float32)
-        consts[f"{p}.a_zero2"] = consts[f"{p}.a_zero"]
-        pre += [helper.make_node("DequantizeLinear", [f"{p}.q", f"{p}.a_scale", f"{p}.a_zero"], [f"{p}.coarse"],
-                                 name=f"{p}/coarse"),
-                helper.make_node("Sub", [f"{p}.unit", f"{p}.coarse"], [f"{p}.residual"], name=f"{p}/residual"),
-                helper.make_node("QuantizeLinear", [f"{p}.residual", f"{p}.a_scale2", f"{p}.a_zero2"], [f"{p}.q2"],
-                                 name=f"{p}/quantize_residual")]
+    if has_outliers:
+        consts[f"{p}.copies"] = split_columns(sites[0].k, outliers, split)[sites[0].k:]  # the codes' extra rows
+        pre += [helper.make_node("Gather", [codes, f"{p}.copies"], [f"{p}.q_copies"], name=f"{p}.q/copies", axis=-1),
+                helper.make_node("Concat", [codes, f"{p}.q_copies"], [f"{p}.q"], name=f"{p}.q/widen", axis=-1)]
     for name, value in consts.items():
         graph.initializer.append(numpy_helper.from_array(value, name))
     by_node = {s.node_name: s for s in sites}
@@ -212,26 +207,70 @@ def add_integer_path(model: onnx.ModelProto, activation: str, sites: list, packe
         if site is None:
             out_nodes.append(node)
             continue
-        codes, scales = packed[site.name]
-        graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(codes, np.int8), f"{site.name}.i8"))
+        w_codes, scales = packed[site.name]
+        graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(w_codes, np.int8), f"{site.name}.i8"))
         graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(scales, np.float32), f"{site.name}.scale"))
         y = node.output[0]
         mm = helper.make_node("MatMulIntegerToFloat",
                               [f"{p}.q", f"{site.name}.i8", f"{p}.a_scale", f"{site.name}.scale", f"{p}.a_zero"],
                               [f"{y}.unit"], name=node.name, domain=MS_DOMAIN)
         mm.metadata_props.extend(node.metadata_props)
-        if is_two_pass(site.name):
-            mm.output[0] = f"{y}.unit1"
-            out_nodes += [mm, helper.make_node(
-                              "MatMulIntegerToFloat",
-                              [f"{p}.q2", f"{site.name}.i8", f"{p}.a_scale2", f"{site.name}.scale", f"{p}.a_zero2"],
-                              [f"{y}.unit2"], name=f"{node.name}/residual", domain=MS_DOMAIN),
-                          helper.make_node("Add", [f"{y}.unit1", f"{y}.unit2"], [f"{y}.unit"], name=f"{node.name}/sum")]
-            mm = None
-        # Undo the per-token row scale. Skipping it where an RMSNorm follows (q/k/o/down) is not
-        # safe: rows divided by a large max fall below the norm's epsilon (measured: min cosine
-        # 0.957 instead of 0.998 with down_proj).
-        out_nodes += [n for n in (mm, helper.make_node("Mul", [f"{y}.unit", f"{p}.rowmax"], [y], name=f"{node.name}/rows"))
-                      if n is not None]
+        # Undo the per-token row scale. Skipping it where an RMSNorm follows (q/k/o) is not safe: rows
+        # divided by a large max fall below the norm's epsilon (measured: min cosine 0.957 instead of
+        # 0.998 with down_proj).
+        out_nodes += [mm, helper.make_node("Mul", [f"{y}.unit", f"{p}.rowmax"], [y], name=f"{node.name}/rows")]
     del graph.node[:]
     graph.node.extend(out_nodes)
+
+
+def _fold_divisors(model: onnx.ModelProto, activation: str, readers: set[str], divisors: np.ndarray) -> bool:
+    """Divide ``activation`` by ``divisors`` [K] at its producer instead of with a Mul, in place, where
+    that is exact: the producer is an RMSNorm (fused) or a Mul by a [K] constant that nothing else
+    reads, and every other reader of the activation than ``readers`` (node names) is an fp32 MatMul
+    whose [K, N] weight nothing else reads; those weights get their rows multiplied by ``divisors``
+    (v_proj beside q/k). Returns whether it folded. (Saves a pass over the activation per run:
+    NOTES-quant.md.)"""
+    graph = model.graph
+    if activation in {o.name for o in graph.output}:
+        return False
+    producer = {o: n for n in graph.node for o in n.output}
+    readers_of: dict[str, list] = {}
+    for n in graph.node:
+        for name in n.input:
+            readers_of.setdefault(name, []).append(n)
+    inits = {i.name: i for i in graph.initializer}
+    k = len(divisors)
+
+    def single_use_float(name: str, shape_ok) -> np.ndarray | None:
+        init = inits.get(name)
+        if init is None or init.data_location == onnx.TensorProto.EXTERNAL or len(readers_of.get(name, [])) != 1:
+            return None
+        value = numpy_helper.to_array(init)
+        return value if value.dtype == np.float32 and shape_ok(value.shape) else None
+
+    co_weights = []   # fp32 MatMul weights that read the activation too
+    for n in readers_of.get(activation, []):
+        if n.name in readers:
+            continue
+        w = single_use_float(n.input[1], lambda sh: len(sh) == 2 and sh[0] == k) \
+            if n.op_type == "MatMul" and n.input[0] == activation else None
+        if w is None:
+            return False
+        co_weights.append((n.input[1], w))
+    node = producer.get(activation)
+    if node is None:
+        return False
+    if node.op_type in FUSED_NORM_SCALE_INPUT:
+        scale_name = node.input[FUSED_NORM_SCALE_INPUT[node.op_type]] if node.output[0] == activation else None
+    elif node.op_type == "Mul":
+        scale_name = next((i for i in node.input if i in inits), None)
+    else:
+        scale_name = None
+    scale = None if scale_name is None else single_use_float(scale_name, lambda sh: sh == (k,))
+    if scale is None:
+        return False
+    d = np.asarray(divisors, np.float32)
+    inits[scale_name].CopyFrom(numpy_helper.from_array((scale / d).astype(np.float32), scale_name))
+    for name, w in co_weights:
+        inits[name].CopyFrom(numpy_helper.from_array((w * d[:, None]).astype(np.float32), name))
+    return True

@@ -45,7 +45,7 @@ def _probe_model(bits: int | None, level: int, rng: np.random.Generator) -> byte
             inits.append(numpy_helper.from_array(np.ascontiguousarray(w.T), f"W{i}"))
             nodes.append(helper.make_node("MatMul", [name_in, f"W{i}"], [name_out], name=f"mm{i}"))
         else:
-            q, d = (F.quantize_q8_0 if bits == 8 else F.quantize_q4_0)(w)
+            q, d = F.quantizer(bits)(w)
             data, scales = F.to_matmulnbits(q, d, bits)
             inits += [numpy_helper.from_array(data, f"B{i}"), numpy_helper.from_array(scales, f"S{i}")]
             nodes.append(helper.make_node("MatMulNBits", [name_in, f"B{i}", f"S{i}"], [name_out], name=f"mm{i}",

@@ -10,7 +10,7 @@ Grammar: ``e{bits}_a{bits}_f{bits}_p{bits}`` with each ``bits`` 4 (Q4_0) or 8 (Q
 A trailing ``i`` on the attention or feed-forward bits (``a8i``, ``f8i``; 8 bits only) puts that
 group on the integer path (``quant.int8_path``): int8 weights per output channel and int8
 activations quantized per token at run time, for onnxruntime's integer GEMM (v_proj and
-down_proj inputs in two passes; see ``quant.int8_path``).
+down_proj stay fp32; see ``quant.int8_path``).
 
 Named recipes: ``q8_0`` = ``e8_a8_f8_p8``, ``q4_0`` = ``e4_a4_f4_p4``, ``w8a8`` = ``e8_a8i_f8i_p8``
 (the speed-first variant). ``e4_a8_f4_p4`` is Google's mixed recipe. Norms and every other tensor

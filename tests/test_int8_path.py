@@ -1,5 +1,5 @@
 """The integer path (w8a8): graph rewrite numerics against a numpy model of the same arithmetic,
-the two-pass residual, per-channel GPTQ and smoothing factors, and the tiny-model variant."""
+the smoothing folds, per-channel GPTQ and smoothing factors, and the tiny-model variant."""
 from __future__ import annotations
 
 import warnings
@@ -36,32 +36,25 @@ def _quantize(x: np.ndarray, scale: float, zero: int):
     return np.clip(np.rint(x / np.float32(scale)) + zero, 0, 255)
 
 
-def _numpy_integer_path(x, codes, scales, smooth, two_pass, bits=8):
+def _numpy_integer_path(x, codes, scales, smooth, bits=8):
     """The arithmetic quant.int8_path documents, in float64: rows scaled to [-1, 1], fixed symmetric codes."""
     half = 2 ** (bits - 1) - 1
     step = np.float32(1.0 / half)
     xs = x / smooth
     rowmax = np.maximum(np.abs(xs).max(axis=-1, keepdims=True), 1e-30)
-    unit = xs / rowmax
-    q = _quantize(unit, step, half + 1)
-    acc = ((q - half - 1) @ codes.astype(np.float64)) * step
-    if two_pass:
-        step2 = np.float32(step / (2 * half))
-        q2 = _quantize(unit - (q - half - 1) * step, step2, half + 1)
-        acc = acc + ((q2 - half - 1) @ codes.astype(np.float64)) * step2
-    return acc * scales * rowmax
+    q = _quantize(xs / rowmax, step, half + 1)
+    return ((q - half - 1) @ codes.astype(np.float64)) * step * scales * rowmax
 
 
 @pytest.mark.parametrize("bits", I8.ACTIVATION_BITS)
-@pytest.mark.parametrize("two_pass", [False, True])
-def test_rewrite_matches_the_arithmetic_it_claims(two_pass, bits):
+def test_rewrite_matches_the_arithmetic_it_claims(bits):
     rng = np.random.default_rng(0)
     w = rng.normal(size=(K, N)).astype(np.float32)
     x = rng.normal(size=(2, 5, K)).astype(np.float32)
     x[0, 1] *= 40          # a token 40x larger than the rest: the per-token scale must absorb it
     x[..., 3] *= 10        # an outlier channel: the smoothing factors must absorb it
-    name = "backbone.layers.0.mlp." + ("down_proj" if two_pass else "up_proj") + ".weight_t"
-    assert I8.is_eligible(name) and I8.is_two_pass(name) == two_pass
+    name = "backbone.layers.0.mlp.up_proj.weight_t"
+    assert I8.is_eligible(name) and not I8.keeps_fp32(name)
     smooth = I8.smoothing_factors(np.abs(x).reshape(-1, K).max(0), [w])
     codes, scales = I8.quantize_per_channel(w * smooth[:, None])
     model = _one_matmul_model(w, name)
@@ -70,27 +63,24 @@ def test_rewrite_matches_the_arithmetic_it_claims(two_pass, bits):
     onnx.checker.check_model(model)
     assert not [i for i in model.graph.initializer if i.name == name], "the fp32 weight must be gone"
     ops = [n.op_type for n in model.graph.node]
-    assert ops.count("MatMulIntegerToFloat") == (2 if two_pass else 1) and "MatMul" not in ops
+    assert ops.count("MatMulIntegerToFloat") == 1 and ops.count("QuantizeLinear") == 1 and "MatMul" not in ops
+    assert ops.count("Mul") == 2   # the smoothing (a graph input has no producer to fold into) and the row scale
     got = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
-    want = _numpy_integer_path(x.astype(np.float64), codes, scales, smooth.astype(np.float64), two_pass, bits)
+    want = _numpy_integer_path(x.astype(np.float64), codes, scales, smooth.astype(np.float64), bits)
     np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-5 * np.abs(want).max())
-    # and it is an accurate product: the error against the fp32 matmul is small, smaller with two passes
+    # and it is an accurate product: the error against the fp32 matmul is small
     exact = x @ w
     rel = np.linalg.norm(got - exact) / np.linalg.norm(exact)
-    assert rel < (0.006 if two_pass else 0.02 * 2 ** (8 - bits)), rel
-    # codes stay within the declared width (7 bits: every u8 x s8 pair sum fits int16)
-    q_nodes = [n for n in model.graph.node if n.op_type == "QuantizeLinear"]
-    assert len(q_nodes) == (2 if two_pass else 1)
+    assert rel < 0.02 * 2 ** (8 - bits), rel
 
 
-@pytest.mark.parametrize("two_pass", [False, True])
-def test_split_outlier_channels_keep_the_product_and_the_other_channels_precision(two_pass):
+def test_split_outlier_channels_keep_the_product_and_the_other_channels_precision():
     rng = np.random.default_rng(3)
     w = rng.normal(size=(K, N)).astype(np.float32)
     x = rng.normal(size=(2, 5, K)).astype(np.float32)
     x[:, 0, [5, 17]] *= 12      # a sink-like token: two channels far above the rest
-    name = "backbone.layers.0.mlp." + ("down_proj" if two_pass else "up_proj") + ".weight_t"
-    smooth = np.ones(K, np.float32)   # as for down_proj's input; smoothing would absorb part of the outliers
+    name = "backbone.layers.0.mlp.up_proj.weight_t"
+    smooth = np.ones(K, np.float32)   # smoothing would absorb part of the outliers
     idx = I8.outlier_channels(np.abs(x).reshape(-1, K).max(0) / smooth, 2)
     np.testing.assert_array_equal(idx, [5, 17])
     cols = I8.split_columns(K, idx, 4)
@@ -100,35 +90,77 @@ def test_split_outlier_channels_keep_the_product_and_the_other_channels_precisio
     site = WeightSite(name, "feed_forward", "MatMul", "mm", "x", K, N)
     I8.add_integer_path(model, "x", [site], {name: (codes, scales)}, smooth, outliers=idx, split=4)
     onnx.checker.check_model(model)
+    # the copies are made of the uint8 codes, not of the float activations
+    concat = [n for n in model.graph.node if n.op_type == "Concat"]
+    quantized = {n.output[0] for n in model.graph.node if n.op_type == "QuantizeLinear"}
+    assert len(concat) == 1 and concat[0].input[0] in quantized
     got = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
     # reference: each outlier channel fed as 4 copies of x / (4 s), each reading the row W s
     widened = (x.astype(np.float64) / I8.input_divisors(smooth, idx, 4))[..., cols]
-    want = _numpy_integer_path(widened, codes, scales, np.ones(len(cols)), two_pass)
+    want = _numpy_integer_path(widened, codes, scales, np.ones(len(cols)))
     np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-5 * np.abs(want).max())
     # with exact activations the widened product is the original one (copies sum back) ...
     wide_exact = widened @ (w * smooth[:, None]).astype(np.float64)[cols]
     np.testing.assert_allclose(wide_exact, x.astype(np.float64) @ w, rtol=1e-6, atol=1e-4)
     # ... and the sink token's activation codes lose less (error against each path's own weights)
     plain_codes, plain_scales = I8.quantize_per_channel(w * smooth[:, None])
-    plain = _numpy_integer_path(x.astype(np.float64), plain_codes, plain_scales, smooth.astype(np.float64), two_pass)
+    plain = _numpy_integer_path(x.astype(np.float64), plain_codes, plain_scales, smooth.astype(np.float64))
     ref_plain = (x / smooth) @ (plain_codes * plain_scales.astype(np.float64))
     ref_wide = widened @ (codes * scales.astype(np.float64))
     err = lambda y, r: np.linalg.norm(y[:, 0] - r[:, 0]) / np.linalg.norm(r[:, 0])  # noqa: E731
-    if not two_pass:
-        assert err(got, ref_wide) < err(plain, ref_plain) / 2, (err(got, ref_wide), err(plain, ref_plain))
+    assert err(got, ref_wide) < err(plain, ref_plain) / 2, (err(got, ref_wide), err(plain, ref_plain))
 
 
-def test_two_pass_input_is_far_more_accurate_than_one():
-    rng = np.random.default_rng(1)
-    w = rng.normal(size=(K, N)).astype(np.float32)
-    x = rng.standard_t(3, size=(4, 7, K)).astype(np.float32)   # heavy tails, like down_proj's input
-    smooth = np.ones(K, np.float32)
-    codes, scales = I8.quantize_per_channel(w)
-    wq = codes.astype(np.float64) * scales
-    exact = x.astype(np.float64) @ wq          # isolate the activation error: same (quantized) weights
-    errs = [np.linalg.norm(_numpy_integer_path(x, codes, scales, smooth, tp) - exact) / np.linalg.norm(exact)
-            for tp in (False, True)]
-    assert errs[1] < errs[0] / 50, errs
+def _norm_attention_model(rng, extra_reader: bool = False):
+    """RMSNorm (onnxruntime's fused op) -> q/k (to the integer path) and v (stays fp32), as in a
+    Gemma 3 layer; ``extra_reader`` adds an Add that reads the norm's output too."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", "s", K])
+    pre = "backbone.layers.0.self_attn."
+    weights = {pre + "q_proj.weight_t": rng.normal(size=(K, N)), pre + "k_proj.weight_t": rng.normal(size=(K, N // 2)),
+               pre + "v_proj.weight_t": rng.normal(size=(K, N // 2)), "gamma": 1 + rng.random(K)}
+    weights = {n: v.astype(np.float32) for n, v in weights.items()}
+    nodes = [helper.make_node("SimplifiedLayerNormalization", ["x", "gamma"], ["normed"], name="norm", axis=-1, epsilon=1e-6)]
+    outputs = []
+    for proj in ("q", "k", "v"):
+        nodes.append(helper.make_node("MatMul", ["normed", f"{pre}{proj}_proj.weight_t"], [proj], name=proj))
+        outputs.append(helper.make_tensor_value_info(proj, TensorProto.FLOAT, None))
+    if extra_reader:
+        nodes.append(helper.make_node("Add", ["normed", "x"], ["sum"], name="sum"))
+        outputs.append(helper.make_tensor_value_info("sum", TensorProto.FLOAT, None))
+    graph = helper.make_graph(nodes, "g", [x], outputs, [numpy_helper.from_array(v, n) for n, v in weights.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20), helper.make_opsetid("com.microsoft", 1)])
+    model.ir_version = 10
+    sites = [WeightSite(pre + "q_proj.weight_t", "attention", "MatMul", "q", "normed", K, N),
+             WeightSite(pre + "k_proj.weight_t", "attention", "MatMul", "k", "normed", K, N // 2)]
+    return model, weights, sites
+
+
+@pytest.mark.parametrize("extra_reader", [False, True])
+def test_smoothing_is_folded_into_the_norm_and_the_fp32_reader_exactly(extra_reader, monkeypatch):
+    """The division by the smoothing factors and split divisors moves into the RMSNorm's scale, and
+    v_proj (fp32, reading the same norm output) gets its rows multiplied back: no Mul on the
+    activation, and every output equals that of the graph with the explicit Mul. Another kind of
+    reader of the norm's output (here an Add) keeps the Mul."""
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(2, 6, K)).astype(np.float32)
+    x[..., 7] *= 8
+    smooth = 1 + rng.random(K).astype(np.float32)
+    idx = np.array([7, 20])
+    cols = I8.split_columns(K, idx, 4)
+    outputs, muls = {}, {}
+    for folding in (True, False):
+        if not folding:
+            monkeypatch.setattr(I8, "_fold_divisors", lambda *a, **k: False)
+        model, weights, sites = _norm_attention_model(np.random.default_rng(6), extra_reader)
+        packed = {s.name: I8.quantize_per_channel((weights[s.name] * smooth[:, None])[cols]) for s in sites}
+        I8.add_integer_path(model, "normed", sites, packed, smooth, outliers=idx, split=4)
+        muls[folding] = [n.name for n in model.graph.node if n.name.endswith("/smooth")]
+        session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+        outputs[folding] = session.run(None, {"x": x})
+    assert muls[False] == ["normed.int8/smooth"]
+    assert muls[True] == (["normed.int8/smooth"] if extra_reader else [])
+    for got, want in zip(outputs[True], outputs[False]):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
 
 
 def test_per_channel_quantizer_codes_and_scales():
@@ -165,8 +197,8 @@ def test_per_channel_gptq_beats_round_to_nearest_on_correlated_inputs():
 
 
 def test_w8a8_on_the_tiny_model(tiny_artifact, tmp_path):
-    """Built through the CLI (round-to-nearest weights, calibrated smoothing): every eligible matmul on
-    the integer path, the two-pass ones doubled, Q8_0 embeddings and heads, and close to fp32."""
+    """Built through the CLI (round-to-nearest weights, calibrated smoothing): q/k/o and gate/up on the
+    integer path, v and down fp32, Q8_0 embeddings and heads, and close to fp32."""
     from quant.cli import main
 
     out = tmp_path / "w8a8"
@@ -174,16 +206,24 @@ def test_w8a8_on_the_tiny_model(tiny_artifact, tmp_path):
     model = onnx.load(str(out / "model.onnx"), load_external_data=False)
     ops = [n.op_type for n in model.graph.node]
     layers = 4
-    assert ops.count("MatMulIntegerToFloat") == 9 * layers        # 7 weights + the residual pass of v and down
-    assert ops.count("QuantizeLinear") == 6 * layers              # 4 inputs per layer, 2 of them twice
-    assert ops.count("MatMulNBits") == 2 and "MatMul" in ops      # the heads; attention scores stay fp32
+    assert ops.count("MatMulIntegerToFloat") == 5 * layers        # q, k, o, gate, up
+    assert ops.count("QuantizeLinear") == 3 * layers              # their 3 inputs per layer
+    # the smoothing/split divisors are folded into the norms (v_proj's fp32 rows multiplied back);
+    # o_proj's input (the attention output) keeps its Mul
+    assert sum(n.name.endswith("/smooth") for n in model.graph.node) == layers
+    assert ops.count("MatMulNBits") == 2                          # the heads
+    fp32_matmuls = sorted(n.input[1].split(".")[-2] for n in model.graph.node
+                          if n.op_type == "MatMul" and n.input[1].endswith(".weight_t"))
+    assert fp32_matmuls == ["down_proj"] * layers + ["v_proj"] * layers
     floats = [i.name for i in model.graph.initializer if len(i.dims) == 2 and i.data_type == TensorProto.FLOAT]
-    assert all(n.endswith(".scales") for n in floats), floats
+    assert all(n.endswith(".scales") or I8.keeps_fp32(n) for n in floats), floats
     groups = read_manifest(out)["quantization"]["groups"]
     assert groups["attention"]["format"] == INTEGER_FORMAT
-    assert groups["attention"]["tensors"] == 4 * layers and groups["feed_forward"]["tensors"] == 3 * layers
+    assert groups["attention"]["tensors"] == 3 * layers and groups["feed_forward"]["tensors"] == 2 * layers
     assert groups["embeddings"]["format"] == "Q8_0" and groups["projection"]["format"] == "Q8_0"
-    assert groups["feed_forward"]["two_pass_inputs"] == "down_proj"
+    assert groups["attention"]["fp32_weights"]["which"] == "v_proj"
+    assert groups["feed_forward"]["fp32_weights"] == {**groups["feed_forward"]["fp32_weights"], "which": "down_proj",
+                                                      "tensors": layers}
     int8 = read_manifest(out)["quantization"]["int8_path"]
     assert int8["activation_bits"] in (7, 8) and int8["needs_int8_dot_products"] == (int8["activation_bits"] == 8)
     with warnings.catch_warnings():

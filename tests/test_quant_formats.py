@@ -445,3 +445,13 @@ def test_real_weights_onnx_decode(fmt):
     table = _load_real("embed_tokens.weight")
     ids = np.array([[0, 1, 2, 100, table.shape[0] - 1]], np.int64)
     assert np.array_equal(gather_block_quantized(table, fmt, ids), gguf_dequantized(table, fmt)[ids])
+
+
+def test_bit_width_dispatch():
+    assert F.quantizer(8) is F.quantize_q8_0 and F.quantizer(4) is F.quantize_q4_0
+    assert F.dequantizer(8) is F.dequantize_q8_0 and F.dequantizer(4) is F.dequantize_q4_0
+    for bad in (2, 5, 16):
+        with pytest.raises(ValueError, match="bits must be 4"):
+            F.quantizer(bad)
+        with pytest.raises(ValueError, match="bits must be 4"):
+            F.dequantizer(bad)
