@@ -19,7 +19,7 @@ import onnx
 from onnx import numpy_helper
 
 from runtime import __version__
-from runtime.artifact import (ArtifactError, OutputExistsError, read_manifest, sha256_file, staged_output,
+from runtime.artifact import (ArtifactError, OutputExistsError, read_manifest, staged_output,
                               verify_files, write_manifest, update_manifest)
 
 from . import formats as F

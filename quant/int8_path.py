@@ -155,8 +155,10 @@ def add_integer_path(model: onnx.ModelProto, activation: str, sites: list, packe
     ``ACTIVATION_BITS``). ``outliers`` (input channel indices) are divided by ``split`` more and
     appended ``split - 1`` more times (``split_columns``); the codes then have one row per widened
     column, ``[K + len(outliers) * (split - 1), N]``. The per-token quantization of the input
-    is inserted once, before the first consumer, and shared by all of them. Each node keeps its
-    name and output, so nothing downstream changes; the fp32 weights are removed from the graph.
+    is inserted once, before the first consumer, and shared by all of them; its division by the
+    smoothing factors and split divisors is folded into the input's producer where that is exact
+    (``_fold_divisors``), else it is a Mul. Each node keeps its name and output, so nothing
+    downstream changes; the fp32 weights are removed from the graph.
     """
     graph = model.graph
     p = f"{activation}.int8"
