@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import formats as F
-from .graph import FUSED_NORM_SCALE_INPUT
+from .graph import norm_scale_initializer
 
 #: Exponents tried for s = rms(x)^alpha (0 = no scaling, so the search never does worse than none).
 #: On 0..1 in steps of 0.1 every one of the real model's 96 inputs chose 0.0-0.4, so the grid stops at
@@ -113,20 +113,6 @@ def plan(model, sites, hessians: dict, rows: dict, read_weight, groups: set[str]
         for name in node.input:
             uses[name] = uses.get(name, 0) + 1
 
-    def norm_weight(activation: str) -> str | None:
-        node = producer.get(activation)
-        if node is None:
-            return None
-        if node.op_type in FUSED_NORM_SCALE_INPUT:   # export fuses RMSNorms; older artifacts end in a Mul
-            if node.output[0] != activation:
-                return None   # the skip form's second output is the residual sum, not a norm
-            consts = [node.input[FUSED_NORM_SCALE_INPUT[node.op_type]]]
-        elif node.op_type == "Mul":
-            consts = [i for i in node.input if i in inits]
-        else:
-            return None
-        return consts[0] if len(consts) == 1 and consts[0] in inits and uses.get(consts[0]) == 1 else None
-
     layers = layer_sites(sites, groups)
     fold = Folding()
     cache: dict[str, np.ndarray] = {}
@@ -165,7 +151,7 @@ def plan(model, sites, hessians: dict, rows: dict, read_weight, groups: set[str]
             if len(members) != len(names) or len({m.activation for m in members}) != 1:
                 continue
             act = members[0].activation
-            norm = norm_weight(act)
+            norm = norm_scale_initializer(act, producer, inits, uses)
             if norm is None:
                 continue
             s, a = search_scales(np.concatenate([w(m.name) for m in members], axis=1), hessians[act], rows[act], bits)

@@ -220,9 +220,10 @@ def _build_one(src: Fp32Source, recipe: Recipe, out: Path, *, force: bool, metho
                level_note: dict[str, str] | None = None, act_bits: tuple[int, str] = (8, "")) -> Path:
     manifest_in = src.manifest
     model = onnx.load(str(src.folder / manifest_in["model_file"]), load_external_data=False)
-    all_sites = G.find_weight_sites(model)
-    sites = [s for s in all_sites if not _kept_fp32(recipe, s)]   # the kept ones are internalized as fp32
-    fp32_counts = {g: sum(1 for s in all_sites if s.group == g and _kept_fp32(recipe, s)) for g in GROUPS}
+    sites, kept = [], []   # the kept ones are internalized as fp32
+    for s in G.find_weight_sites(model):
+        (kept if _kept_fp32(recipe, s) else sites).append(s)
+    fp32_counts = {g: sum(s.group == g for s in kept) for g in GROUPS}
     names = {s.name for s in sites}
     counts = {g: 0 for g in GROUPS}
     integer_counts = {g: 0 for g in GROUPS}

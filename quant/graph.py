@@ -76,6 +76,25 @@ def group_of(name: str) -> str | None:
     return None
 
 
+def norm_scale_initializer(activation: str, producer: dict, initializers, uses: dict[str, int]) -> str | None:
+    """Name of the scale initializer of the RMSNorm that produces ``activation`` (onnxruntime's fused
+    op, or the Mul by one constant that older exports end in), when nothing else reads it; else None.
+    ``producer`` maps output names to nodes, ``initializers`` holds the initializer names, ``uses``
+    counts the readers of each name."""
+    node = producer.get(activation)
+    if node is None:
+        return None
+    if node.op_type in FUSED_NORM_SCALE_INPUT:
+        if node.output[0] != activation:
+            return None   # the skip form's second output is the residual sum, not a norm
+        consts = [node.input[FUSED_NORM_SCALE_INPUT[node.op_type]]]
+    elif node.op_type == "Mul":
+        consts = [i for i in node.input if i in initializers]
+    else:
+        return None
+    return consts[0] if len(consts) == 1 and consts[0] in initializers and uses.get(consts[0]) == 1 else None
+
+
 def find_weight_sites(model: onnx.ModelProto, block_size: int = F.BLOCK_SIZE) -> list[WeightSite]:
     """Every quantizable weight of the graph, in initializer order, checked against the export contract.
 

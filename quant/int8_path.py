@@ -36,7 +36,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from .graph import FUSED_NORM_SCALE_INPUT, MS_DOMAIN
+from .graph import MS_DOMAIN, norm_scale_initializer
 
 #: Weights that take the integer path when their group asks for it (see the module docstring).
 ELIGIBLE = re.compile(r"\.(q_proj|k_proj|o_proj|gate_proj|up_proj)\.weight_t$")
@@ -227,11 +227,11 @@ def add_integer_path(model: onnx.ModelProto, activation: str, sites: list, packe
 
 def _fold_divisors(model: onnx.ModelProto, activation: str, readers: set[str], divisors: np.ndarray) -> bool:
     """Divide ``activation`` by ``divisors`` [K] at its producer instead of with a Mul, in place, where
-    that is exact: the producer is an RMSNorm (fused) or a Mul by a [K] constant that nothing else
-    reads, and every other reader of the activation than ``readers`` (node names) is an fp32 MatMul
-    whose [K, N] weight nothing else reads; those weights get their rows multiplied by ``divisors``
-    (v_proj beside q/k). Returns whether it folded. (Saves a pass over the activation per run:
-    NOTES-quant.md.)"""
+    that is exact: the producer is an RMSNorm whose [K] scale nothing else reads
+    (``graph.norm_scale_initializer``), and every other reader of the activation than ``readers``
+    (node names) is an fp32 MatMul whose [K, N] weight nothing else reads; those weights get their
+    rows multiplied by ``divisors`` (v_proj beside q/k). Returns whether it folded. (Saves a pass
+    over the activation per run: NOTES-quant.md.)"""
     graph = model.graph
     if activation in {o.name for o in graph.output}:
         return False
@@ -259,15 +259,7 @@ def _fold_divisors(model: onnx.ModelProto, activation: str, readers: set[str], d
         if w is None:
             return False
         co_weights.append((n.input[1], w))
-    node = producer.get(activation)
-    if node is None:
-        return False
-    if node.op_type in FUSED_NORM_SCALE_INPUT:
-        scale_name = node.input[FUSED_NORM_SCALE_INPUT[node.op_type]] if node.output[0] == activation else None
-    elif node.op_type == "Mul":
-        scale_name = next((i for i in node.input if i in inits), None)
-    else:
-        scale_name = None
+    scale_name = norm_scale_initializer(activation, producer, inits, {name: len(r) for name, r in readers_of.items()})
     scale = None if scale_name is None else single_use_float(scale_name, lambda sh: sh == (k,))
     if scale is None:
         return False
