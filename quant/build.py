@@ -32,9 +32,10 @@ log = logging.getLogger("quant")
 METHODS = ("rtn", "gptq")
 #: Default method (see NOTES-quant.md for the measurements behind it).
 DEFAULT_METHOD = "rtn"
-#: MatMulNBits accuracy_level when none is given: "auto" times levels 0 and 4 on the building CPU per
-#: bit width and keeps the faster (``quant.level_probe``; the winner differed between two VNNI CPUs,
-#: NOTES-quant.md). The level is baked into the graph: build on (or for) the target CPU.
+#: MatMulNBits accuracy_level when none is given: "auto" times each built model at levels 0 and 4 on
+#: the building CPU and keeps level 4 only if it is clearly faster (``quant.level_probe``; the winner
+#: differed between two VNNI CPUs, and level 4 costs accuracy, NOTES-quant.md). The level is baked
+#: into the graph: build on (or for) the target CPU.
 DEFAULT_ACCURACY_LEVEL = "auto"
 #: Token-table lookup: "gather" (standard ops, float16 scales, 12.6 MB smaller on the real model) or
 #: "gbq" (com.microsoft.GatherBlockQuantized, which needs float32 scales for a float32 output).
@@ -120,27 +121,16 @@ def activation_bits(choice: int | str) -> tuple[int, str]:
     return int(choice), f"given: {choice}"
 
 
-def accuracy_levels(override: int | str | None, bits_needed: set[int] | None = None,
-                    threads: int | None = None) -> tuple[dict[int, int], dict[str, str]]:
-    """MatMulNBits accuracy_level per bit width and why. ``auto``/None times levels 0 and 4 on this
-    CPU for each bit width in ``bits_needed`` (``quant.level_probe``; which one wins differs between
-    CPUs of the same instruction set); an int 0-4 (checked by ``build_variants``) applies to every bit
-    width."""
-    if override is None or override == "auto":
-        from .level_probe import choose_level
+def _choose_levels(model_path: Path, recipe: Recipe, vocab: int, threads: int | None) -> tuple[dict[int, int], dict[str, str]]:
+    """``--accuracy-level auto`` for one built model: time it at levels 0 and 4 per bit width on this
+    CPU (``quant.level_probe``). Also where only the Dense heads use MatMulNBits (w8a8): at one text
+    per call, 8-bit heads at level 0 cost w8a8 10 ms of its 22 ms latency on the Xeon."""
+    from .level_probe import choose_levels
 
-        levels, notes = {4: 0, 8: 0}, {}
-        for bits in sorted(bits_needed if bits_needed is not None else (4, 8)):
-            levels[bits], notes[f"Q{bits}_0"] = choose_level(bits, threads)
-            log.info("MatMulNBits accuracy_level for Q%d_0: %s", bits, notes[f"Q{bits}_0"])
-        return levels, notes
-    return {4: override, 8: override}, {"all": f"given: {override}"}
-
-
-def _matmul_bits(recipes: list[Recipe]) -> set[int]:
-    """Bit widths that some MatMulNBits node of these recipes will use."""
-    return {recipe.bits(g) for recipe in recipes for g in GROUPS
-            if g != "embeddings" and not recipe.uses_integer_path(g)}
+    levels, notes = choose_levels(model_path, vocab, threads)
+    for key, note in notes.items():
+        log.info("MatMulNBits accuracy_level for %s %s: %s", recipe.name, key, note)
+    return levels, notes
 
 
 def build_variants(fp32_dir: str | Path, targets: list[tuple[Recipe, str | Path]], *, force: bool = False,
@@ -182,7 +172,6 @@ def build_variants(fp32_dir: str | Path, targets: list[tuple[Recipe, str | Path]
         if out.resolve() == src.folder.resolve():
             raise QuantInputError(f"--out {str(out)!r} is the --in folder; write the quantized artifact elsewhere")
 
-    levels, level_note = accuracy_levels(accuracy_level, _matmul_bits([r for r, _ in targets]), threads)
     hessians = rows = calib_info = absmax = None
     integer = any(recipe.integer for recipe, _ in targets)
     if method == "gptq" or integer:
@@ -202,10 +191,10 @@ def build_variants(fp32_dir: str | Path, targets: list[tuple[Recipe, str | Path]
     written = []
     for (recipe, out) in targets:
         t0 = time.time()
-        written.append(_build_one(src, recipe, Path(out), force=force, method=method, levels=levels,
-                                  quantizer=quantizer, calib_info=calib_info, progress=progress,
-                                  reference=reference, embedding_op=embedding_op, level_note=level_note,
-                                  act_bits=act_bits))
+        written.append(_build_one(src, recipe, Path(out), force=force, method=method,
+                                  accuracy_level=accuracy_level, quantizer=quantizer, calib_info=calib_info,
+                                  progress=progress, reference=reference, embedding_op=embedding_op,
+                                  act_bits=act_bits, threads=threads))
         log.info("%s written to %s in %.1f s", recipe.name, out, time.time() - t0)
     return written
 
@@ -215,10 +204,14 @@ def build_variant(fp32_dir: str | Path, recipe: Recipe, out: str | Path, **kwarg
     return build_variants(fp32_dir, [(recipe, out)], **kwargs)[0]
 
 
-def _build_one(src: Fp32Source, recipe: Recipe, out: Path, *, force: bool, method: str, levels: dict[int, int],
-               quantizer: "_Quantizer", calib_info, progress: bool, reference, embedding_op: str,
-               level_note: dict[str, str] | None = None, act_bits: tuple[int, str] = (8, "")) -> Path:
+def _build_one(src: Fp32Source, recipe: Recipe, out: Path, *, force: bool, method: str,
+               accuracy_level: int | str | None, quantizer: "_Quantizer", calib_info, progress: bool, reference,
+               embedding_op: str, act_bits: tuple[int, str] = (8, ""), threads: int | None = None) -> Path:
     manifest_in = src.manifest
+    auto_level = accuracy_level in (None, "auto")
+    # auto: built at level 0, then timed at both levels per bit width (_choose_levels) once written
+    level = 0 if auto_level else int(accuracy_level)
+    levels, level_notes = {4: level, 8: level}, {"all": f"given: {accuracy_level}"}
     model = onnx.load(str(src.folder / manifest_in["model_file"]), load_external_data=False)
     sites, kept = [], []   # the kept ones are internalized as fp32
     for s in G.find_weight_sites(model):
@@ -243,7 +236,7 @@ def _build_one(src: Fp32Source, recipe: Recipe, out: Path, *, force: bool, metho
                 continue
             bits = recipe.bits(site.group)
             qw, used = quantizer.get(site, bits)
-            G.replace_site(model, site, qw, accuracy_level=levels[bits], embedding_op=embedding_op)
+            G.replace_site(model, site, qw, accuracy_level=level, embedding_op=embedding_op)
             del qw
             counts[site.group] += 1
             group_methods[site.group] = used
@@ -264,6 +257,18 @@ def _build_one(src: Fp32Source, recipe: Recipe, out: Path, *, force: bool, metho
         G.save_with_external_data(model, stage / model_file)
         opsets = G.opset_imports(model)
         del model
+        if auto_level:
+            vocab = next(s.n for s in sites + kept if s.group == "embeddings")
+            chosen, level_notes = _choose_levels(stage / model_file, recipe, vocab, threads)
+            levels.update(chosen)
+            if any(chosen.values()):   # only the graph file changes; the weights file serves every level
+                from .level_probe import set_level
+
+                graph = onnx.load(str(stage / model_file), load_external_data=False)
+                for bits, lv in chosen.items():
+                    set_level(graph, lv, bits)
+                onnx.save(graph, str(stage / model_file))
+                del graph
         for name in tokenizer_files(manifest_in):
             shutil.copy2(src.folder / name, stage / name)
 
@@ -278,8 +283,7 @@ def _build_one(src: Fp32Source, recipe: Recipe, out: Path, *, force: bool, metho
                 "alpha": {"min": min(alphas), "median": float(np.median(alphas)), "max": max(alphas)},
                 "how": "s = rms(x)^alpha per input channel, alpha per input searched on the calibrated output error; "
                        "x / s folded into the preceding RMSNorm weight, v_proj or up_proj columns (quant/awq.py)"}
-        manifest["quantization"]["accuracy_level_choice"] = {
-            k: v for k, v in (level_note or {}).items() if k == "all" or int(k[1]) in _matmul_bits([recipe])}
+        manifest["quantization"]["accuracy_level_choice"] = level_notes
         if recipe.integer:
             manifest["quantization"]["int8_path"] = {
                 "activation_bits": act_bits[0], "activation_bits_choice": act_bits[1],

@@ -49,9 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
                              f"feed-forward), same format (default: {DEFAULT_METHOD})")
     parser.add_argument("--accuracy-level", type=_accuracy_level, default="auto", metavar="N|auto",
                         help="MatMulNBits accuracy_level 0-4 for every block-quantized matmul; 4 also quantizes "
-                             "activations to int8 per block of 32 (like llama.cpp); which is faster depends on the CPU; "
-                             "auto (default) times levels 0 and 4 per bit width on THIS machine (a few seconds) and "
-                             "keeps the faster, so build on the kind of CPU you deploy to")
+                             "activations to int8 per block of 32 (like llama.cpp), which costs accuracy; which is "
+                             "faster depends on the CPU; auto (default) times each built model at levels 0 and 4 on "
+                             "THIS machine per bit width, on a batch and on a single text (~15 s each), and keeps 4 only if "
+                             "it is >= 5%% faster (geometric mean), so build on the kind of CPU you deploy to")
     parser.add_argument("--int8-activation-bits", default="auto", choices=("auto", "7", "8"),
                         help="integer-path recipes (w8a8): activation code width; 8 is exact only on CPUs with VNNI "
                              "or Arm dot products (elsewhere the runtime refuses the artifact), 7 runs exactly "

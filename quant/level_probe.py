@@ -1,98 +1,145 @@
-"""Pick MatMulNBits' ``accuracy_level`` by timing both levels on this CPU.
+"""Pick MatMulNBits' ``accuracy_level`` by timing the built model at levels 0 and 4 on this CPU.
 
 Which level is faster is not a property of the instruction set alone: on one AVX-512 VNNI machine
 level 4 (int8 activation blocks, integer dot products) made Q4_0 1.16x fp32 and level 0 1.08x; on
-another VNNI machine level 4 made Q4_0 *slower* than fp32 (0.80x) and level 0 made it 1.13x, while
-Q8_0 was faster at level 4 on both (NOTES-quant.md). So ``--accuracy-level auto`` times the two
-candidate levels, per bit width, on a small graph with the model's own feed-forward shapes and the
-short workload's row count, and keeps the faster one. It takes a few seconds per bit width.
+another VNNI machine level 4 made Q4_0 *slower* than fp32 (0.80x) and level 0 made it 1.13x
+(NOTES-quant.md). Nor does a small graph tell: a probe of the feed-forward shapes (2,048 rows)
+timed Q8_0 level 4 11-32 % faster than level 0 on the Xeon, run to run, while the whole model ran
+at the same speed at both levels (0.80x and 0.79x fp32, paired rounds). So ``--accuracy-level
+auto`` times the artifact itself with the graph at level 0 and at level 4, interleaved, on the two
+shapes users run: a batch of 32 texts x 32 tokens (the ~1,000 rows per product the runtime's padding
+split gives 64 short texts) and one text of 16 tokens (a search box). Both count: at level 0
+onnxruntime has no fp32-compute kernel for 8-bit blocks and decodes every weight on every call, so
+Q8_0 at level 0 ran batches 1.08x faster than at level 4 but single texts 7x slower (191 against 26
+ms). That takes ~10 s per variant.
+
+Level 4 is not free: its int8 activation blocks are a second rounding on top of the weights'. For
+Q8_0 that is most of the error (real model, GPTQ, parity texts, document prompt, 1 - mean cosine:
+level 0 3.1e-5, level 4 2.4e-4). So level 4 must beat level 0 by ``LEVEL4_MIN_GAIN`` (geometric mean
+of the two shapes' speed-ups).
 
 Needs onnx, onnxruntime and numpy only.
 """
 from __future__ import annotations
 
+import os
 import statistics
 import time
+from pathlib import Path
 
 import numpy as np
-
-from . import formats as F
-from .graph import MS_DOMAIN, MS_OPSET
+import onnx
 
 #: Levels compared: 0 decodes the weights to fp32 and multiplies in fp32; 4 quantizes each
 #: activation block of 32 to int8 and uses integer dot products. (1-3 are fp32/fp16/bf16 compute
 #: variants that onnxruntime's CPU kernels treat like 0.)
 CANDIDATE_LEVELS = (0, 4)
-#: Rows per product: 64 texts of ~32 tokens, the short workload every speed target is stated on.
-PROBE_ROWS = 2048
-#: EmbeddingGemma's feed-forward shapes (hidden 768, intermediate 1152): most of its matmul work.
-PROBE_SHAPES = ((768, 1152), (1152, 768))
-#: Timed rounds per level, interleaved (A B A B ...) so a noisy neighbour hits both levels alike.
-PROBE_ROUNDS = 7
+#: Timed inputs, texts x tokens: a batch (about what the runtime's padding split makes of 64 short
+#: texts) and a single search-box query.
+PROBE_SHAPES = {"batch": (32, 32), "single": (1, 16)}
+#: Timed rounds per level and shape, interleaved (A B B A ...) so a noisy neighbour hits both alike.
+PROBE_ROUNDS = 3
+#: How much faster level 4 must be than level 0 (geometric mean over ``PROBE_SHAPES`` of the time
+#: ratios) to be chosen: it costs accuracy, and paired rounds of the same model differ by a few per cent.
+LEVEL4_MIN_GAIN = 1.05
 
 
-def _probe_model(bits: int | None, level: int, rng: np.random.Generator) -> bytes:
-    """A chain of MatMulNBits nodes with random Q{bits}_0 weights in the model's shapes (plain fp32
-    MatMul nodes when ``bits`` is None, for reference)."""
-    from onnx import TensorProto, helper, numpy_helper
-
-    nodes, inits = [], []
-    name_in = "x"
-    for i, (k, n) in enumerate(PROBE_SHAPES):
-        w = rng.standard_normal((n, k)).astype(np.float32) * 0.05
-        name_out = "y" if i == len(PROBE_SHAPES) - 1 else f"h{i}"
-        if bits is None:
-            inits.append(numpy_helper.from_array(np.ascontiguousarray(w.T), f"W{i}"))
-            nodes.append(helper.make_node("MatMul", [name_in, f"W{i}"], [name_out], name=f"mm{i}"))
-        else:
-            q, d = F.quantizer(bits)(w)
-            data, scales = F.to_matmulnbits(q, d, bits)
-            inits += [numpy_helper.from_array(data, f"B{i}"), numpy_helper.from_array(scales, f"S{i}")]
-            nodes.append(helper.make_node("MatMulNBits", [name_in, f"B{i}", f"S{i}"], [name_out], name=f"mm{i}",
-                                          domain=MS_DOMAIN, **F.matmulnbits_attributes(n, k, bits, level)))
-        name_in = name_out
-    graph = helper.make_graph(
-        nodes, "accuracy_level_probe",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, PROBE_SHAPES[0][0]])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, PROBE_SHAPES[-1][1]])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
-                                                    helper.make_opsetid(MS_DOMAIN, MS_OPSET)])
-    return model.SerializeToString()
+def pick_level(timed: dict[int, dict[str, float]], min_gain: float = LEVEL4_MIN_GAIN) -> int:
+    """Level 0 (fp32 activations) unless level 4's speed-up over it, the geometric mean over the
+    timed shapes of level-0 time / level-4 time, is at least ``min_gain``."""
+    ratios = [timed[0][shape] / timed[4][shape] for shape in timed[0]]
+    return 4 if float(np.exp(np.mean(np.log(ratios)))) >= min_gain else 0
 
 
-def time_levels(bits: int, threads: int | None = None, rounds: int = PROBE_ROUNDS,
-                levels: tuple[int, ...] = CANDIDATE_LEVELS) -> dict[int | str, float]:
-    """Median seconds per probe run for each of ``levels`` at ``bits`` (4 or 8) on this CPU, and
-    for the same products in fp32 (key ``"fp32"``)."""
+def node_bits(node: onnx.NodeProto) -> int:
+    """The ``bits`` attribute of a MatMulNBits node (4 when absent, onnxruntime's default)."""
+    return next((a.i for a in node.attribute if a.name == "bits"), 4)
+
+
+def set_level(model: onnx.ModelProto, level: int, bits: int | None = None) -> int:
+    """Set ``accuracy_level`` on every MatMulNBits node of ``model`` (of ``bits`` only, when given)
+    in place; returns how many."""
+    from onnx import helper
+
+    count = 0
+    for node in model.graph.node:
+        if node.op_type == "MatMulNBits" and (bits is None or node_bits(node) == bits):
+            attr = next((a for a in node.attribute if a.name == "accuracy_level"), None)
+            if attr is None:
+                node.attribute.append(helper.make_attribute("accuracy_level", level))
+            else:
+                attr.i = level   # in place: the graph stays byte-identical to one built at this level
+            count += 1
+    return count
+
+
+def time_levels(model_path: str | Path, vocab: int, threads: int | None = None, rounds: int = PROBE_ROUNDS,
+                levels: tuple[int, ...] = CANDIDATE_LEVELS, bits: int | None = None,
+                fixed: dict[int, int] | None = None) -> dict[int, dict[str, float]]:
+    """Median seconds per run, ``{level: {shape: s}}``, of the model at ``model_path`` (graph with
+    external data) with its MatMulNBits nodes (those of ``bits`` only, when given; the others at
+    ``fixed[their bits]``) at each of ``levels``, on random tokens (ids below ``vocab``) in each of
+    ``PROBE_SHAPES``. The level copies of the graph are written beside it (they share its data file)
+    and removed afterwards."""
     import onnxruntime as ort
 
+    path = Path(model_path)
+    graph = onnx.load(str(path), load_external_data=False)
+    for other, level in (fixed or {}).items():
+        set_level(graph, level, other)
     rng = np.random.default_rng(0)
-    x = rng.standard_normal((PROBE_ROWS, PROBE_SHAPES[0][0])).astype(np.float32)
+    feeds = {}
+    for shape, dims in PROBE_SHAPES.items():
+        ids = rng.integers(3, vocab, size=dims, dtype=np.int64)
+        feeds[shape] = {"input_ids": ids, "attention_mask": np.ones_like(ids)}
     sessions = {}
-    for level in (*levels, "fp32"):
-        opts = ort.SessionOptions()
-        if threads:
-            opts.intra_op_num_threads = threads
+    try:
+        for level in levels:
+            set_level(graph, level, bits)
+            copy = path.with_name(f".{path.stem}.level{level}.onnx")
+            onnx.save(graph, str(copy))
+            opts = ort.SessionOptions()
+            opts.enable_cpu_mem_arena = False   # as the runtime runs it
+            opts.enable_mem_pattern = False
+            if threads:
+                opts.intra_op_num_threads = threads
             opts.inter_op_num_threads = 1
-        model = _probe_model(None if level == "fp32" else bits, 0 if level == "fp32" else level, rng)
-        sessions[level] = ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
-        sessions[level].run(None, {"x": x})   # warm-up: pre-packing, thread pool
-    times: dict[int | str, list[float]] = {level: [] for level in sessions}
-    for _ in range(rounds):
-        for level in sessions:
-            t0 = time.perf_counter()
-            sessions[level].run(None, {"x": x})
-            times[level].append(time.perf_counter() - t0)
-    return {level: statistics.median(ts) for level, ts in times.items()}
+            try:
+                sessions[level] = ort.InferenceSession(str(copy), opts, providers=["CPUExecutionProvider"])
+            finally:
+                os.unlink(copy)
+            sessions[level].run(None, feeds["single"])   # warm-up (thread pool, first allocations), cheap
+        times = {level: {shape: [] for shape in feeds} for level in sessions}
+        for r in range(rounds):
+            for level in (levels if r % 2 == 0 else tuple(reversed(levels))):
+                for shape, feed in feeds.items():
+                    t0 = time.perf_counter()
+                    sessions[level].run(None, feed)
+                    times[level][shape].append(time.perf_counter() - t0)
+    finally:
+        sessions.clear()
+    return {level: {shape: statistics.median(ts) for shape, ts in by_shape.items()}
+            for level, by_shape in times.items()}
 
 
-def choose_level(bits: int, threads: int | None = None) -> tuple[int, str]:
-    """The faster MatMulNBits accuracy_level for ``bits`` on this CPU, and a note for the manifest."""
-    timed = time_levels(bits, threads)
-    fp32 = timed.pop("fp32")
-    best = min(timed, key=timed.get)
-    shapes = " -> ".join(str(k) for k, _ in PROBE_SHAPES) + f" -> {PROBE_SHAPES[-1][1]}"
-    detail = ", ".join(f"level {lv} {t * 1e3:.1f} ms" for lv, t in sorted(timed.items()))
-    detail += f"; fp32 MatMul {fp32 * 1e3:.1f} ms"
-    return best, (f"auto: {best}, timed on the building CPU ({PROBE_ROWS} rows x {shapes}, Q{bits}_0, "
-                  f"median of {PROBE_ROUNDS}: {detail})")
+def choose_levels(model_path: str | Path, vocab: int, threads: int | None = None) -> tuple[dict[int, int], dict[str, str]]:
+    """MatMulNBits accuracy_level per bit width of the model at ``model_path`` on this CPU, and a note
+    per bit width for the manifest: ``pick_level`` on ``time_levels`` of that bit width's nodes, the
+    widest first, the others at level 0 or at what was chosen for them already (a mixed variant such
+    as e4_a8_f4_p4 may want level 4 for its Q8_0 nodes and level 0 for its Q4_0 nodes)."""
+    graph = onnx.load(str(model_path), load_external_data=False)
+    widths = sorted({node_bits(n) for n in graph.graph.node if n.op_type == "MatMulNBits"}, reverse=True)
+    del graph
+    levels = {b: 0 for b in widths}
+    notes = {}
+    shapes = " and ".join(f"{shape} {b} x {t}" for shape, (b, t) in PROBE_SHAPES.items())
+    for bits in widths:
+        timed = time_levels(model_path, vocab, threads, bits=bits, fixed={b: lv for b, lv in levels.items() if b != bits})
+        levels[bits] = pick_level(timed)
+        detail = "; ".join(f"level {lv}: " + ", ".join(f"{shape} {t * 1e3:.1f} ms" for shape, t in by_shape.items())
+                           for lv, by_shape in sorted(timed.items()))
+        notes[f"Q{bits}_0"] = (f"auto: {levels[bits]}, the built model timed on the building CPU with its Q{bits}_0 "
+                               f"MatMulNBits at each level (texts x tokens: {shapes}; median of {PROBE_ROUNDS}: "
+                               f"{detail}); level 4 only if >= {LEVEL4_MIN_GAIN:g}x faster (geometric mean), its "
+                               f"int8 activations cost accuracy")
+    return levels, notes

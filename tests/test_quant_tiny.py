@@ -95,13 +95,77 @@ def test_recipe_errors_say_what_is_allowed(text, match):
         parse_recipe(text)
 
 
-def test_accuracy_level_probe_times_both_levels_and_fp32():
-    from quant.level_probe import choose_level, time_levels
+def test_accuracy_level_probe_times_the_model_at_both_levels_and_leaves_no_file(built):
+    from quant.level_probe import time_levels
 
-    timed = time_levels(4, threads=1, rounds=1)
-    assert set(timed) == {0, 4, "fp32"} and all(t > 0 for t in timed.values())
-    level, note = choose_level(8, threads=1)
-    assert level in (0, 4) and note.startswith(f"auto: {level}, timed") and "Q8_0" in note
+    folder = built / "q8_0"
+    before = sorted(p.name for p in folder.iterdir())
+    timed = time_levels(folder / "model.onnx", vocab=100, threads=1, rounds=1)
+    assert set(timed) == {0, 4} and all(set(t) == {"batch", "single"} for t in timed.values())
+    assert all(s > 0 for t in timed.values() for s in t.values())
+    assert sorted(p.name for p in folder.iterdir()) == before   # the level copies are gone
+
+
+def test_auto_level_4_when_timed_faster_rewrites_the_graph_and_the_manifest_matches(tiny_artifact, tmp_path,
+                                                                                     monkeypatch):
+    import quant.level_probe as LP
+    from runtime import Embedder
+
+    monkeypatch.setattr(LP, "time_levels", lambda *a, **k: {0: {"batch": 1.0, "single": 0.1},
+                                                            4: {"batch": 0.9, "single": 0.05}})
+    out = tmp_path / "q8_auto4"
+    assert run_cli("--in", tiny_artifact, "--variant", "q8_0", "--out", out, "-q") == 0
+    model = onnx.load(str(out / "model.onnx"), load_external_data=False)
+    levels = [a.i for n in model.graph.node if n.op_type == "MatMulNBits" for a in n.attribute
+              if a.name == "accuracy_level"]
+    assert len(levels) == 4 * TINY_LAYERS + 2 + 3 * TINY_LAYERS and set(levels) == {4}
+    q = read_manifest(out)["quantization"]
+    assert q["accuracy_level_choice"]["Q8_0"].startswith("auto: 4,") and q["groups"]["attention"]["accuracy_level"] == 4
+    assert sorted(p.name for p in out.iterdir()) == ["embedder.json", "model.onnx", "model.onnx.data", "tokenizer.json"]
+    Embedder(out, verify=True).encode(["the sha256 manifest covers the rewritten graph"])
+
+
+def test_auto_levels_are_chosen_per_bit_width(built, monkeypatch):
+    # a mixed variant: level 4 may win for its Q8_0 nodes (single texts) and lose for its Q4_0 ones
+    import quant.level_probe as LP
+
+    calls = []
+
+    def fake(path, vocab, threads=None, bits=None, fixed=None, **kw):
+        calls.append((bits, dict(fixed or {})))
+        fast4 = {"batch": 0.5, "single": 0.05} if bits == 8 else {"batch": 2.0, "single": 0.2}
+        return {0: {"batch": 1.0, "single": 0.1}, 4: fast4}
+
+    monkeypatch.setattr(LP, "time_levels", fake)
+    levels, notes = LP.choose_levels(built / "e4_a8_f4_p4" / "model.onnx", vocab=100)
+    assert levels == {8: 4, 4: 0} and sorted(notes) == ["Q4_0", "Q8_0"]
+    assert calls == [(8, {4: 0}), (4, {8: 4})]   # widest first; the other width at its chosen level
+    assert notes["Q8_0"].startswith("auto: 4,") and notes["Q4_0"].startswith("auto: 0,")
+
+
+def test_set_level_touches_only_the_given_bit_width(built):
+    from quant.level_probe import node_bits, set_level
+
+    model = onnx.load(str(built / "e4_a8_f4_p4" / "model.onnx"), load_external_data=False)
+    assert set_level(model, 4, bits=8) == 4 * TINY_LAYERS   # attention: q/k/v/o
+    got = {(node_bits(n), a.i) for n in model.graph.node if n.op_type == "MatMulNBits" for a in n.attribute
+           if a.name == "accuracy_level"}
+    assert got == {(8, 4), (4, 0)}
+
+
+@pytest.mark.parametrize("level0, level4, expected", [
+    ((100.0, 10.0), (95.0, 9.5), 4),     # 1.053x on both shapes
+    ((100.0, 10.0), (96.0, 9.6), 0),     # 1.042x: a tie goes to the exact level
+    ((100.0, 10.0), (120.0, 7.0), 4),    # slower batches, much faster single texts (Q8_0 on the Xeon)
+    ((100.0, 10.0), (130.0, 9.0), 0),    # the other way round (Q4_0 on the Xeon)
+])
+def test_accuracy_level_4_needs_a_clear_speed_gain(level0, level4, expected):
+    # level 4 adds int8 activation rounding (8x the error of level 0 for Q8_0 on the real model), so
+    # it must be >= 1.05x faster, geometric mean over a batch and a single text
+    from quant.level_probe import pick_level
+
+    timed = {lv: dict(zip(("batch", "single"), t)) for lv, t in ((0, level0), (4, level4))}
+    assert pick_level(timed) == expected
 
 
 def test_explicit_accuracy_level_is_written_on_every_node(tiny_artifact, tmp_path):
@@ -152,14 +216,15 @@ def test_manifest_records_recipe_and_provenance(built, tiny_artifact, variant):
         assert g["bits"] == bits and g["format"] == f"Q{bits}_0" and g["tensors"] == counts[group]
         assert g["op"] == (G.EMBEDDING_OP_NAMES["gather"] if group == "embeddings" else "MatMulNBits")
     assert q["groups"]["norms"] == "fp32"
-    # auto accuracy level: timed per bit width the variant's MatMulNBits nodes use, and the level
-    # written on the nodes is the one the note names
+    # auto accuracy level: the built model timed at levels 0 and 4 per bit width its MatMulNBits nodes
+    # use, and each group carries the level its bit width's note names
     used = {bits for group, bits in BITS[variant].items() if group != "embeddings"}
     assert sorted(q["accuracy_level_choice"]) == sorted(f"Q{b}_0" for b in used)
     for group, bits in BITS[variant].items():
         if group != "embeddings":
             note = q["accuracy_level_choice"][f"Q{bits}_0"]
-            assert note.startswith(f"auto: {q['groups'][group]['accuracy_level']}, timed") and "fp32 MatMul" in note
+            assert note.startswith(f"auto: {q['groups'][group]['accuracy_level']}, the built model timed")
+            assert "level 0: batch" in note and "level 4: batch" in note and "single" in note
     assert m["source"]["fp32_artifact"] == sha256_file(tiny_artifact / "model.onnx.data")
     assert m["source"]["model"] == fp32["source"]["model"]
     assert m["written_by"]["stage"] == "quant"
