@@ -11,7 +11,7 @@ shapes users run: a batch of 32 texts x 32 tokens (the ~1,000 rows per product t
 split gives 64 short texts) and one text of 16 tokens (a search box). Both count: at level 0
 onnxruntime has no fp32-compute kernel for 8-bit blocks and decodes every weight on every call, so
 Q8_0 at level 0 ran batches 1.08x faster than at level 4 but single texts 7x slower (191 against 26
-ms). That takes ~10 s per variant.
+ms). That takes ~15 s per bit width of a variant.
 
 Level 4 is not free: its int8 activation blocks are a second rounding on top of the weights'. For
 Q8_0 that is most of the error (real model, GPTQ, parity texts, document prompt, 1 - mean cosine:
