@@ -22,7 +22,6 @@ Needs onnx, onnxruntime and numpy only.
 """
 from __future__ import annotations
 
-import os
 import statistics
 import time
 from pathlib import Path
@@ -79,9 +78,11 @@ def time_levels(model_path: str | Path, vocab: int, threads: int | None = None, 
     """Median seconds per run, ``{level: {shape: s}}``, of the model at ``model_path`` (graph with
     external data) with its MatMulNBits nodes (those of ``bits`` only, when given; the others at
     ``fixed[their bits]``) at each of ``levels``, on random tokens (ids below ``vocab``) in each of
-    ``PROBE_SHAPES``. The level copies of the graph are written beside it (they share its data file)
-    and removed afterwards."""
+    ``PROBE_SHAPES``. Each level's graph is loaded from memory, its weights from the file beside
+    ``model_path`` (as calibration loads its edited graph), with the runtime's session options."""
     import onnxruntime as ort
+
+    from runtime.embedder import runtime_session_options
 
     path = Path(model_path)
     graph = onnx.load(str(path), load_external_data=False)
@@ -96,18 +97,9 @@ def time_levels(model_path: str | Path, vocab: int, threads: int | None = None, 
     try:
         for level in levels:
             set_level(graph, level, bits)
-            copy = path.with_name(f".{path.stem}.level{level}.onnx")
-            onnx.save(graph, str(copy))
-            opts = ort.SessionOptions()
-            opts.enable_cpu_mem_arena = False   # as the runtime runs it
-            opts.enable_mem_pattern = False
-            if threads:
-                opts.intra_op_num_threads = threads
-            opts.inter_op_num_threads = 1
-            try:
-                sessions[level] = ort.InferenceSession(str(copy), opts, providers=["CPUExecutionProvider"])
-            finally:
-                os.unlink(copy)
+            opts = runtime_session_options(threads)
+            opts.add_session_config_entry("session.model_external_initializers_file_folder_path", str(path.parent))
+            sessions[level] = ort.InferenceSession(graph.SerializeToString(), opts, providers=["CPUExecutionProvider"])
             sessions[level].run(None, feeds["single"])   # warm-up (thread pool, first allocations), cheap
         times = {level: {shape: [] for shape in feeds} for level in sessions}
         for r in range(rounds):

@@ -16,6 +16,25 @@ from .batching import length_batches
 from .tokenizer import load_tokenizer
 
 
+def runtime_session_options(threads: int | None = None, low_memory: bool = True,
+                            base: ort.SessionOptions | None = None) -> ort.SessionOptions:
+    """The onnxruntime session options ``Embedder`` runs a model with: ``base`` (or new options with
+    the CPU memory arena and memory patterns off when ``low_memory``), ``threads`` intra-op threads
+    when given, one inter-op thread. The quant stage times models with the same options."""
+    options = base
+    if options is None:
+        options = ort.SessionOptions()
+        if low_memory:
+            options.enable_cpu_mem_arena = False
+            options.enable_mem_pattern = False
+    if threads is not None:
+        if threads < 1:
+            raise ValueError(f"threads must be >= 1, got {threads}")
+        options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    return options
+
+
 class TruncationWarning(UserWarning):
     """Some texts were longer than the model's maximum length and were cut."""
 
@@ -77,18 +96,7 @@ class Embedder:
         self.tokenizer_backend: str = self._tokenizer.name
         self._pad_id = int(m.get("pad_token_id", 0))
 
-        options = session_options
-        if options is None:
-            options = ort.SessionOptions()
-            if low_memory:
-                options.enable_cpu_mem_arena = False
-                options.enable_mem_pattern = False
-
-        if threads is not None:
-            if threads < 1:
-                raise ValueError(f"threads must be >= 1, got {threads}")
-            options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
+        options = runtime_session_options(threads, low_memory, session_options)
         try:
             self._session = ort.InferenceSession(
                 str(self.path / m["model_file"]), sess_options=options,
