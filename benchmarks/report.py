@@ -81,11 +81,12 @@ def _plot(path: Path, meta: dict, summary: dict) -> None:
     axes[0].set_title(f"Throughput ({meta['threads']} threads)")
     axes[0].legend(fontsize=8)
     mem_w = "short" if "short" in meta["workloads"] else next(iter(meta["workloads"]))
-    for name in names:
+    # Variants of similar size sit close together: alternate labels above and below, by size.
+    for i, name in enumerate(sorted(names, key=lambda n: summary[n]["size_mb"])):
         e = summary[name]
-        axes[1].scatter(e["size_mb"], e["workloads"][mem_w]["peak_rss_mb"], s=60)
+        axes[1].scatter(e["size_mb"], e["workloads"][mem_w]["peak_rss_mb"], s=60, color=f"C{names.index(name)}")
         axes[1].annotate(name, (e["size_mb"], e["workloads"][mem_w]["peak_rss_mb"]), fontsize=8,
-                         xytext=(4, 4), textcoords="offset points")
+                         xytext=(4, 5 if i % 2 == 0 else -12), textcoords="offset points")
     axes[1].set_xlabel("size on disk (MB)")
     axes[1].set_ylabel(f"peak RSS, {mem_w} workload (MB)")
     axes[1].set_title("Size vs memory")

@@ -138,12 +138,12 @@ def main(argv=None) -> int:
 
     from benchmarks.report import write_report
     from benchmarks.targets import check, load_fidelity
-    from runtime.cpu import INT8_DOT_FLAGS, cpu_flags
+    from runtime.cpu import INT8_DOT_FLAGS, cpu_flags, cpu_name
 
     summary = summarise(systems, raw, token_counts)
     fidelity = load_fidelity(args.fidelity)
     flags = cpu_flags()
-    meta = {"threads": args.threads, "rounds": args.rounds, "cpu": _cpu_name(), "seconds": time.time() - started,
+    meta = {"threads": args.threads, "rounds": args.rounds, "cpu": cpu_name(), "seconds": time.time() - started,
             "cpu_features": sorted(f for f in flags if f in ("avx2", "fma", "avx512f", "f16c", *INT8_DOT_FLAGS)),
             "fidelity": fidelity, "targets": check(summary, fidelity),
             "workloads": {w: dict(token_counts[w], description=built[w].description) for w in workloads},
@@ -152,12 +152,3 @@ def main(argv=None) -> int:
     print(out.read_text())
     return 0
 
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown"

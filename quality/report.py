@@ -17,6 +17,8 @@ from typing import Sequence
 
 import numpy as np
 
+from runtime.cpu import cpu_name
+
 from .suite import RunResult, fidelity
 from .tasks import Task
 
@@ -99,8 +101,8 @@ def build_report(tasks: Sequence[Task], results: Sequence[RunResult], *, baselin
     return {
         "title": "EmbeddingGemma-300m quality report",
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "meta": {"platform": platform.platform(), "python": platform.python_version(), "cpu_count": os.cpu_count(),
-                 **(meta or {})},
+        "meta": {"platform": platform.platform(), "cpu": cpu_name(), "python": platform.python_version(),
+                 "cpu_count": os.cpu_count(), **(meta or {})},
         "targets": TARGETS, "st_agreement_points": ST_AGREEMENT_POINTS,
         "baseline": baseline, "tasks": task_info, "runs": runs, "comparison": comparison,
         "verdicts": verdicts, "fidelity": fid, "reference": ref_block,
@@ -108,6 +110,20 @@ def build_report(tasks: Sequence[Task], results: Sequence[RunResult], *, baselin
 
 
 # ---- markdown ------------------------------------------------------------------------------------
+
+def accuracy_levels(quantization: dict | None) -> str:
+    """MatMulNBits accuracy level(s) from a manifest's ``quantization`` block: "4", "Q8_0: 4, Q4_0: 0", or "–"."""
+    by_format: dict[str, set] = {}
+    for g in ((quantization or {}).get("groups") or {}).values():
+        if isinstance(g, dict) and g.get("op") == "MatMulNBits" and "accuracy_level" in g:
+            by_format.setdefault(g.get("format", "?"), set()).add(g["accuracy_level"])
+    if not by_format:
+        return "–"
+    levels = {lv for v in by_format.values() for lv in v}
+    if len(levels) == 1:
+        return str(next(iter(levels)))
+    return ", ".join(f"{f}: {'/'.join(map(str, sorted(v)))}" for f, v in sorted(by_format.items(), reverse=True))
+
 
 def _mb(n: int | None) -> str:
     return "–" if n is None else f"{n / 1e6:,.0f}"
@@ -130,7 +146,8 @@ def render_markdown(report: dict) -> str:
     add = L.append
     add(f"# {report['title']}\n")
     m = report["meta"]
-    add(f"Created {report['created']} on {m.get('platform')} ({m.get('cpu_count')} CPUs), Python {m.get('python')}; "
+    add(f"Created {report['created']} on {m.get('platform')}, {m.get('cpu', 'CPU not recorded')} "
+        f"({m.get('cpu_count')} CPUs), Python {m.get('python')}; "
         f"preset `{m.get('preset')}`, seed {m.get('seed')}, onnxruntime threads {m.get('threads') or 'all'}. "
         f"Main scores are on the 0-100 scale at the full dimension ({full_dim}); the drop is fp32 minus the "
         f"variant (shown as the change, negative = worse). Targets: "
@@ -211,14 +228,16 @@ def render_markdown(report: dict) -> str:
         add("\n◆ = outside mean ± 2 sd of the random-error drops.\n")
 
     add("## Size and speed\n")
-    add("| variant | kind | folder MB | graph+weights MB | load s | embedding s | tokens | tokens/s | mean score |")
-    add("|---|---|---|---|---|---|---|---|---|")
+    add("| variant | kind | folder MB | graph+weights MB | MatMulNBits accuracy level | load s | embedding s | "
+        "tokens | tokens/s | mean score |")
+    add("|---|---|---|---|---|---|---|---|---|---|")
     for r in report["runs"]:
         add(f"| {r['label']} | {r.get('kind')} | {_mb(r.get('size_bytes'))} | {_mb(r.get('model_bytes'))} | "
-            f"{r.get('load_seconds', 0):.1f} | {r['embed_seconds']:.0f} | {r['tokens']:,} | "
-            f"{r['tokens_per_second'] or 0:.0f} | {r['mean_main_score']:.2f} |")
+            f"{accuracy_levels(r.get('quantization'))} | {r.get('load_seconds', 0):.1f} | {r['embed_seconds']:.0f} | "
+            f"{r['tokens']:,} | {r['tokens_per_second'] or 0:.0f} | {r['mean_main_score']:.2f} |")
     add("\nSpeed is the whole suite's tokens over the time spent inside `encode` (length-grouped batches of "
-        "up to 32 texts), with the thread count above.\n")
+        "up to 32 texts), with the thread count above. The accuracy level is baked into a variant by the CPU "
+        "that built it (level 4 rounds activations to int8 blocks, which moves its scores).\n")
     add("![size vs speed vs score](size_speed_score.png)\n")
 
     if report["fidelity"]:

@@ -38,3 +38,20 @@ def has_int8_dot(flags: set[str] | None = None) -> bool:
 def is_x86(machine: str | None = None) -> bool:
     """Whether this is an x86-64 machine (where u8 x s8 products without VNNI saturate at int16)."""
     return (machine or platform.machine()).lower() in ("x86_64", "amd64", "x64", "i686", "i386")
+
+
+def cpu_name(cpuinfo: str | None = None) -> str:
+    """The CPU's model name as /proc/cpuinfo gives it (else platform.processor(), else "unknown").
+
+    Reports print it: the speed and the accuracy level chosen for quantized variants depend on it.
+    """
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            cpuinfo = ""
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip().lower() == "model name" and value.strip():
+            return value.strip()
+    return platform.processor() or "unknown"

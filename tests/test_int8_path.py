@@ -260,3 +260,12 @@ def test_cpu_flags_parsing():
     assert {"avx2", "avx512_vnni"} <= cpu_flags(info)
     assert has_int8_dot({"avx2", "avx512_vnni"}) and has_int8_dot({"asimd", "asimddp"})
     assert not has_int8_dot({"avx2", "fma"})
+
+
+def test_cpu_name_parsing():
+    from runtime.cpu import cpu_name
+
+    info = "processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC 9R14\nflags\t\t: fpu avx2\n"
+    assert cpu_name(info) == "AMD EPYC 9R14"
+    fallback = cpu_name("processor\t: 0\n")   # no model name line (e.g. some Arm kernels)
+    assert isinstance(fallback, str) and fallback

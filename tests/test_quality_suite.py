@@ -100,6 +100,23 @@ def test_report_pass_and_miss(tiny_run, smoke_tasks, tmp_path):
     assert "**q8_0**: PASS on all 10 tasks" in md
 
 
+def test_accuracy_levels_from_manifest():
+    from quality.report import accuracy_levels
+
+    def q(**levels):
+        return {"groups": {name: {"op": "MatMulNBits", "format": fmt, "accuracy_level": lv}
+                           for name, (fmt, lv) in levels.items()} | {"norms": "fp32"}}
+
+    assert accuracy_levels(None) == "–"          # fp32 and sentence-transformers have none
+    assert accuracy_levels(q(attention=("Q8_0", 4), feed_forward=("Q8_0", 4))) == "4"
+    assert accuracy_levels(q(attention=("Q8_0", 4), feed_forward=("Q4_0", 0), projection=("Q4_0", 0))) \
+        == "Q8_0: 4, Q4_0: 0"
+    # the integer path's groups carry no level; only its MatMulNBits heads count
+    w8a8 = q(projection=("Q8_0", 4))
+    w8a8["groups"]["attention"] = {"op": "MatMulIntegerToFloat", "format": "int8 per channel"}
+    assert accuracy_levels(w8a8) == "4"
+
+
 def test_cli_writes_all_three_formats(tiny_artifact, tiny_checkpoint, tmp_path):
     out = tmp_path / "report"
     rc = main(["--artifacts", f"fp32={tiny_artifact}", f"q8_0={tiny_artifact}", "--out", str(out),
@@ -125,7 +142,12 @@ def test_cli_writes_all_three_formats(tiny_artifact, tiny_checkpoint, tmp_path):
     ref = report["reference"]
     assert ref["all_agree"] and ref["max_abs_diff"] <= 0.1
     assert report["fidelity"]["sentence-transformers"]["64"]["cos_min"] > 0.9999
+    from runtime.cpu import cpu_name
+
+    assert report["meta"]["cpu"] == cpu_name()
     md = (out / "report.md").read_text()
+    assert cpu_name() in md.splitlines()[2]   # the line under the title says which CPU ran it
+    assert "| MatMulNBits accuracy level |" in md and "| fp32 | onnx-artifact |" in md
     for heading in ("## Verdict", "## Scores per task", "## Size and speed", "## Fidelity vs fp32",
                     "## sentence-transformers (torch) vs the fp32 artifact", "## Tasks", "## Run time"):
         assert heading in md
