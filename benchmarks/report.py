@@ -44,6 +44,11 @@ def _markdown(meta: dict, summary: dict) -> str:
         mem_w = "short" if "short" in ws else next(iter(ws))
         row += [f"{ws[mem_w]['peak_rss_mb']:.0f}", f"{ws[mem_w]['load_s']:.2f}"]
         lines.append("| " + " | ".join(row) + " |")
+    levels = {n: e.get("accuracy_level", "–") for n, e in summary.items() if e.get("accuracy_level", "–") != "–"}
+    if levels:
+        # The level is baked in by the CPU that built each variant and decides much of its speed.
+        lines += ["", "MatMulNBits accuracy level (chosen when each variant was built): "
+                  + ", ".join(f"{n} {lv}" for n, lv in levels.items()) + "."]
     if through:
         lines += ["", "Best repeat of each system (tokens/s, ×fp32, ×torch): steadier than the medians when the "
                   "machine's speed changes during the run; the verdicts below use the medians.", ""]

@@ -19,6 +19,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from benchmarks.workloads import NAMES as WORKLOADS
+from runtime.artifact import accuracy_levels
 
 ROOT = Path(__file__).resolve().parents[1]
 REPEATS = {"short": 5, "medium": 3, "long": 1, "latency": 1}
@@ -33,10 +34,10 @@ def _systems(args) -> list[dict]:
         manifest = Path(path) / "embedder.json"
         if not manifest.is_file():
             raise SystemExit(f"error: {path!r} is not an artifact folder (no embedder.json)")
-        files = json.loads(manifest.read_text())["files"]
+        m = json.loads(manifest.read_text())
         systems.append({"name": name, "system": "onnx", "path": str(Path(path).resolve()),
-                        "size_mb": sum(f["size"] for f in files.values()) / 1e6,
-                        "variant": json.loads(manifest.read_text()).get("variant")})
+                        "size_mb": sum(f["size"] for f in m["files"].values()) / 1e6,
+                        "variant": m.get("variant"), "accuracy_level": accuracy_levels(m.get("quantization"))})
     if args.torch:
         try:
             import sentence_transformers  # noqa: F401
@@ -45,7 +46,7 @@ def _systems(args) -> list[dict]:
         else:
             size = sum(p.stat().st_size for p in Path(args.torch).rglob("*") if p.is_file()) / 1e6
             systems.append({"name": "torch-fp32", "system": "torch", "path": str(Path(args.torch).resolve()),
-                            "size_mb": size, "variant": "sentence-transformers"})
+                            "size_mb": size, "variant": "sentence-transformers", "accuracy_level": "–"})
     if not systems:
         raise SystemExit("error: nothing to measure; pass --artifacts and/or --torch")
     return systems
@@ -85,7 +86,8 @@ def summarise(systems, raw, token_counts) -> dict:
                              # medians moved by up to 2x (README, Benchmarks); reported beside them.
                              best_tokens_per_s=token_counts[w]["tokens"] / min(times))
             per[w] = entry
-        summary[s["name"]] = {"system": s["system"], "variant": s["variant"], "size_mb": s["size_mb"], "workloads": per}
+        summary[s["name"]] = {"system": s["system"], "variant": s["variant"], "size_mb": s["size_mb"],
+                              "accuracy_level": s.get("accuracy_level", "–"), "workloads": per}
     fp32 = next((s["name"] for s in systems if s["system"] == "onnx" and s["variant"] == "fp32"), None)
     torch_name = next((s["name"] for s in systems if s["system"] == "torch"), None)
     for name, entry in summary.items():

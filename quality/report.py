@@ -17,6 +17,7 @@ from typing import Sequence
 
 import numpy as np
 
+from runtime.artifact import accuracy_levels
 from runtime.cpu import cpu_name
 
 from .suite import RunResult, fidelity
@@ -110,20 +111,6 @@ def build_report(tasks: Sequence[Task], results: Sequence[RunResult], *, baselin
 
 
 # ---- markdown ------------------------------------------------------------------------------------
-
-def accuracy_levels(quantization: dict | None) -> str:
-    """MatMulNBits accuracy level(s) from a manifest's ``quantization`` block: "4", "Q8_0: 4, Q4_0: 0", or "–"."""
-    by_format: dict[str, set] = {}
-    for g in ((quantization or {}).get("groups") or {}).values():
-        if isinstance(g, dict) and g.get("op") == "MatMulNBits" and "accuracy_level" in g:
-            by_format.setdefault(g.get("format", "?"), set()).add(g["accuracy_level"])
-    if not by_format:
-        return "–"
-    levels = {lv for v in by_format.values() for lv in v}
-    if len(levels) == 1:
-        return str(next(iter(levels)))
-    return ", ".join(f"{f}: {'/'.join(map(str, sorted(v)))}" for f, v in sorted(by_format.items(), reverse=True))
-
 
 def _mb(n: int | None) -> str:
     return "–" if n is None else f"{n / 1e6:,.0f}"

@@ -84,6 +84,8 @@ class ArtifactEncoder:
 
     def describe(self) -> dict:
         """Variant, size on disk and provenance from the manifest."""
+        from runtime.artifact import accuracy_levels
+
         m = self.embedder.manifest
         files = m.get("files", {})
         if isinstance(files, dict) and files:
@@ -95,7 +97,8 @@ class ArtifactEncoder:
                 # the graph and weights alone: the tokenizer (33 MB) is the same in every variant
                 "model_bytes": int(sum(v for k, v in sizes.items() if not k.startswith("tokenizer"))),
                 "load_seconds": round(self.load_seconds, 3), "threads": self.threads,
-                "quantization": m.get("quantization"), "dim": self.embedder.dim,
+                "quantization": m.get("quantization"), "accuracy_level": accuracy_levels(m.get("quantization")),
+                "dim": self.embedder.dim,
                 "max_seq_length": self.embedder.max_seq_length, "truncated_texts": self.truncated}
 
 

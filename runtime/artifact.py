@@ -134,3 +134,17 @@ def update_manifest(folder: str | Path, **fields) -> None:
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     os.replace(tmp, path)
+
+
+def accuracy_levels(quantization: dict | None) -> str:
+    """MatMulNBits accuracy level(s) from a manifest's ``quantization`` block: "4", "Q8_0: 4, Q4_0: 0", or "–"."""
+    by_format: dict[str, set] = {}
+    for g in ((quantization or {}).get("groups") or {}).values():
+        if isinstance(g, dict) and g.get("op") == "MatMulNBits" and "accuracy_level" in g:
+            by_format.setdefault(g.get("format", "?"), set()).add(g["accuracy_level"])
+    if not by_format:
+        return "–"
+    levels = {lv for v in by_format.values() for lv in v}
+    if len(levels) == 1:
+        return str(next(iter(levels)))
+    return ", ".join(f"{f}: {'/'.join(map(str, sorted(v)))}" for f, v in sorted(by_format.items(), reverse=True))

@@ -10,10 +10,16 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_benchmark_command_writes_report(tiny_artifact, tmp_path):
+    from quant.cli import main as quant_main
+
+    q4 = tmp_path / "q4_0"   # a fixed level, so the report's level line is known in advance
+    assert quant_main(["--in", str(tiny_artifact), "--variant", "q4_0", "--accuracy-level", "0", "--out", str(q4),
+                       "-q", "--threads", "1", "--no-check"]) == 0
     out = tmp_path / "bench"
     run = subprocess.run(
         [sys.executable, "-m", "benchmarks", "--artifacts", f"fp32={tiny_artifact}", f"copy={tiny_artifact}",
-         "--workloads", "short,latency", "--rounds", "2", "--repeats", "1", "--threads", "1", "--out", str(out)],
+         f"q4={q4}", "--workloads", "short,latency", "--rounds", "2", "--repeats", "1", "--threads", "1",
+         "--out", str(out)],
         capture_output=True, text=True, cwd=ROOT)
     assert run.returncode == 0, run.stderr[-2000:]
     result = json.loads((out / "results.json").read_text())
@@ -30,11 +36,14 @@ def test_benchmark_command_writes_report(tiny_artifact, tmp_path):
         assert short["best_tokens_per_s"] >= short["tokens_per_s"]
         assert latency["p95_ms"] >= latency["p50_ms"] > 0
         assert len(result["raw"][name]["short"]) == 2  # one fresh process per round
+    assert result["summary"]["q4"]["variant"] == "q4_0" and result["summary"]["q4"]["accuracy_level"] == "0"
+    assert result["summary"]["fp32"]["accuracy_level"] == "–"
     assert result["summary"]["fp32"]["workloads"]["short"]["vs_fp32_onnx"] == 1.0
     assert result["summary"]["fp32"]["workloads"]["short"]["best_vs_fp32_onnx"] == 1.0
     md = (out / "results.md").read_text()
     assert "| fp32 |" in md and "| copy |" in md and "latency p50 / p95 ms" in md
     assert "Best repeat of each system" in md and "| system | short best |" in md
+    assert "MatMulNBits accuracy level (chosen when each variant was built): q4 0." in md
     assert (out / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # verdicts can be re-checked later with fidelity numbers measured elsewhere
     fid = tmp_path / "fid.json"

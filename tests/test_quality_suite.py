@@ -101,7 +101,7 @@ def test_report_pass_and_miss(tiny_run, smoke_tasks, tmp_path):
 
 
 def test_accuracy_levels_from_manifest():
-    from quality.report import accuracy_levels
+    from runtime.artifact import accuracy_levels
 
     def q(**levels):
         return {"groups": {name: {"op": "MatMulNBits", "format": fmt, "accuracy_level": lv}
@@ -148,6 +148,7 @@ def test_cli_writes_all_three_formats(tiny_artifact, tiny_checkpoint, tmp_path):
     md = (out / "report.md").read_text()
     assert cpu_name() in md.splitlines()[2]   # the line under the title says which CPU ran it
     assert "| MatMulNBits accuracy level |" in md and "| fp32 | onnx-artifact |" in md
+    assert runs["fp32"]["accuracy_level"] == "–"
     for heading in ("## Verdict", "## Scores per task", "## Size and speed", "## Fidelity vs fp32",
                     "## sentence-transformers (torch) vs the fp32 artifact", "## Tasks", "## Run time"):
         assert heading in md
