@@ -17,7 +17,6 @@ from typing import Sequence
 
 import numpy as np
 
-from runtime.artifact import accuracy_levels
 from runtime.cpu import cpu_name
 
 from .suite import RunResult, fidelity
@@ -220,7 +219,7 @@ def render_markdown(report: dict) -> str:
     add("|---|---|---|---|---|---|---|---|---|---|")
     for r in report["runs"]:
         add(f"| {r['label']} | {r.get('kind')} | {_mb(r.get('size_bytes'))} | {_mb(r.get('model_bytes'))} | "
-            f"{accuracy_levels(r.get('quantization'))} | {r.get('load_seconds', 0):.1f} | {r['embed_seconds']:.0f} | "
+            f"{r.get('accuracy_level', '–')} | {r.get('load_seconds', 0):.1f} | {r['embed_seconds']:.0f} | "
             f"{r['tokens']:,} | {r['tokens_per_second'] or 0:.0f} | {r['mean_main_score']:.2f} |")
     add("\nSpeed is the whole suite's tokens over the time spent inside `encode` (length-grouped batches of "
         "up to 32 texts), with the thread count above. The accuracy level is baked into a variant by the CPU "
