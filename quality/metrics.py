@@ -68,10 +68,23 @@ def ndcg_at_k(relevance: np.ndarray, scores: np.ndarray, k: int = 10) -> float:
     return float(ndcg_score(relevance, scores, k=k))
 
 
+def ndcg_per_query(relevance: np.ndarray, scores: np.ndarray, k: int = 10) -> np.ndarray:
+    """nDCG@k of each query (the values :func:`ndcg_at_k` averages), for standard errors."""
+    relevance = np.asarray(relevance, dtype=np.float64)
+    scores = np.asarray(scores, dtype=np.float64)
+    return np.array([ndcg_at_k(relevance[q:q + 1], scores[q:q + 1], k=k) for q in range(len(relevance))])
+
+
 def mean_average_precision(relevance: Sequence[Sequence[int]], scores: Sequence[Sequence[float]]) -> float:
     """Mean over queries of the average precision of each query's candidate ranking (MTEB's reranking
     main score ``map_at_1000``; candidate lists here are far shorter than 1,000, so the cut never
     applies). Candidate lists may differ in length between queries."""
+    return float(np.mean(average_precisions(relevance, scores)))
+
+
+def average_precisions(relevance: Sequence[Sequence[int]], scores: Sequence[Sequence[float]]) -> np.ndarray:
+    """Average precision of each query's candidate ranking (the values :func:`mean_average_precision`
+    averages)."""
     from sklearn.metrics import average_precision_score
 
     aps = []
@@ -80,7 +93,7 @@ def mean_average_precision(relevance: Sequence[Sequence[int]], scores: Sequence[
         if not rel.any():
             raise ValueError("every query needs at least one relevant candidate")
         aps.append(average_precision_score(rel, np.asarray(sc, dtype=np.float64)))
-    return float(np.mean(aps))
+    return np.asarray(aps, dtype=np.float64)
 
 
 # ---- classification -------------------------------------------------------------------------------
@@ -112,11 +125,17 @@ def logistic_regression_accuracy(x_train: np.ndarray, y_train: Sequence, x_test:
                                  y_test: Sequence, seed: int = 42) -> float:
     """Accuracy of mteb's default classifier: ``LogisticRegression(max_iter=100, random_state=seed)``
     fitted on the (unnormalised-as-given) training embeddings."""
+    from sklearn.metrics import accuracy_score
+
+    return float(accuracy_score(list(y_test), logistic_regression_predict(x_train, y_train, x_test, seed)))
+
+
+def logistic_regression_predict(x_train: np.ndarray, y_train: Sequence, x_test: np.ndarray, seed: int = 42) -> list:
+    """Test-set predictions of mteb's default classifier (see :func:`logistic_regression_accuracy`)."""
     import warnings
 
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression
-    from sklearn.metrics import accuracy_score
 
     from threadpoolctl import threadpool_limits
 
@@ -125,8 +144,18 @@ def logistic_regression_accuracy(x_train: np.ndarray, y_train: Sequence, x_test:
         # mteb runs with the same 100-iteration cap and lets it warn; the warning is noise here.
         warnings.simplefilter("ignore", ConvergenceWarning)
         clf.fit(x_train, list(y_train))
-        pred = clf.predict(x_test)
-    return float(accuracy_score(list(y_test), pred))
+        return list(clf.predict(x_test))
+
+
+def classification_correct(x_pool: np.ndarray, y_pool: Sequence, x_test: np.ndarray, y_test: Sequence, *,
+                           experiments: list[list[int]], seed: int = 42) -> np.ndarray:
+    """Per test text, the fraction of the experiments' classifiers that label it correctly; its mean
+    is :func:`classification_accuracy` (every experiment scores the same test set)."""
+    y_pool, y_test = list(y_pool), np.asarray(list(y_test))
+    correct = np.zeros(len(y_test))
+    for idx in experiments:
+        correct += np.asarray(logistic_regression_predict(x_pool[idx], [y_pool[i] for i in idx], x_test, seed)) == y_test
+    return correct / len(experiments)
 
 
 def classification_accuracy(x_pool: np.ndarray, y_pool: Sequence, x_test: np.ndarray, y_test: Sequence, *,
@@ -204,3 +233,34 @@ def neighbour_overlap(a: np.ndarray, b: np.ndarray, k: int = 10) -> np.ndarray:
     na, nb = topk_neighbours(a, k), topk_neighbours(b, k)
     kk = na.shape[1]
     return np.array([len(set(r1) & set(r2)) / kk for r1, r2 in zip(na, nb)], dtype=np.float64)
+
+
+# ---- standard error of a drop ---------------------------------------------------------------------
+
+def paired_standard_error(a: np.ndarray, b: np.ndarray) -> float:
+    """Standard error of mean(a) - mean(b) when a and b are per-unit values of the same units (queries,
+    test texts, bootstraps): sd(a - b) / sqrt(n). Pairing removes what the units share, so this is the
+    uncertainty of the difference due to which units the task happened to sample."""
+    d = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
+    if d.ndim != 1 or d.size < 2:
+        raise ValueError(f"need two 1-D arrays of the same units with at least 2 units, got shape {d.shape}")
+    return float(d.std(ddof=1) / np.sqrt(d.size))
+
+
+def spearman_difference_standard_error(gold: Sequence[float], cos_a: np.ndarray, cos_b: np.ndarray, *,
+                                       resamples: int = 1000, seed: int = 0) -> float:
+    """Paired bootstrap standard error of spearman(gold, cos_a) - spearman(gold, cos_b) over the pairs
+    (Spearman's rho is not a mean over pairs, so the pairs are resampled instead)."""
+    from scipy.stats import rankdata
+
+    gold = np.asarray(gold, dtype=np.float64)
+    cos_a, cos_b = np.asarray(cos_a, dtype=np.float64), np.asarray(cos_b, dtype=np.float64)
+    idx = np.random.default_rng(seed).integers(0, gold.size, size=(resamples, gold.size))
+
+    def rho(x):  # Spearman = Pearson of the ranks (average ranks for ties), one row per resample
+        rg, rx = rankdata(gold[idx], axis=1), rankdata(x[idx], axis=1)
+        rg -= rg.mean(axis=1, keepdims=True)
+        rx -= rx.mean(axis=1, keepdims=True)
+        return (rg * rx).sum(axis=1) / np.sqrt((rg**2).sum(axis=1) * (rx**2).sum(axis=1))
+
+    return float(np.std(rho(cos_a) - rho(cos_b), ddof=1))

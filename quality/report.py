@@ -43,6 +43,7 @@ def build_report(tasks: Sequence[Task], results: Sequence[RunResult], *, baselin
         raise ValueError(f"baseline {baseline!r} is not among the results ({', '.join(by_label)})")
     base = by_label[baseline]
     task_names = [t.name for t in tasks]
+    by_task = {t.name: t for t in tasks}
 
     comparison = []
     for r in results:
@@ -56,8 +57,11 @@ def build_report(tasks: Sequence[Task], results: Sequence[RunResult], *, baselin
             # it is six orders of magnitude below the smallest score change the tasks can show.
             status = "no target" if tgt is None else ("PASS" if drop <= tgt + 1e-9 else "MISS")
             noise = (r.random_error or {}).get(name)
+            se = _drop_standard_error(by_task[name], base, r)
             comparison.append({"variant": r.label, "task": name, "score": score, "baseline": ref,
-                               "drop": drop, "target": tgt, "status": status,
+                               "drop": drop, "target": tgt, "status": status, "drop_se": se,
+                               # does the task's data settle PASS/MISS? the target lies outside drop +- 2 SE
+                               "resolved": None if se is None or tgt is None else abs(drop - tgt) > 2 * se,
                                "random_error_mean": noise["mean"] if noise else None,
                                "random_error_std": noise["std"] if noise else None,
                                # outside mean +- 2 sd of same-size random error: the error's direction matters
@@ -70,8 +74,11 @@ def build_report(tasks: Sequence[Task], results: Sequence[RunResult], *, baselin
         rows = [c for c in comparison if c["variant"] == r.label]
         misses = [c for c in rows if c["status"] == "MISS"]
         verdicts[r.label] = {"target": rows[0]["target"] if rows else None, "tasks": len(rows),
-                             "misses": [{"task": c["task"], "drop": c["drop"],
+                             "misses": [{"task": c["task"], "drop": c["drop"], "drop_se": c["drop_se"],
+                                         "resolved": c["resolved"],
                                          "beyond_random_error": c["beyond_random_error"]} for c in misses],
+                             "unresolved_passes": [c["task"] for c in rows
+                                                   if c["status"] == "PASS" and c["resolved"] is False],
                              "worst_drop": max(c["drop"] for c in rows) if rows else None,
                              "mean_drop": float(np.mean([c["drop"] for c in rows])) if rows else None,
                              "meets_target": (not misses) if rows and rows[0]["target"] is not None else None}
@@ -107,6 +114,16 @@ def build_report(tasks: Sequence[Task], results: Sequence[RunResult], *, baselin
         "baseline": baseline, "tasks": task_info, "runs": runs, "comparison": comparison,
         "verdicts": verdicts, "fidelity": fid, "reference": ref_block,
     }
+
+
+def _drop_standard_error(task: Task, base: RunResult, other: RunResult) -> float | None:
+    """The task's standard error of ``other``'s drop vs ``base`` (points, full dim), or None when either
+    run kept no embeddings for the task."""
+    keys = [g.key for g in task.groups()]
+    if not all((task.name, k) in base.embeddings and (task.name, k) in other.embeddings for k in keys):
+        return None
+    emb = [{k: r.embeddings[(task.name, k)] for k in keys} for r in (base, other)]
+    return float(task.drop_standard_error(*emb))
 
 
 # ---- markdown ------------------------------------------------------------------------------------
@@ -151,11 +168,20 @@ def render_markdown(report: dict) -> str:
             miss = "; ".join(f"{x['task']} drop {x['drop']:.2f} > {vd['target']}" for x in vd["misses"])
             add(f"- **{v}**: MISS on {len(vd['misses'])} of {vd['tasks']} tasks ({miss}). "
                 f"The target of ≤ {vd['target']} points is not met.")
+            close = [x["task"] for x in vd["misses"] if x.get("resolved") is False]
+            if close:
+                add(f"  Of these, {', '.join(close)} {'is' if len(close) == 1 else 'are'} within two standard "
+                    "errors of the target: the task's data cannot tell whether the variant meets it (the miss "
+                    "stands as measured).")
             inside = [x["task"] for x in vd["misses"] if x["beyond_random_error"] is False]
             if inside:
                 add(f"  Of these, {', '.join(inside)} {'is' if len(inside) == 1 else 'are'} within two standard "
                     "deviations of what random error of the same size does to the score (see the noise check "
                     "below): the task cannot resolve a difference this small, which does not make it a pass.")
+        if vd["target"] is not None and vd.get("unresolved_passes"):
+            tasks_ = vd["unresolved_passes"]
+            add(f"  Passes within two standard errors of the target (the data cannot confirm them either): "
+                f"{', '.join(tasks_)}.")
     if ref:
         if ref["all_agree"]:
             add(f"- **sentence-transformers (torch) vs the {base} artifact**: agree within {ref['tolerance']} points "
@@ -168,7 +194,7 @@ def render_markdown(report: dict) -> str:
     add("")
 
     add(f"## Scores per task ({full_dim} dims)\n")
-    head = ["task", "type", "metric", base] + [f"{v} (change, status)" for v in variants]
+    head = ["task", "type", "metric", base] + [f"{v} (change ± SE, status)" for v in variants]
     if ref:
         head.append(f"{ref['label']} (torch)")
     add("| " + " | ".join(head) + " |")
@@ -180,7 +206,8 @@ def render_markdown(report: dict) -> str:
         for v in variants:
             c = comp[(v, name)]
             status = c["status"] if c["status"] != "MISS" else "**MISS**"
-            row.append(f"{c['score']:.2f} ({_fmt_drop(c['drop'])}, {status})")
+            se = "" if c.get("drop_se") is None else f" ± {c['drop_se']:.2f}"
+            row.append(f"{c['score']:.2f} ({_fmt_drop(c['drop'])}{se}, {status})")
         if ref:
             row.append(f"{runs[ref['label']]['scores'][name]:.2f}")
         add("| " + " | ".join(row) + " |")
@@ -189,6 +216,12 @@ def render_markdown(report: dict) -> str:
     if ref:
         mean_row.append(f"{runs[ref['label']]['mean_main_score']:.2f}")
     add("| " + " | ".join(mean_row) + " |\n")
+    if any(c.get("drop_se") is not None for c in report["comparison"]):
+        add("± SE is the standard error of the change due to which queries, test texts, word pairs or k-means "
+            "bootstraps the task samples (paired: the same units for both models; per-unit scores for "
+            "retrieval, reranking, classification and clustering, a bootstrap over pairs for STS). A verdict "
+            "whose target lies within two standard errors of the change is not settled by this data; "
+            "PASS/MISS is still decided by the change alone.\n")
     add("![scores per task](scores.png)\n")
 
     noisy = [r for r in report["runs"] if r["label"] != base and r.get("random_error")]
@@ -297,7 +330,8 @@ def render_markdown(report: dict) -> str:
     cls = next((t["sizes"] for t in tasks if t["type"] == "Classification"), None)
     clu = next((t["sizes"] for t in tasks if t["type"] == "Clustering"), None)
     if cls:
-        add(f"- Classification: mteb's protocol: {cls['n_experiments']} experiments, each trains "
+        add(f"- Classification: mteb's protocol: {cls['n_experiments']} experiments (mteb's default is 10; more "
+            "average out the few-shot classifiers' own variance), each trains "
             f"`LogisticRegression(max_iter=100, random_state=42)` on the first {cls['samples_per_label']} examples "
             "per label of the training pool after mteb's cumulative `RandomState(42)` shuffle, and scores "
             "accuracy on the whole test set; the mean is reported.")
@@ -305,9 +339,9 @@ def render_markdown(report: dict) -> str:
         add(f"- Clustering: mteb's bootstrap protocol: {clu['bootstraps']} samples of {clu['bootstrap_size']:,} "
             "texts drawn with replacement (`random.Random(42)`; mteb's `max_documents_per_cluster`), "
             "`MiniBatchKMeans(k = labels, batch_size=512, n_init=1, random_state=42)`, V-measure, mean.")
-    add("- A drop of a few tenths of a point on these small tasks is within the noise of a single flipped "
-        "prediction in some tasks (e.g. one test text of 400 is 0.25 points of accuracy); the targets are "
-        "applied as written anyway.")
+    add("- Precision: one test text of 400 is 0.25 points of accuracy, and mteb's 10 k-means bootstraps of a "
+        "two-cluster corpus vary by 7-10 points each; the ± SE beside each change measures this per task. "
+        "The targets are applied as written anyway.")
     return "\n".join(L) + "\n"
 
 
@@ -338,6 +372,7 @@ def plot_scores(report: dict, path: Path) -> None:
     if report.get("reference"):
         labels.append(report["reference"]["label"])
     width2 = 0.8 / max(1, len(labels))
+    shown: list[float] = []
     for i, lab in enumerate(labels):
         if report.get("reference") and lab == report["reference"]["label"]:
             # the baseline artifact minus sentence-transformers: the same sign convention as a drop
@@ -345,13 +380,21 @@ def plot_scores(report: dict, path: Path) -> None:
         else:
             drops = {c["task"]: c["drop"] for c in others if c["variant"] == lab}
         missed = {c["task"] for c in others if c["variant"] == lab and c["status"] == "MISS"}
+        se = {c["task"]: c.get("drop_se") for c in others if c["variant"] == lab}
+        yerr = [2 * (se.get(t) or 0.0) for t in tasks] if any(se.values()) else None
         ax2.bar(x + (i - (len(labels) - 1) / 2) * width2, [drops[t] for t in tasks], width2, label=lab,
-                color=colour.get(lab), edgecolor=["red" if t in missed else "none" for t in tasks], linewidth=1.5)
+                color=colour.get(lab), edgecolor=["red" if t in missed else "none" for t in tasks], linewidth=1.5,
+                yerr=yerr, error_kw={"elinewidth": 0.8, "capsize": 2, "ecolor": "dimgray"})
+        shown.extend(drops[t] for t in tasks)
+    # Scale to the drops and targets, not the whiskers: the clustering tasks' ± 2 SE spans several
+    # points and would flatten every other bar (whiskers beyond the frame are cut).
+    lim = [min(shown + [0.0]) - 0.5, max(shown + list(report["targets"].values())) + 0.5]
+    ax2.set_ylim(*lim)
     for tgt, style in sorted({v: None for v in report["targets"].values()}.items()):
         ax2.axhline(tgt, linestyle="--", linewidth=1, color="gray")
         ax2.text(len(tasks) - 0.5, tgt, f" target {tgt}", va="bottom", ha="right", fontsize=8, color="gray")
     ax2.axhline(0, color="black", linewidth=0.8)
-    ax2.set_ylabel(f"drop vs {base} (points, higher = worse;\nred edge = MISS)")
+    ax2.set_ylabel(f"drop vs {base} (points, higher = worse;\nred edge = MISS; whiskers ± 2 SE)")
     if labels:
         ax2.legend(fontsize=8, ncol=min(5, len(labels)))
     ax2.grid(axis="y", alpha=0.3)

@@ -53,6 +53,16 @@ class Task(ABC):
     def sizes(self) -> dict:
         """Sizes of the evaluated data (for the report)."""
 
+    def unit_scores(self, emb: dict[str, np.ndarray]) -> np.ndarray:
+        """Per-unit values (points) whose mean is the main score: per query, per test text or per
+        bootstrap, depending on the task type."""
+        raise NotImplementedError(f"{type(self).__name__} has no per-unit scores")
+
+    def drop_standard_error(self, base: dict[str, np.ndarray], other: dict[str, np.ndarray]) -> float:
+        """Standard error (points) of main_score(base) - main_score(other) from the sampling of the
+        task's units: how precisely this task's data measures a drop. Paired over the same units."""
+        return metrics.paired_standard_error(self.unit_scores(base), self.unit_scores(other))
+
     def info(self) -> dict:
         """Description of the task for the report."""
         return {"name": self.name, "type": self.type, "languages": self.languages,
@@ -87,6 +97,12 @@ class STSTask(Task):
         rho = metrics.cosine_spearman(e[i], e[j], [p[2] for p in self.pairs])
         return {"main_score": 100 * rho, "cosine_spearman": rho}
 
+    def drop_standard_error(self, base, other):
+        # Spearman's rho is not a mean over pairs: bootstrap the pairs instead.
+        i, j = [p[0] for p in self.pairs], [p[1] for p in self.pairs]
+        cos = [metrics.paired_cosine(e["texts"][i], e["texts"][j]) for e in (base, other)]
+        return 100 * metrics.spearman_difference_standard_error([p[2] for p in self.pairs], *cos)
+
     def sizes(self):
         return {"texts": len(self.texts), "pairs": len(self.pairs)}
 
@@ -105,12 +121,19 @@ class RetrievalTask(Task):
     def groups(self):
         return [TextGroup("queries", self.queries, "query"), TextGroup("corpus", self.corpus, "document")]
 
-    def evaluate(self, emb):
+    def _relevance_and_scores(self, emb):
         scores = metrics.cosine_matrix(emb["queries"], emb["corpus"])
         rel = np.zeros_like(scores, dtype=np.float64)
         for q, judged in enumerate(self.relevant):
             for d, grade in judged.items():
                 rel[q, d] = grade
+        return rel, scores
+
+    def unit_scores(self, emb):
+        return 100 * metrics.ndcg_per_query(*self._relevance_and_scores(emb), k=10)
+
+    def evaluate(self, emb):
+        rel, scores = self._relevance_and_scores(emb)
         ndcg = metrics.ndcg_at_k(rel, scores, k=10)
         # recall@10 as a secondary number: easier to read than nDCG for one-relevant-document queries
         top = np.argsort(-scores, axis=1)[:, :10]
@@ -136,11 +159,16 @@ class RerankingTask(Task):
     def groups(self):
         return [TextGroup("queries", self.queries, "query"), TextGroup("corpus", self.corpus, "document")]
 
-    def evaluate(self, emb):
+    def _ranked(self, emb):
         sims = metrics.cosine_matrix(emb["queries"], emb["corpus"])
         rels = [[int(c in r) for c in cands] for cands, r in zip(self.candidates, self.relevant)]
-        scores = [sims[q, cands] for q, cands in enumerate(self.candidates)]
-        m = metrics.mean_average_precision(rels, scores)
+        return rels, [sims[q, cands] for q, cands in enumerate(self.candidates)]
+
+    def unit_scores(self, emb):
+        return 100 * metrics.average_precisions(*self._ranked(emb))
+
+    def evaluate(self, emb):
+        m = metrics.mean_average_precision(*self._ranked(emb))
         return {"main_score": 100 * m, "map_at_1000": m}
 
     def sizes(self):
@@ -170,10 +198,18 @@ class ClassificationTask(Task):
         return [TextGroup("train", [self.train_texts[i] for i in self._used], None),
                 TextGroup("test", self.test_texts, None)]
 
-    def evaluate(self, emb):
+    def _pool(self, emb):
         # Scatter the embedded training texts back to pool positions so mteb's indices apply unchanged.
         pool = np.zeros((len(self.train_texts), emb["train"].shape[1]), dtype=np.float32)
         pool[self._used] = emb["train"]
+        return pool
+
+    def unit_scores(self, emb):
+        return 100 * metrics.classification_correct(self._pool(emb), self.train_labels, emb["test"], self.test_labels,
+                                                    experiments=self._experiments, seed=42)
+
+    def evaluate(self, emb):
+        pool = self._pool(emb)
         acc, per = metrics.classification_accuracy(pool, self.train_labels, emb["test"], self.test_labels,
                                                    experiments=self._experiments, seed=42)
         return {"main_score": 100 * acc, "accuracy": acc, "accuracy_per_experiment": per}
@@ -203,6 +239,10 @@ class ClusteringTask(Task):
         v, per = metrics.clustering_v_measure(emb["texts"], self.labels, n_bootstrap=self.n_bootstrap,
                                               cluster_size=self.cluster_size, seed=42)
         return {"main_score": 100 * v, "v_measure": v, "v_measure_per_bootstrap": per}
+
+    def unit_scores(self, emb):
+        # The bootstraps are the units: each is one k-means run, paired across models by its seed.
+        return 100 * np.asarray(self.evaluate(emb)["v_measure_per_bootstrap"])
 
     def sizes(self):
         return {"texts": len(self.texts), "clusters": len(set(self.labels)), "bootstraps": self.n_bootstrap,
@@ -270,14 +310,21 @@ def _truncate_words(text: str, max_chars: int) -> str:
 
 # ---- the suite's tasks ----------------------------------------------------------------------------
 
-# Sizes per preset. "default" keeps one variant's embedding work near 150k tokens (about 5 minutes of
-# fp32 at ~600 tokens/s on 2 cores); "smoke" is for the fast tests on the tiny model.
+# Sizes per preset. "default" keeps one variant's embedding work near 240k tokens (about 5 minutes of
+# fp32 at ~820 tokens/s on a 2-core AMD EPYC); "smoke" is for the fast tests on the tiny model.
+# The sizes are set by how precisely a task measures a drop (the standard error in the report,
+# quality/NOTES-quality.md): with 200 retrieval queries, 100 reranking queries, 200 party and 400
+# sentiment test texts and 10 classification experiments, the SE of a Q4_0 drop was 0.61 / 0.85 /
+# 0.45 / 0.58 points, about the 0.5-point target it is checked against. Queries and reviews are short
+# (~34 tokens), so 1,000 / 600 / 500 / 1,000 cost ~85k tokens per variant; 50 experiments instead of
+# mteb's default 10 (a task attribute in mteb too) average out the few-shot classifiers' own flips
+# for the price of logistic regressions only (party SE 0.25 -> 0.19 for Q4_0, 0.09 -> 0.05 for Q8_0).
 PRESETS: dict[str, dict[str, int]] = {
-    "default": {"rt_retrieval_movies": 0, "rt_retrieval_queries": 200, "rt_rerank_movies": 40, "rt_rerank_queries": 100, "rerank_candidates": 20,
-                "cls_pool_per_label": 60, "cls_test_per_label": 200, "party_pool_per_label": 60,
-                "party_test_per_label": 100, "zh_pool_per_label": 60, "zh_test_per_label": 150,
+    "default": {"rt_retrieval_movies": 0, "rt_retrieval_queries": 1000, "rt_rerank_movies": 40, "rt_rerank_queries": 600, "rerank_candidates": 20,
+                "cls_pool_per_label": 60, "cls_test_per_label": 500, "party_pool_per_label": 60,
+                "party_test_per_label": 250, "zh_pool_per_label": 60, "zh_test_per_label": 150,
                 "newsgroups": 200, "newsgroup_chars": 400, "novel_passages_per_novel": 60, "simlex_pairs": 999, "wordsim_pairs": 353,
-                "lee_docs": 50, "samples_per_label": 32, "n_experiments": 10, "n_bootstrap": 10,
+                "lee_docs": 50, "samples_per_label": 32, "n_experiments": 50, "n_bootstrap": 10,
                 "cluster_size": 16_384},
     "smoke": {"rt_retrieval_movies": 10, "rt_retrieval_queries": 12, "rt_rerank_movies": 6, "rt_rerank_queries": 8, "rerank_candidates": 5,
               "cls_pool_per_label": 8, "cls_test_per_label": 6, "party_pool_per_label": 8, "party_test_per_label": 6,

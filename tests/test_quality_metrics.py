@@ -131,3 +131,48 @@ TINY_PROMPTS = {"query": "q: ", "document": "d: ", "STS": "s: ", "Classification
 ])
 def test_prompt_resolution_order(prompts, task_type, prompt_type, expected):
     assert resolve_prompt_name(prompts, "MyTask", task_type, prompt_type) == expected
+
+
+def test_per_unit_scores_average_to_the_main_scores():
+    rel = np.zeros((3, 12))
+    scores = np.tile(np.linspace(1.0, 0.0, 12), (3, 1))
+    rel[0, 1], rel[1, 0], rel[2, 10] = 1, 1, 1               # ranks 2, 1 and 11 (outside the top 10)
+    per = metrics.ndcg_per_query(rel, scores, k=10)
+    assert per == pytest.approx([1 / math.log2(3), 1.0, 0.0])
+    assert per.mean() == pytest.approx(metrics.ndcg_at_k(rel, scores, k=10))
+    aps = metrics.average_precisions([[1, 0, 1, 0], [0, 1, 0]], [[0.9, 0.8, 0.7, 0.1], [0.9, 0.5, 0.1]])
+    assert aps == pytest.approx([5 / 6, 1 / 2])
+    # the toy set of test_classification_accuracy_on_separable_toy_set: only the test point 0.5 ("b") is
+    # on the wrong side of x = 0, in every experiment
+    x_pool = np.array([[3.0], [4.0], [-3.0], [-4.0]])
+    y_pool = ["a", "a", "b", "b"]
+    x_test = np.array([[1.0], [2.0], [-1.0], [-2.0], [0.5]])
+    y_test = ["a", "a", "b", "b", "b"]
+    exps = metrics.undersample_experiments(y_pool, 2, 3)
+    correct = metrics.classification_correct(x_pool, y_pool, x_test, y_test, experiments=exps)
+    assert correct.tolist() == [1.0, 1.0, 1.0, 1.0, 0.0]
+    assert correct.mean() == pytest.approx(metrics.classification_accuracy(x_pool, y_pool, x_test, y_test,
+                                                                           experiments=exps)[0])
+
+
+def test_paired_standard_error_hand_computed():
+    # differences 0, 1, 2: sd (ddof 1) = 1, n = 3 -> SE = 1 / sqrt(3); shared offsets cancel
+    assert metrics.paired_standard_error([10, 12, 14], [10, 11, 12]) == pytest.approx(1 / math.sqrt(3))
+    assert metrics.paired_standard_error([5.0, 7.0], [5.0, 7.0]) == 0.0
+    with pytest.raises(ValueError, match="at least 2 units"):
+        metrics.paired_standard_error([1.0], [0.5])
+
+
+def test_spearman_difference_standard_error_matches_scipy_bootstrap():
+    # Reference: the same resampled pairs (same generator, same seed) scored by scipy.stats.spearmanr.
+    from scipy.stats import spearmanr
+
+    rng = np.random.RandomState(3)
+    gold = rng.randint(0, 5, 40).astype(float)           # ties, as human ratings have
+    cos_a = gold + rng.normal(0, 1.0, 40)
+    cos_b = cos_a + rng.normal(0, 0.5, 40)
+    idx = np.random.default_rng(7).integers(0, 40, size=(200, 40))
+    diffs = [spearmanr(gold[i], cos_a[i]).statistic - spearmanr(gold[i], cos_b[i]).statistic for i in idx]
+    se = metrics.spearman_difference_standard_error(gold, cos_a, cos_b, resamples=200, seed=7)
+    assert se == pytest.approx(np.std(diffs, ddof=1), rel=1e-9)
+    assert metrics.spearman_difference_standard_error(gold, cos_a, cos_a, resamples=50) == 0.0

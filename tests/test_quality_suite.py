@@ -51,11 +51,18 @@ def test_subsamples_are_fixed_by_the_seed():
 
 
 def test_default_preset_is_within_budget():
-    # ~150k tokens per variant (5 minutes of fp32 at ~600 tokens/s): bound the number of texts embedded.
+    # ~240k tokens per variant (5 minutes of fp32 at ~820 tokens/s): bound the number of texts embedded.
     tasks = build_tasks("default")
     n_texts = sum(len(g.texts) for t in tasks for g in t.groups())
-    assert 2500 < n_texts < 4500
-    assert PRESETS["default"]["n_experiments"] == 10 and PRESETS["default"]["n_bootstrap"] == 10
+    assert 5000 < n_texts < 6000
+    # the data hold enough reviews and passages for the sizes asked (nothing silently smaller)
+    sizes = {t.name: t.sizes() for t in tasks}
+    assert sizes["RTReviewPlotRetrieval"]["queries"] == PRESETS["default"]["rt_retrieval_queries"] == 1000
+    assert sizes["RTReviewPlotReranking"]["queries"] == PRESETS["default"]["rt_rerank_queries"] == 600
+    assert sizes["ConventionPartyClassification"]["test"] == 2 * PRESETS["default"]["party_test_per_label"] == 500
+    assert sizes["RTSentimentClassification"]["test"] == 2 * PRESETS["default"]["cls_test_per_label"] == 1000
+    # mteb's 10 bootstraps (more cost k-means fits, not resolution: NOTES-quality); 50 experiments
+    assert PRESETS["default"]["n_experiments"] == 50 and PRESETS["default"]["n_bootstrap"] == 10
 
 
 def test_suite_scores_and_prompts_on_tiny_model(tiny_run, smoke_tasks):
@@ -98,6 +105,35 @@ def test_report_pass_and_miss(tiny_run, smoke_tasks, tmp_path):
     md = paths["markdown"].read_text()
     assert "**q4_0**: MISS on 1 of 10 tasks" in md and "**MISS**" in md
     assert "**q8_0**: PASS on all 10 tasks" in md
+
+
+def test_standard_errors_of_drops(tiny_run, smoke_tasks, tmp_path):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    noisy = copy.deepcopy(tiny_run)
+    noisy.label, noisy.info = "q4_0", {**noisy.info, "variant": "q4_0"}
+    for key, e in noisy.embeddings.items():
+        noisy.embeddings[key] = e + rng.normal(0, 0.3 * float(np.abs(e).mean()), e.shape).astype(np.float32)
+    for t in smoke_tasks:
+        emb = {g.key: tiny_run.embeddings[(t.name, g.key)] for g in t.groups()}
+        other = {g.key: noisy.embeddings[(t.name, g.key)] for g in t.groups()}
+        if t.type != "STS":   # per-unit scores average to the task's main score
+            assert t.unit_scores(emb).mean() == pytest.approx(tiny_run.main_score(t.name), abs=1e-9), t.name
+        assert t.drop_standard_error(emb, emb) == 0.0, t.name     # a model against itself: no uncertainty
+        assert t.drop_standard_error(emb, other) >= 0.0
+    se = {t.name: t.drop_standard_error({g.key: tiny_run.embeddings[(t.name, g.key)] for g in t.groups()},
+                                        {g.key: noisy.embeddings[(t.name, g.key)] for g in t.groups()})
+          for t in smoke_tasks}
+    assert sum(v > 0 for v in se.values()) >= 8, se   # noise moves the per-unit scores of most tasks
+    report = build_report(smoke_tasks, [tiny_run, noisy], baseline="fp32", meta={"preset": "smoke"})
+    for c in report["comparison"]:
+        assert c["drop_se"] == pytest.approx(se[c["task"]])
+        assert c["resolved"] == (abs(c["drop"] - 0.5) > 2 * c["drop_se"])
+    md = write_report(report, tmp_path)["markdown"].read_text()
+    assert "q4_0 (change ± SE, status)" in md and "± SE is the standard error of the change" in md
+    c0 = report["comparison"][0]
+    assert f"{c0['score']:.2f} ({-c0['drop'] + 0.0:+.2f} ± {c0['drop_se']:.2f}, " in md
 
 
 def test_accuracy_levels_from_manifest():
