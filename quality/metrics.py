@@ -257,9 +257,11 @@ def spearman_difference_standard_error(gold: Sequence[float], cos_a: np.ndarray,
     cos_a, cos_b = np.asarray(cos_a, dtype=np.float64), np.asarray(cos_b, dtype=np.float64)
     idx = np.random.default_rng(seed).integers(0, gold.size, size=(resamples, gold.size))
 
+    rg = rankdata(gold[idx], axis=1)
+    rg -= rg.mean(axis=1, keepdims=True)
+
     def rho(x):  # Spearman = Pearson of the ranks (average ranks for ties), one row per resample
-        rg, rx = rankdata(gold[idx], axis=1), rankdata(x[idx], axis=1)
-        rg -= rg.mean(axis=1, keepdims=True)
+        rx = rankdata(x[idx], axis=1)
         rx -= rx.mean(axis=1, keepdims=True)
         return (rg * rx).sum(axis=1) / np.sqrt((rg**2).sum(axis=1) * (rx**2).sum(axis=1))
 
