@@ -250,19 +250,13 @@ def paired_standard_error(a: np.ndarray, b: np.ndarray) -> float:
 def spearman_difference_standard_error(gold: Sequence[float], cos_a: np.ndarray, cos_b: np.ndarray, *,
                                        resamples: int = 1000, seed: int = 0) -> float:
     """Paired bootstrap standard error of spearman(gold, cos_a) - spearman(gold, cos_b) over the pairs
-    (Spearman's rho is not a mean over pairs, so the pairs are resampled instead)."""
-    from scipy.stats import rankdata
+    (Spearman's rho is not a mean over pairs, so the pairs are resampled instead; scipy's bootstrap)."""
+    from scipy.stats import bootstrap, spearmanr
 
-    gold = np.asarray(gold, dtype=np.float64)
-    cos_a, cos_b = np.asarray(cos_a, dtype=np.float64), np.asarray(cos_b, dtype=np.float64)
-    idx = np.random.default_rng(seed).integers(0, gold.size, size=(resamples, gold.size))
+    def difference(g, a, b):
+        return spearmanr(g, a).statistic - spearmanr(g, b).statistic
 
-    rg = rankdata(gold[idx], axis=1)
-    rg -= rg.mean(axis=1, keepdims=True)
-
-    def rho(x):  # Spearman = Pearson of the ranks (average ranks for ties), one row per resample
-        rx = rankdata(x[idx], axis=1)
-        rx -= rx.mean(axis=1, keepdims=True)
-        return (rg * rx).sum(axis=1) / np.sqrt((rg**2).sum(axis=1) * (rx**2).sum(axis=1))
-
-    return float(np.std(rho(cos_a) - rho(cos_b), ddof=1))
+    data = tuple(np.asarray(x, dtype=np.float64) for x in (gold, cos_a, cos_b))
+    res = bootstrap(data, difference, paired=True, vectorized=False, n_resamples=resamples,
+                    method="percentile", rng=np.random.default_rng(seed))
+    return float(res.standard_error)

@@ -163,16 +163,19 @@ def test_paired_standard_error_hand_computed():
         metrics.paired_standard_error([1.0], [0.5])
 
 
-def test_spearman_difference_standard_error_matches_scipy_bootstrap():
-    # Reference: the same resampled pairs (same generator, same seed) scored by scipy.stats.spearmanr.
+def test_spearman_difference_standard_error_matches_a_spearmanr_loop():
+    # Reference: resample the pairs by hand and score each resample with scipy.stats.spearmanr.
     from scipy.stats import spearmanr
 
     rng = np.random.RandomState(3)
-    gold = rng.randint(0, 5, 40).astype(float)           # ties, as human ratings have
-    cos_a = gold + rng.normal(0, 1.0, 40)
-    cos_b = cos_a + rng.normal(0, 0.5, 40)
-    idx = np.random.default_rng(7).integers(0, 40, size=(200, 40))
+    gold = rng.randint(0, 5, 60).astype(float)           # ties, as human ratings have
+    cos_a = gold + rng.normal(0, 1.0, 60)
+    cos_b = cos_a + rng.normal(0, 0.5, 60)
+    idx = np.random.default_rng(7).integers(0, 60, size=(4000, 60))
     diffs = [spearmanr(gold[i], cos_a[i]).statistic - spearmanr(gold[i], cos_b[i]).statistic for i in idx]
-    se = metrics.spearman_difference_standard_error(gold, cos_a, cos_b, resamples=200, seed=7)
-    assert se == pytest.approx(np.std(diffs, ddof=1), rel=1e-9)
+    se = metrics.spearman_difference_standard_error(gold, cos_a, cos_b, resamples=4000, seed=1)
+    # two bootstraps of 4,000 resamples each: their SE estimates agree to a few per cent
+    assert se == pytest.approx(np.std(diffs, ddof=1), rel=0.08)
+    assert metrics.spearman_difference_standard_error(gold, cos_a, cos_b, resamples=200, seed=5) == \
+        metrics.spearman_difference_standard_error(gold, cos_a, cos_b, resamples=200, seed=5)   # seeded
     assert metrics.spearman_difference_standard_error(gold, cos_a, cos_a, resamples=50) == 0.0
