@@ -147,15 +147,22 @@ def logistic_regression_predict(x_train: np.ndarray, y_train: Sequence, x_test: 
         return list(clf.predict(x_test))
 
 
+def classification_correctness(x_pool: np.ndarray, y_pool: Sequence, x_test: np.ndarray, y_test: Sequence, *,
+                               experiments: list[list[int]], seed: int = 42) -> np.ndarray:
+    """[experiments, test texts] booleans: whether each experiment's classifier (mteb's, trained on
+    that experiment's pool indices) labels each test text correctly. Row means are the experiments'
+    accuracies, column means each text's share of correct experiments."""
+    y_pool, y_test = list(y_pool), np.asarray(list(y_test))
+    return np.array([np.asarray(logistic_regression_predict(x_pool[idx], [y_pool[i] for i in idx], x_test, seed))
+                     == y_test for idx in experiments], dtype=bool).reshape(len(experiments), len(y_test))
+
+
 def classification_correct(x_pool: np.ndarray, y_pool: Sequence, x_test: np.ndarray, y_test: Sequence, *,
                            experiments: list[list[int]], seed: int = 42) -> np.ndarray:
     """Per test text, the fraction of the experiments' classifiers that label it correctly; its mean
     is :func:`classification_accuracy` (every experiment scores the same test set)."""
-    y_pool, y_test = list(y_pool), np.asarray(list(y_test))
-    correct = np.zeros(len(y_test))
-    for idx in experiments:
-        correct += np.asarray(logistic_regression_predict(x_pool[idx], [y_pool[i] for i in idx], x_test, seed)) == y_test
-    return correct / len(experiments)
+    return classification_correctness(x_pool, y_pool, x_test, y_test, experiments=experiments,
+                                      seed=seed).mean(axis=0)
 
 
 def classification_accuracy(x_pool: np.ndarray, y_pool: Sequence, x_test: np.ndarray, y_test: Sequence, *,
@@ -165,9 +172,8 @@ def classification_accuracy(x_pool: np.ndarray, y_pool: Sequence, x_test: np.nda
     ``samples_per_label`` examples per label drawn from the training pool. Returns (mean, per experiment)."""
     if experiments is None:
         experiments = undersample_experiments(y_pool, samples_per_label, n_experiments, seed)
-    y_pool = list(y_pool)
-    accs = [logistic_regression_accuracy(x_pool[idx], [y_pool[i] for i in idx], x_test, y_test, seed)
-            for idx in experiments]
+    accs = [float(a) for a in classification_correctness(x_pool, y_pool, x_test, y_test, experiments=experiments,
+                                                         seed=seed).mean(axis=1)]
     return float(np.mean(accs)), accs
 
 
