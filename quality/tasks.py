@@ -58,10 +58,25 @@ class Task(ABC):
         bootstrap, depending on the task type."""
         raise NotImplementedError(f"{type(self).__name__} has no per-unit scores")
 
+    #: What one unit of ``unit_scores`` is, for the report ("queries", "test texts", ...).
+    unit_name: str = field(init=False, default="units")
+
     def drop_standard_error(self, base: dict[str, np.ndarray], other: dict[str, np.ndarray]) -> float:
         """Standard error (points) of main_score(base) - main_score(other) from the sampling of the
         task's units: how precisely this task's data measures a drop. Paired over the same units."""
-        return metrics.paired_standard_error(self.unit_scores(base), self.unit_scores(other))
+        return self.drop_detail(base, other)["se"]
+
+    def drop_detail(self, base: dict[str, np.ndarray], other: dict[str, np.ndarray]) -> dict:
+        """The drop's standard error (``se``) and how the drop is made up of units: how many there are,
+        how many changed (``worse`` / ``better``), and ``largest_unit``, the one unit whose change moves
+        the main score most (points of the score, positive = a drop). One scoring of each side."""
+        ub, uo = self.unit_scores(base), self.unit_scores(other)
+        d = np.asarray(ub, dtype=np.float64) - np.asarray(uo, dtype=np.float64)
+        tol = 1e-9   # points; unit scores of identical embeddings are bit-identical
+        i = int(np.argmax(np.abs(d)))
+        return {"se": metrics.paired_standard_error(ub, uo), "units": int(d.size), "unit_name": self.unit_name,
+                "changed": int((np.abs(d) > tol).sum()), "worse": int((d > tol).sum()),
+                "better": int((d < -tol).sum()), "largest_unit": float(d[i] / d.size)}
 
     def info(self) -> dict:
         """Description of the task for the report."""
@@ -86,6 +101,7 @@ class STSTask(Task):
 
     def __post_init__(self):
         self.main_score_name = "cosine_spearman"
+        self.unit_name = "pairs"
 
     def groups(self):
         return [TextGroup("texts", self.texts, None)]
@@ -97,11 +113,11 @@ class STSTask(Task):
         rho = metrics.cosine_spearman(e[i], e[j], [p[2] for p in self.pairs])
         return {"main_score": 100 * rho, "cosine_spearman": rho}
 
-    def drop_standard_error(self, base, other):
-        # Spearman's rho is not a mean over pairs: bootstrap the pairs instead.
+    def drop_detail(self, base, other):
+        # Spearman's rho is not a mean over pairs: bootstrap the pairs for the SE; no per-unit breakdown.
         i, j = [p[0] for p in self.pairs], [p[1] for p in self.pairs]
         cos = [metrics.paired_cosine(e["texts"][i], e["texts"][j]) for e in (base, other)]
-        return 100 * metrics.spearman_difference_standard_error([p[2] for p in self.pairs], *cos)
+        return {"se": 100 * metrics.spearman_difference_standard_error([p[2] for p in self.pairs], *cos)}
 
     def sizes(self):
         return {"texts": len(self.texts), "pairs": len(self.pairs)}
@@ -117,6 +133,7 @@ class RetrievalTask(Task):
 
     def __post_init__(self):
         self.main_score_name = "ndcg_at_10"
+        self.unit_name = "queries"
 
     def groups(self):
         return [TextGroup("queries", self.queries, "query"), TextGroup("corpus", self.corpus, "document")]
@@ -155,6 +172,7 @@ class RerankingTask(Task):
 
     def __post_init__(self):
         self.main_score_name = "map_at_1000"
+        self.unit_name = "queries"
 
     def groups(self):
         return [TextGroup("queries", self.queries, "query"), TextGroup("corpus", self.corpus, "document")]
@@ -189,6 +207,7 @@ class ClassificationTask(Task):
 
     def __post_init__(self):
         self.main_score_name = "accuracy"
+        self.unit_name = "test texts"
         # The training subsets depend on the labels only; embed just the texts some experiment uses.
         self._experiments = metrics.undersample_experiments(self.train_labels, self.samples_per_label,
                                                             self.n_experiments, seed=42)
@@ -231,6 +250,7 @@ class ClusteringTask(Task):
 
     def __post_init__(self):
         self.main_score_name = "v_measure"
+        self.unit_name = "k-means bootstraps"
 
     def groups(self):
         return [TextGroup("texts", self.texts, None)]

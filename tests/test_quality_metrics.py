@@ -163,6 +163,32 @@ def test_paired_standard_error_hand_computed():
         metrics.paired_standard_error([1.0], [0.5])
 
 
+def test_drop_detail_hand_computed():
+    """How a drop is made up of units: per-unit changes 0, +10, -90, +100 points over 4 units."""
+    from quality import datasets as ds
+    from quality.tasks import Task
+
+    class FourUnits(Task):
+        def groups(self):
+            return []
+
+        def evaluate(self, emb):
+            return {"main_score": float(np.mean(emb["u"]))}
+
+        def sizes(self):
+            return {}
+
+        def unit_scores(self, emb):
+            return np.asarray(emb["u"], dtype=np.float64)
+
+    t = FourUnits("toy", "Retrieval", ["eng-Latn"], "", ds.Source("", "", "", "", ""))
+    t.unit_name = "queries"
+    d = t.drop_detail({"u": [100, 50, 0, 100]}, {"u": [100, 40, 90, 0]})
+    assert d == {"se": pytest.approx(np.std([0, 10, -90, 100], ddof=1) / 2), "units": 4, "unit_name": "queries",
+                 "changed": 3, "worse": 2, "better": 1, "largest_unit": 25.0}   # unit 4: +100 / 4
+    assert t.drop_standard_error({"u": [1, 2]}, {"u": [1, 2]}) == 0.0
+
+
 def test_spearman_difference_standard_error_matches_a_spearmanr_loop():
     # Reference: resample the pairs by hand and score each resample with scipy.stats.spearmanr.
     from scipy.stats import spearmanr

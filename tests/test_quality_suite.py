@@ -105,21 +105,27 @@ def test_report_pass_and_miss(tiny_run, smoke_tasks, tmp_path):
     md = paths["markdown"].read_text()
     assert "**q4_0**: MISS on 1 of 10 tasks" in md and "**MISS**" in md
     assert "**q8_0**: PASS on all 10 tasks" in md
+    # the model card's QAT losses, for scale: 61.15 - 60.93 and 69.67 - 69.49 / 68.76 - 68.70
+    assert "q8_0 0.06-0.22, q4_0 0.36-0.77, e4_a8_f4_p4 0.35-0.73 points of MTEB Mean (Task)" in md
 
 
 def test_standard_errors_of_drops(tiny_run, smoke_tasks, tmp_path):
     import numpy as np
 
+    from quality.metrics import truncate_dim
+
     rng = np.random.default_rng(0)
     noisy = copy.deepcopy(tiny_run)
     noisy.label, noisy.info = "q4_0", {**noisy.info, "variant": "q4_0"}
     for key, e in noisy.embeddings.items():
-        noisy.embeddings[key] = e + rng.normal(0, 0.3 * float(np.abs(e).mean()), e.shape).astype(np.float32)
+        e = e + rng.normal(0, 0.3 * float(np.abs(e).mean()), e.shape).astype(np.float32)
+        noisy.embeddings[key] = e / np.linalg.norm(e, axis=1, keepdims=True)   # unit rows, as a real run keeps
     for t in smoke_tasks:
         emb = {g.key: tiny_run.embeddings[(t.name, g.key)] for g in t.groups()}
         other = {g.key: noisy.embeddings[(t.name, g.key)] for g in t.groups()}
         if t.type != "STS":   # per-unit scores average to the task's main score
             assert t.unit_scores(emb).mean() == pytest.approx(tiny_run.main_score(t.name), abs=1e-9), t.name
+        noisy.scores[t.name] = {d: t.evaluate({k: truncate_dim(v, d) for k, v in other.items()}) for d in noisy.dims}
         assert t.drop_standard_error(emb, emb) == 0.0, t.name     # a model against itself: no uncertainty
         assert t.drop_standard_error(emb, other) >= 0.0
     se = {t.name: t.drop_standard_error({g.key: tiny_run.embeddings[(t.name, g.key)] for g in t.groups()},
@@ -127,10 +133,27 @@ def test_standard_errors_of_drops(tiny_run, smoke_tasks, tmp_path):
           for t in smoke_tasks}
     assert sum(v > 0 for v in se.values()) >= 8, se   # noise moves the per-unit scores of most tasks
     report = build_report(smoke_tasks, [tiny_run, noisy], baseline="fp32", meta={"preset": "smoke"})
+    by_name = {t.name: t for t in smoke_tasks}
     for c in report["comparison"]:
         assert c["drop_se"] == pytest.approx(se[c["task"]])
         assert c["resolved"] == (abs(c["drop"] - 0.5) > 2 * c["drop_se"])
+        t = by_name[c["task"]]
+        if t.type == "STS":
+            assert c["units"] is None       # Spearman has no per-unit breakdown
+            continue
+        d = (t.unit_scores({g.key: tiny_run.embeddings[(t.name, g.key)] for g in t.groups()})
+             - t.unit_scores({g.key: noisy.embeddings[(t.name, g.key)] for g in t.groups()}))
+        u = c["units"]
+        assert (u["units"], u["changed"]) == (d.size, int((np.abs(d) > 1e-9).sum()))
+        assert u["worse"] + u["better"] == u["changed"]
+        assert u["largest_unit"] == pytest.approx(d[np.argmax(np.abs(d))] / d.size)
+        assert c["drop"] == pytest.approx(d.mean())   # the units make up the whole drop
     md = write_report(report, tmp_path)["markdown"].read_text()
+    missed = [c for c in report["comparison"] if c["status"] == "MISS" and c["units"]]
+    assert missed, "the noisy variant should miss at least one per-unit task"
+    u = missed[0]["units"]
+    assert (f"{missed[0]['task']}: {u['changed']} of {u['units']} {u['unit_name']} changed "
+            f"({u['worse']} worse, {u['better']} better)") in md
     assert "q4_0 (change ± SE, status)" in md and "± SE is the standard error of the change" in md
     c0 = report["comparison"][0]
     assert f"{c0['score']:.2f} ({-c0['drop'] + 0.0:+.2f} ± {c0['drop_se']:.2f}, " in md
