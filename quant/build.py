@@ -40,6 +40,13 @@ DEFAULT_ACCURACY_LEVEL = "auto"
 #: Token-table lookup: "gather" (standard ops, float16 scales, 12.6 MB smaller on the real model) or
 #: "gbq" (com.microsoft.GatherBlockQuantized, which needs float32 scales for a float32 output).
 DEFAULT_EMBEDDING_OP = "gather"
+#: (group, bits) whose matmuls run in float32 on weights decoded once at session load instead of as
+#: MatMulNBits (``quant.graph.replace_site``). Q8_0 Dense heads: one row per text, so the float32
+#: MatMul costs nothing, while MatMulNBits at level 4 rounds the pooled vector to int8 blocks after
+#: pooling, where nothing averages it away (more than half of q8_0's error, NOTES-quant.md), and at
+#: level 0 it decodes the whole 8-bit weight on every call. Costs ~14 MB resident for the two heads.
+#: Q4_0 heads stay MatMulNBits: their level costs little (NOTES-quant.md) and q4_0 is the small variant.
+DECODE_AT_LOAD = frozenset({("projection", 8)})
 
 #: GPTQ needs at least this many calibration rows per input dimension (a full-rank Hessian);
 #: otherwise the calibrated method only weights the scale search by the Hessian diagonal.
@@ -236,7 +243,8 @@ def _build_one(src: Fp32Source, recipe: Recipe, out: Path, *, force: bool, metho
                 continue
             bits = recipe.bits(site.group)
             qw, used = quantizer.get(site, bits)
-            G.replace_site(model, site, qw, accuracy_level=level, embedding_op=embedding_op)
+            G.replace_site(model, site, qw, accuracy_level=level, embedding_op=embedding_op,
+                           decode_at_load=(site.group, bits) in DECODE_AT_LOAD)
             del qw
             counts[site.group] += 1
             group_methods[site.group] = used
@@ -547,13 +555,16 @@ def _manifest(src: Fp32Source, recipe: Recipe, method: str, levels: dict[int, in
     groups: dict[str, object] = {}
     for group in GROUPS:
         bits = recipe.bits(group)
-        op = G.QUANT_OP[group] if group != "embeddings" else G.EMBEDDING_OP_NAMES[embedding_op]
+        decoded = (group, bits) in DECODE_AT_LOAD
+        op = (G.DECODED_MATMUL_OP if decoded else G.QUANT_OP[group] if group != "embeddings"
+              else G.EMBEDDING_OP_NAMES[embedding_op])
         entry = {"format": recipe.format(group), "bits": bits, "op": op, "tensors": counts[group],
                  "method": group_methods.get(group, method)}
         if op == "MatMulNBits":
             entry["accuracy_level"] = levels[bits]
         else:
-            entry["scales_stored_as"] = "float16" if embedding_op == "gather" else "float32 (widened float16)"
+            entry["scales_stored_as"] = ("float16" if decoded or embedding_op == "gather"
+                                         else "float32 (widened float16)")
         if recipe.uses_integer_path(group):
             entry = {"format": recipe.format(group), "bits": 8,
                      "op": "MatMulIntegerToFloat on per-token codes (QuantizeLinear of rows scaled to [-1, 1])",

@@ -7,9 +7,11 @@ The export names every 2-D weight after its module (see ``export/graph_names.py`
 * ``backbone.layers.{i}.mlp.{gate,up,down}_proj.weight_t`` [in, out], MatMul B    -> group ``feed_forward``
 * ``dense_weights.{0,1}`` [in, out], MatMul B                                      -> group ``projection``
 
-``MatMul(x, W_t)`` becomes ``com.microsoft.MatMulNBits(x, B, scales)`` and ``Gather(table, ids)``
-becomes ``com.microsoft.GatherBlockQuantized(data, ids, scales)``; the node keeps its name, its
-output name and its place in the graph, so nothing downstream changes. Everything else (norms,
+``MatMul(x, W_t)`` becomes ``com.microsoft.MatMulNBits(x, B, scales)`` (or stays a MatMul on a
+weight that standard ops decode from the same packed blocks, folded to a constant when a session
+loads) and ``Gather(table, ids)`` becomes a lookup that decodes only the gathered rows (or
+``com.microsoft.GatherBlockQuantized``); the node keeps its name, its output name and its place in
+the graph, so nothing downstream changes. Everything else (norms,
 RoPE tables, the small constants) is left as it is, in float32.
 
 Needs onnx and numpy only.
@@ -196,6 +198,8 @@ class QuantizedWeight:
     scales: np.ndarray   # float32 [N, K/32] (exact widenings of the float16 ggml scales)
 
 
+#: Manifest name of a MatMul whose block-quantized weight is decoded at session load (``replace_site``).
+DECODED_MATMUL_OP = "MatMul on blocks decoded once at session load (standard ops, float16 scales)"
 #: How the quantized token table is looked up (see ``replace_site``).
 EMBEDDING_OPS = ("gather", "gbq")
 #: Manifest names of the two lookups.
@@ -204,10 +208,15 @@ EMBEDDING_OP_NAMES = {"gather": "Gather+blockwise dequantize (standard ops, floa
 
 
 def replace_site(model: onnx.ModelProto, site: WeightSite, qw: QuantizedWeight, accuracy_level: int = 0,
-                 embedding_op: str = "gather") -> None:
+                 embedding_op: str = "gather", decode_at_load: bool = False) -> None:
     """Swap one weight's consumer for its quantized op, in place, and replace the fp32 initializer.
 
-    MatMul sites become ``com.microsoft.MatMulNBits``. The token table (Gather site) becomes either
+    MatMul sites become ``com.microsoft.MatMulNBits``, or with ``decode_at_load`` keep their MatMul
+    and read the weight from standard ops that decode the packed blocks (float16 scales, the
+    MatMulNBits byte layout); those ops have only initializers as inputs, so onnxruntime's default
+    constant folding decodes the weight once when the session loads and the MatMul runs in float32
+    on the exact Q8_0/Q4_0 values: no activation rounding (accuracy level) and no per-call decode,
+    for 4 bytes per weight of memory at run time. The token table (Gather site) becomes either
 
     * ``embedding_op="gbq"``: one ``com.microsoft.GatherBlockQuantized`` node. Its output type
       follows its scales, so exact float32 output needs float32 scales: 4 bytes per block.
@@ -234,14 +243,16 @@ def replace_site(model: onnx.ModelProto, site: WeightSite, qw: QuantizedWeight, 
     node_idx = next(i for i, node in enumerate(graph.node) if site.name in node.input)
     old = graph.node[node_idx]
     data_name, scales_name = f"{site.name}.q{qw.bits}", f"{site.name}.scales"
-    half_scales = site.op == "Gather" and embedding_op == "gather"
+    half_scales = (site.op == "Gather" and embedding_op == "gather") or (site.op == "MatMul" and decode_at_load)
     scales = qw.scales.astype(np.float16) if half_scales else qw.scales
     if half_scales and not np.array_equal(scales.astype(np.float32), qw.scales):
         raise ValueError(f"scales of {site.name!r} are not float16 values; the ggml formats store float16 scales")
     graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(qw.data), data_name))
     graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(scales), scales_name))
 
-    if site.op == "MatMul":
+    if site.op == "MatMul" and decode_at_load:
+        new = _matmul_decode_nodes(graph, site, old, data_name, scales_name, qw.bits)
+    elif site.op == "MatMul":
         new = [helper.make_node("MatMulNBits", [old.input[0], data_name, scales_name], list(old.output),
                                 name=old.name, domain=MS_DOMAIN,
                                 **F.matmulnbits_attributes(site.n, site.k, qw.bits, accuracy_level))]
@@ -259,21 +270,49 @@ def replace_site(model: onnx.ModelProto, site: WeightSite, qw: QuantizedWeight, 
 
 def _gather_dequantize_nodes(graph, site: WeightSite, old, data_name: str, scales_name: str, bits: int):
     """Standard-op lookup of a block-quantized table: only the looked-up rows are ever decoded."""
-    nb, block = site.k // F.BLOCK_SIZE, F.BLOCK_SIZE
     p = f"{site.name}.dq"   # prefix for the helper tensors and nodes
     ids, out = old.input[1], old.output[0]
+    mk = _node_maker(old.name)
+    nodes = [mk("Gather", [data_name, ids], f"{p}.packed", axis=0),
+             mk("Gather", [scales_name, ids], f"{p}.scales16", axis=0)]
+    decode, values = _block_decode_nodes(graph, site, p, f"{p}.packed", f"{p}.scales16", bits, mk)
+    graph.initializer.append(numpy_helper.from_array(np.array([site.k], np.int64), f"{p}.row_shape"))
+    nodes += decode + [mk("Shape", [ids], f"{p}.ids_shape"),
+                       mk("Concat", [f"{p}.ids_shape", f"{p}.row_shape"], f"{p}.out_shape", axis=0)]
+    nodes.append(helper.make_node("Reshape", [values, f"{p}.out_shape"], [out], name=old.name))
+    return nodes
+
+
+def _matmul_decode_nodes(graph, site: WeightSite, old, data_name: str, scales_name: str, bits: int):
+    """MatMul on a weight decoded from its packed blocks ([N, K/32, ...] -> [K, N]) by constant-only ops."""
+    p = f"{site.name}.dq"
+    mk = _node_maker(old.name)
+    decode, values = _block_decode_nodes(graph, site, p, data_name, scales_name, bits, mk)
+    graph.initializer.append(numpy_helper.from_array(np.array([site.n, site.k], np.int64), f"{p}.weight_shape"))
+    decode += [mk("Reshape", [values, f"{p}.weight_shape"], f"{p}.w_nk"),
+               mk("Transpose", [f"{p}.w_nk"], f"{p}.w", perm=[1, 0])]
+    return decode + [helper.make_node("MatMul", [old.input[0], f"{p}.w"], list(old.output), name=old.name)]
+
+
+def _node_maker(base: str):
+    """make_node for helper nodes named after ``base`` and their output's last dotted part."""
+    return lambda op, inputs, output, **kw: helper.make_node(op, inputs, [output], name=f"{base}/{output.rsplit('.', 1)[-1]}", **kw)
+
+
+def _block_decode_nodes(graph, site: WeightSite, p: str, codes: str, scales16: str, bits: int, mk):
+    """Standard ops from packed codes [rows, K/32 * 32*bits/8] or [rows, K/32, 32*bits/8] and float16
+    scales [rows, K/32] to float32 values [rows, K/32, 32]: nibble unpack (4 bits), ``code -
+    zero_point``, times the scale widened to float32, which is exact as ggml decodes."""
+    nb, block = site.k // F.BLOCK_SIZE, F.BLOCK_SIZE
     consts = {f"{p}.zero_point": np.array(2 ** (bits - 1), np.float32),
               f"{p}.block_shape": np.array([-1, nb, block], np.int64),
-              f"{p}.scale_shape": np.array([-1, nb, 1], np.int64),
-              f"{p}.row_shape": np.array([site.k], np.int64)}
+              f"{p}.scale_shape": np.array([-1, nb, 1], np.int64)}
     if bits == 4:
         consts.update({f"{p}.low_mask": np.array(0x0F, np.uint8), f"{p}.shift": np.array(4, np.uint8),
                        f"{p}.last_axis": np.array([-1], np.int64)})
     for name, value in consts.items():
         graph.initializer.append(numpy_helper.from_array(value, name))
-    mk = lambda op, inputs, output, **kw: helper.make_node(op, inputs, [output], name=f"{old.name}/{output.rsplit('.', 1)[-1]}", **kw)  # noqa: E731
-    nodes = [mk("Gather", [data_name, ids], f"{p}.packed", axis=0)]
-    codes = f"{p}.packed"
+    nodes = []
     if bits == 4:
         # byte i holds element 2i in its low nibble and element 2i+1 in its high nibble
         nodes += [mk("BitwiseAnd", [codes, f"{p}.low_mask"], f"{p}.low"),
@@ -285,15 +324,11 @@ def _gather_dequantize_nodes(graph, site: WeightSite, old, data_name: str, scale
     nodes += [mk("Cast", [codes], f"{p}.codes_f", to=TensorProto.FLOAT),
               mk("Reshape", [f"{p}.codes_f", f"{p}.block_shape"], f"{p}.blocks"),
               mk("Sub", [f"{p}.blocks", f"{p}.zero_point"], f"{p}.centered"),
-              mk("Gather", [scales_name, ids], f"{p}.scales16", axis=0),
-              mk("Cast", [f"{p}.scales16"], f"{p}.scales_f", to=TensorProto.FLOAT),
+              mk("Cast", [scales16], f"{p}.scales_f", to=TensorProto.FLOAT),
               mk("Reshape", [f"{p}.scales_f", f"{p}.scale_shape"], f"{p}.scales_b"),
               # (code - zero_point) * scale is exact in float32: as ggml decodes, bit for bit
-              mk("Mul", [f"{p}.centered", f"{p}.scales_b"], f"{p}.values"),
-              mk("Shape", [ids], f"{p}.ids_shape"),
-              mk("Concat", [f"{p}.ids_shape", f"{p}.row_shape"], f"{p}.out_shape", axis=0)]
-    nodes.append(helper.make_node("Reshape", [f"{p}.values", f"{p}.out_shape"], [out], name=old.name))
-    return nodes
+              mk("Mul", [f"{p}.centered", f"{p}.scales_b"], f"{p}.values")]
+    return nodes, f"{p}.values"
 
 
 def strip_debug_metadata(model: onnx.ModelProto) -> int:

@@ -455,3 +455,32 @@ def test_bit_width_dispatch():
             F.quantizer(bad)
         with pytest.raises(ValueError, match="bits must be 4"):
             F.dequantizer(bad)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_matmul_decoded_at_load_is_exact_and_decoded_once(fmt, tmp_path):
+    """``replace_site(decode_at_load=True)``: a MatMul on the format's exact values (gguf's decode),
+    whose decode onnxruntime folds into a constant when the session loads (nothing left per call)."""
+    from quant import graph as G
+
+    w = _onnx_weight(seed=11, n=48, k=256)        # torch-Linear layout [N, K]: blocks along K
+    n, k = w.shape
+    x = np.random.default_rng(3).standard_normal((5, k)).astype(np.float32)
+    graph = helper.make_graph([helper.make_node("MatMul", ["X", "dense_weights.0"], ["Y"], name="head")], "g",
+                              [helper.make_tensor_value_info("X", TensorProto.FLOAT, [None, k])], [_y()],
+                              initializer=[numpy_helper.from_array(np.ascontiguousarray(w.T), "dense_weights.0")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
+    model.ir_version = 10
+    (site,) = G.find_weight_sites(model)
+    q, d = QUANTIZE[fmt](w)
+    G.replace_site(model, site, G.QuantizedWeight(BITS[fmt], *F.to_matmulnbits(q, d, BITS[fmt])), decode_at_load=True)
+    scales = next(i for i in model.graph.initializer if i.name == "dense_weights.0.scales")
+    assert scales.data_type == TensorProto.FLOAT16          # stored as ggml stores them
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    so.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    got = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"]).run(None, {"X": x})[0]
+    want = x.astype(np.float64) @ gguf_dequantized(w, fmt).T.astype(np.float64)
+    scale = np.abs(x).astype(np.float64) @ np.abs(gguf_dequantized(w, fmt)).T.astype(np.float64)
+    assert np.all(np.abs(got - want) <= 1e-5 * scale + 1e-30)   # float32 summation, nothing else
+    assert [nd.op_type for nd in onnx.load(so.optimized_model_filepath).graph.node] == ["MatMul"]

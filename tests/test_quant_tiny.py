@@ -20,6 +20,7 @@ import pytest
 from onnx import numpy_helper
 
 from quant import graph as G
+from quant.build import DECODE_AT_LOAD
 from quant.cli import main
 from quant.recipe import Recipe, RecipeError, parse_recipe, parse_variants
 from runtime import Embedder
@@ -118,7 +119,7 @@ def test_auto_level_4_when_timed_faster_rewrites_the_graph_and_the_manifest_matc
     model = onnx.load(str(out / "model.onnx"), load_external_data=False)
     levels = [a.i for n in model.graph.node if n.op_type == "MatMulNBits" for a in n.attribute
               if a.name == "accuracy_level"]
-    assert len(levels) == 4 * TINY_LAYERS + 2 + 3 * TINY_LAYERS and set(levels) == {4}
+    assert len(levels) == 4 * TINY_LAYERS + 3 * TINY_LAYERS and set(levels) == {4}   # the heads are decoded at load
     q = read_manifest(out)["quantization"]
     assert q["accuracy_level_choice"]["Q8_0"].startswith("auto: 4,") and q["groups"]["attention"]["accuracy_level"] == 4
     assert sorted(p.name for p in out.iterdir()) == ["embedder.json", "model.onnx", "model.onnx.data", "tokenizer.json"]
@@ -214,14 +215,17 @@ def test_manifest_records_recipe_and_provenance(built, tiny_artifact, variant):
     for group, bits in BITS[variant].items():
         g = q["groups"][group]
         assert g["bits"] == bits and g["format"] == f"Q{bits}_0" and g["tensors"] == counts[group]
-        assert g["op"] == (G.EMBEDDING_OP_NAMES["gather"] if group == "embeddings" else "MatMulNBits")
+        assert g["op"] == (G.EMBEDDING_OP_NAMES["gather"] if group == "embeddings"
+                           else G.DECODED_MATMUL_OP if (group, bits) in DECODE_AT_LOAD else "MatMulNBits")
+        assert ("accuracy_level" in g) == (g["op"] == "MatMulNBits")
     assert q["groups"]["norms"] == "fp32"
     # auto accuracy level: the built model timed at levels 0 and 4 per bit width its MatMulNBits nodes
     # use, and each group carries the level its bit width's note names
-    used = {bits for group, bits in BITS[variant].items() if group != "embeddings"}
+    used = {bits for group, bits in BITS[variant].items()
+            if group != "embeddings" and (group, bits) not in DECODE_AT_LOAD}
     assert sorted(q["accuracy_level_choice"]) == sorted(f"Q{b}_0" for b in used)
     for group, bits in BITS[variant].items():
-        if group != "embeddings":
+        if group != "embeddings" and (group, bits) not in DECODE_AT_LOAD:
             note = q["accuracy_level_choice"][f"Q{bits}_0"]
             assert note.startswith(f"auto: {q['groups'][group]['accuracy_level']}, the built model timed")
             assert "level 0: batch" in note and "level 4: batch" in note and "single" in note
@@ -243,7 +247,10 @@ def test_graph_has_expected_quantized_ops_and_no_fp32_weights(built, variant):
     mm = [n for n in model.graph.node if n.op_type == "MatMulNBits"]
     attrs = lambda n: {a.name: a.i for a in n.attribute}  # noqa: E731
     assert all(n.domain == "com.microsoft" for n in mm)
-    assert len(mm) == 7 * TINY_LAYERS + 2
+    decoded_heads = ("projection", bits["projection"]) in DECODE_AT_LOAD   # Q8_0 heads: a MatMul, decoded at load
+    assert len(mm) == 7 * TINY_LAYERS + (0 if decoded_heads else 2)
+    heads = [n for n in model.graph.node if n.op_type == "MatMul" and n.input[1].startswith("dense_weights.")]
+    assert len(heads) == (2 if decoded_heads else 0)
     # default token-table lookup: standard Gather of the packed rows and of their float16 scales
     inits = {i.name: i for i in model.graph.initializer}
     table = inits[f"backbone.embed_tokens.weight.q{bits['embeddings']}"]
@@ -304,8 +311,10 @@ def test_stored_bytes_equal_gguf_reference(built, tiny_artifact, variant, name, 
     data = _stored(built / variant, f"{name}.q{bits}")
     scales = _stored(built / variant, f"{name}.scales")
     assert data.dtype == np.uint8
-    # float16 scales: stored as such for the table, widened exactly to float32 for MatMulNBits
-    assert scales.dtype == (np.float16 if not transposed else np.float32)
+    # float16 scales: stored as such for the table and the heads decoded at load, widened exactly to
+    # float32 for MatMulNBits
+    decoded = (G.group_of(name), bits) in DECODE_AT_LOAD
+    assert scales.dtype == (np.float16 if not transposed or decoded else np.float32)
     assert np.array_equal(scales.astype(np.float16).astype(np.float32), scales.astype(np.float32))
     want = quants.dequantize(quants.quantize(w, fmt), fmt)
     np.testing.assert_array_equal(_decode(data, scales, bits), want)
