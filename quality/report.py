@@ -225,7 +225,7 @@ def render_markdown(report: dict) -> str:
             tasks_ = vd["unresolved_passes"]
             add(f"  Passes within two standard errors of the target (the data cannot confirm them either): "
                 f"{', '.join(tasks_)}.")
-    add("- For scale (not a target): " + model_card_context() + "\n")
+    add("- For scale (not a target): " + model_card_context())
     if ref:
         if ref["all_agree"]:
             add(f"- **sentence-transformers (torch) vs the {base} artifact**: agree within {ref['tolerance']} points "
