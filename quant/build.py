@@ -44,7 +44,7 @@ DEFAULT_EMBEDDING_OP = "gather"
 #: MatMulNBits (``quant.graph.replace_site``). Q8_0 Dense heads: one row per text, so the float32
 #: MatMul costs nothing, while MatMulNBits at level 4 rounds the pooled vector to int8 blocks after
 #: pooling, where nothing averages it away (more than half of q8_0's error, NOTES-quant.md), and at
-#: level 0 it decodes the whole 8-bit weight on every call. Costs ~14 MB resident for the two heads.
+#: level 0 it decodes the whole 8-bit weight on every call. Costs 12-20 MB resident (measured, README).
 #: Q4_0 heads stay MatMulNBits: their level costs little (NOTES-quant.md) and q4_0 is the small variant.
 DECODE_AT_LOAD = frozenset({("projection", 8)})
 
