@@ -213,14 +213,14 @@ def render_markdown(report: dict) -> str:
                 add(f"  Of these, {', '.join(close)} {'is' if len(close) == 1 else 'are'} within two standard "
                     "errors of the target: the task's data cannot tell whether the variant meets it (the miss "
                     "stands as measured).")
-            made_up = [t for t in (_units_sentence(x) for x in vd["misses"]) if t]
-            if made_up:
-                add("  How these drops are made up: " + "; ".join(made_up) + ".")
             inside = [x["task"] for x in vd["misses"] if x["beyond_random_error"] is False]
             if inside:
                 add(f"  Of these, {', '.join(inside)} {'is' if len(inside) == 1 else 'are'} within two standard "
                     "deviations of what random error of the same size does to the score (see the noise check "
                     "below): the task cannot resolve a difference this small, which does not make it a pass.")
+            made_up = [t for t in (_units_sentence(x) for x in vd["misses"]) if t]
+            if made_up:
+                add("  How these drops are made up: " + "; ".join(made_up) + ".")
         if vd["target"] is not None and vd.get("unresolved_passes"):
             tasks_ = vd["unresolved_passes"]
             add(f"  Passes within two standard errors of the target (the data cannot confirm them either): "
