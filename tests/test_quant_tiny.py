@@ -32,9 +32,11 @@ VARIANTS = ("q8_0", "q4_0", "e4_a8_f4_p4")
 BITS = {"q8_0": dict(embeddings=8, attention=8, feed_forward=8, projection=8),
         "q4_0": dict(embeddings=4, attention=4, feed_forward=4, projection=4),
         "e4_a8_f4_p4": dict(embeddings=4, attention=8, feed_forward=4, projection=4)}
-# Minimum cosine vs fp32 over TEXTS, measured on the tiny model (q8_0 0.9994, q4_0 0.950, mixed 0.974,
-# w8a8 0.99966)
-MIN_COSINE = {"q8_0": 0.999, "q4_0": 0.93, "e4_a8_f4_p4": 0.95, "w8a8": 0.999}
+# Minimum cosine vs fp32 over TEXTS, measured on the tiny model at accuracy level 0 | 4 (q8_0 0.99939 |
+# 0.99903, q4_0 0.9495 | 0.9480, mixed 0.9738 | 0.9741, w8a8 0.99966 | 0.99966). The fixture's level
+# is timed on the machine ("auto"), so the floors hold at either level: q8_0's at level 4 (activations
+# rounded to int8 by the CPU's kernel) had too little margin over 0.999 to trust on another CPU.
+MIN_COSINE = {"q8_0": 0.998, "q4_0": 0.93, "e4_a8_f4_p4": 0.95, "w8a8": 0.999}
 TEXTS = TINY_TEXTS
 TINY_LAYERS = 4
 
@@ -148,6 +150,8 @@ def test_set_level_touches_only_the_given_bit_width(built):
     from quant.level_probe import node_bits, set_level
 
     model = onnx.load(str(built / "e4_a8_f4_p4" / "model.onnx"), load_external_data=False)
+    # the fixture's levels were timed on this machine ("auto"), so start from a known state
+    assert set_level(model, 0) == 4 * TINY_LAYERS + 3 * TINY_LAYERS + 2   # attention, feed-forward, heads
     assert set_level(model, 4, bits=8) == 4 * TINY_LAYERS   # attention: q/k/v/o
     got = {(node_bits(n), a.i) for n in model.graph.node if n.op_type == "MatMulNBits" for a in n.attribute
            if a.name == "accuracy_level"}
