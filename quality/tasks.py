@@ -61,15 +61,12 @@ class Task(ABC):
     #: What one unit of ``unit_scores`` is, for the report ("queries", "test texts", ...).
     unit_name: str = field(init=False, default="units")
 
-    def drop_standard_error(self, base: dict[str, np.ndarray], other: dict[str, np.ndarray]) -> float:
-        """Standard error (points) of main_score(base) - main_score(other) from the sampling of the
-        task's units: how precisely this task's data measures a drop. Paired over the same units."""
-        return self.drop_detail(base, other)["se"]
-
     def drop_detail(self, base: dict[str, np.ndarray], other: dict[str, np.ndarray]) -> dict:
-        """The drop's standard error (``se``) and how the drop is made up of units: how many there are,
-        how many changed (``worse`` / ``better``), and ``largest_unit``, the one unit whose change moves
-        the main score most (points of the score, positive = a drop). One scoring of each side."""
+        """``se``: the standard error (points) of main_score(base) - main_score(other) from the sampling
+        of the task's units, paired over the same units (how precisely this task's data measures a
+        drop); and how the drop is made up of units: how many there are, how many changed (``worse`` /
+        ``better``), and ``largest_unit``, the one unit whose change moves the main score most (points
+        of the score, positive = a drop). One scoring of each side. STS overrides it (SE only)."""
         ub, uo = self.unit_scores(base), self.unit_scores(other)
         d = np.asarray(ub, dtype=np.float64) - np.asarray(uo, dtype=np.float64)
         tol = 1e-9   # points; unit scores of identical embeddings are bit-identical

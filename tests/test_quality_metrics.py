@@ -186,7 +186,7 @@ def test_drop_detail_hand_computed():
     d = t.drop_detail({"u": [100, 50, 0, 100]}, {"u": [100, 40, 90, 0]})
     assert d == {"se": pytest.approx(np.std([0, 10, -90, 100], ddof=1) / 2), "units": 4, "unit_name": "queries",
                  "changed": 3, "worse": 2, "better": 1, "largest_unit": 25.0}   # unit 4: +100 / 4
-    assert t.drop_standard_error({"u": [1, 2]}, {"u": [1, 2]}) == 0.0
+    assert t.drop_detail({"u": [1, 2]}, {"u": [1, 2]})["se"] == 0.0
 
 
 def test_spearman_difference_standard_error_matches_a_spearmanr_loop():

@@ -126,10 +126,10 @@ def test_standard_errors_of_drops(tiny_run, smoke_tasks, tmp_path):
         if t.type != "STS":   # per-unit scores average to the task's main score
             assert t.unit_scores(emb).mean() == pytest.approx(tiny_run.main_score(t.name), abs=1e-9), t.name
         noisy.scores[t.name] = {d: t.evaluate({k: truncate_dim(v, d) for k, v in other.items()}) for d in noisy.dims}
-        assert t.drop_standard_error(emb, emb) == 0.0, t.name     # a model against itself: no uncertainty
-        assert t.drop_standard_error(emb, other) >= 0.0
-    se = {t.name: t.drop_standard_error({g.key: tiny_run.embeddings[(t.name, g.key)] for g in t.groups()},
-                                        {g.key: noisy.embeddings[(t.name, g.key)] for g in t.groups()})
+        assert t.drop_detail(emb, emb)["se"] == 0.0, t.name     # a model against itself: no uncertainty
+        assert t.drop_detail(emb, other)["se"] >= 0.0
+    se = {t.name: t.drop_detail({g.key: tiny_run.embeddings[(t.name, g.key)] for g in t.groups()},
+                                {g.key: noisy.embeddings[(t.name, g.key)] for g in t.groups()})["se"]
           for t in smoke_tasks}
     assert sum(v > 0 for v in se.values()) >= 8, se   # noise moves the per-unit scores of most tasks
     report = build_report(smoke_tasks, [tiny_run, noisy], baseline="fp32", meta={"preset": "smoke"})
