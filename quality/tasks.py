@@ -330,7 +330,7 @@ def _truncate_words(text: str, max_chars: int) -> str:
 # Sizes per preset. "default" keeps one variant's embedding work near 240k tokens (about 5 minutes of
 # fp32 at ~820 tokens/s on a 2-core AMD EPYC); "smoke" is for the fast tests on the tiny model.
 # The sizes are set by how precisely a task measures a drop (the standard error in the report,
-# quality/NOTES-quality.md): with 200 retrieval queries, 100 reranking queries, 200 party and 400
+# docs/notes/quality.md): with 200 retrieval queries, 100 reranking queries, 200 party and 400
 # sentiment test texts and 10 classification experiments, the SE of a Q4_0 drop was 0.61 / 0.85 /
 # 0.45 / 0.58 points, about the 0.5-point target it is checked against. Queries and reviews are short
 # (~34 tokens), so 1,000 / 600 / 500 / 1,000 cost ~85k tokens per variant; 50 experiments instead of

@@ -16,7 +16,7 @@ quantization, ``E = W - diag(1/s) Q(diag(s) W)``. GPTQ then runs on the scaled w
 Hessian of the scaled input, ``diag(1/s) H diag(1/s)``. Stored blocks stay plain Q4_0.
 
 Only for 4-bit attention and feed-forward groups of the calibrated method: Q8_0 already meets its
-target, and round-to-nearest must stay bit-exact to ggml. Measured effect in NOTES-quant.md.
+target, and round-to-nearest must stay bit-exact to ggml. Measured effect in docs/notes/quant.md.
 """
 from __future__ import annotations
 

@@ -30,11 +30,11 @@ from .recipe import GROUPS, Recipe
 log = logging.getLogger("quant")
 
 METHODS = ("rtn", "gptq")
-#: Default method (see NOTES-quant.md for the measurements behind it).
+#: Default method (see docs/notes/quant.md for the measurements behind it).
 DEFAULT_METHOD = "rtn"
 #: MatMulNBits accuracy_level when none is given: "auto" times each built model at levels 0 and 4 on
 #: the building CPU and keeps level 4 only if it is clearly faster (``quant.level_probe``; the winner
-#: differed between two VNNI CPUs, and level 4 costs accuracy, NOTES-quant.md). The level is baked
+#: differed between two VNNI CPUs, and level 4 costs accuracy, docs/notes/quant.md). The level is baked
 #: into the graph: build on (or for) the target CPU.
 DEFAULT_ACCURACY_LEVEL = "auto"
 #: Token-table lookup: "gather" (standard ops, float16 scales, 12.6 MB smaller on the real model) or
@@ -43,9 +43,9 @@ DEFAULT_EMBEDDING_OP = "gather"
 #: (group, bits) whose matmuls run in float32 on weights decoded once at session load instead of as
 #: MatMulNBits (``quant.graph.replace_site``). Q8_0 Dense heads: one row per text, so the float32
 #: MatMul costs nothing, while MatMulNBits at level 4 rounds the pooled vector to int8 blocks after
-#: pooling, where nothing averages it away (more than half of q8_0's error, NOTES-quant.md), and at
+#: pooling, where nothing averages it away (more than half of q8_0's error, docs/notes/quant.md), and at
 #: level 0 it decodes the whole 8-bit weight on every call. Costs 12-20 MB resident (measured, README).
-#: Q4_0 heads stay MatMulNBits: their level costs little (NOTES-quant.md) and q4_0 is the small variant.
+#: Q4_0 heads stay MatMulNBits: their level costs little (docs/notes/quant.md) and q4_0 is the small variant.
 DECODE_AT_LOAD = frozenset({("projection", 8)})
 
 #: GPTQ needs at least this many calibration rows per input dimension (a full-rank Hessian);

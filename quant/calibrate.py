@@ -44,24 +44,24 @@ GPTQ_BATCH = 128
 _FLUSH_ROWS = 512
 #: Calibration texts run in batches of similar length, padded to at most this many token positions
 #: (padding rows are dropped from the statistics). One text per run wasted most of the time on
-#: per-run overhead for short texts (NOTES-quant.md has the timing).
+#: per-run overhead for short texts (docs/notes/quant.md has the timing).
 CALIBRATION_BATCH_TOKENS = 2048
 #: Calibration texts are cut at this many tokens. All 439 texts once each, cut here (~86k tokens),
-#: gave the Q4_0 fidelity of the non-code texts run twice, uncut (~88k tokens; NOTES-quant.md).
+#: gave the Q4_0 fidelity of the non-code texts run twice, uncut (~88k tokens; docs/notes/quant.md).
 CALIBRATION_MAX_TOKENS = 512
-#: Process input channels by decreasing Hessian diagonal (NOTES-quant.md has the comparison).
+#: Process input channels by decreasing Hessian diagonal (docs/notes/quant.md has the comparison).
 ACT_ORDER = True
 #: The Dense heads see one pooled row per text: too few for GPTQ (106 rows against K = 768 and 3072).
 #: Means of this many random token windows of each calibration text (fixed seed) are added as
 #: pooled rows; with them and HEAD_DAMP, GPTQ on the heads alone took their Q4_0 error on the parity
-#: texts from 1 - cos 0.0045 (Hessian-weighted scale search) to 0.0017 (NOTES-quant.md).
+#: texts from 1 - cos 0.0045 (Hessian-weighted scale search) to 0.0017 (docs/notes/quant.md).
 POOLED_WINDOWS_PER_TEXT = 60
 #: GPTQ dampening for the heads: their window rows are correlated, so more damping generalises
 #: better (0.01: 0.99819 mean, 0.1: 0.99834 on the parity texts, heads alone).
 HEAD_DAMP = 0.1
 #: The second head is quantized from weights that also undo the first head's quantization error
 #: (``chained_head_weights``); its ridge, as a fraction of the mean Hessian diagonal, pulls the
-#: corrected weights towards the original ones (0.001-0.01 measured alike; NOTES-quant.md).
+#: corrected weights towards the original ones (0.001-0.01 measured alike; docs/notes/quant.md).
 CHAIN_RIDGE = 0.01
 
 # Per-format code range: Q8_0 codes are symmetric -127..127; Q4_0 codes are -8..7 (nibble - 8).
@@ -220,7 +220,7 @@ def chained_head_weights(w1: np.ndarray, q1: np.ndarray, w2: np.ndarray, h1: np.
     over the calibration rows, with a ridge towards ``w2``, gives the weights that map the one to the
     other: ``(A + r I)^-1 (B + r I) w2`` with ``A = q1^T h1 q1`` and ``B = q1^T h1 w1``, and ``A`` is
     the Hessian to quantize them with. The second head has 4x the first one's inputs, all linear in
-    x, so it can undo almost all of the first one's error (NOTES-quant.md).
+    x, so it can undo almost all of the first one's error (docs/notes/quant.md).
     Returns ``(corrected w2 [K2, N2] float32, A [K2, K2] float64)``.
     """
     q1 = np.asarray(q1, np.float64)
@@ -331,7 +331,7 @@ def search_scales(x: np.ndarray, bits: int, weights: np.ndarray | None = None) -
         search(0)
     else:
         # numpy releases the GIL in these array operations: chunks on all cores (2.8x faster on a
-        # 40,000 x 768 matrix with 2 cores, same output; NOTES-quant.md)
+        # 40,000 x 768 matrix with 2 cores, same output; docs/notes/quant.md)
         with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
             list(pool.map(search, starts))
     return out.reshape(lead)
@@ -404,7 +404,7 @@ def gptq_quantize(w: np.ndarray, bits: int, hessian: np.ndarray | None = None, d
     diagonal: in natural order when the block starts, from the error-updated weights; in act order
     up front, from the original weights (a block's columns are scattered through the order). Then
     ``refit_block_scales`` re-solves the scales for the chosen codes (a second GPTQ pass with those
-    scales fitted the calibration texts better but the parity texts worse: NOTES-quant.md).
+    scales fitted the calibration texts better but the parity texts worse: docs/notes/quant.md).
     Returns ``(codes, float16 scales)`` in ``quant.formats`` conventions (int8 codes for Q8_0,
     nibbles 0..15 for Q4_0), which decode exactly as the format says.
     """

@@ -303,7 +303,7 @@ def matmulnbits_attributes(n: int, k: int, bits: int, accuracy_level: int = 0) -
     """Attributes for the MatMulNBits node that consumes ``to_matmulnbits`` output.
 
     accuracy_level 0 (the default) decodes exactly (fp32 compute); 4 quantizes the activations to
-    int8 per block and is not exact (see NOTES-formats.md).
+    int8 per block and is not exact (see docs/notes/formats.md).
     """
     return {"K": int(k), "N": int(n), "bits": int(bits), "block_size": BLOCK_SIZE,
             "accuracy_level": int(accuracy_level)}

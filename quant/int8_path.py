@@ -1,7 +1,7 @@
 """The integer path (``w8a8``): int8 weights per output channel, int8 activations per token at run time.
 
 onnxruntime's block-quantized ``MatMulNBits`` is at best ~1.2x faster than fp32 on these CPUs
-(NOTES-quant.md), while its u8 x s8 integer GEMM behind ``MatMulIntegerToFloat`` is 3-4x faster than
+(docs/notes/quant.md), while its u8 x s8 integer GEMM behind ``MatMulIntegerToFloat`` is 3-4x faster than
 the fp32 GEMM. This module rewrites chosen ``MatMul(x, W)`` nodes to
 
     x_s  = x * (1/s)                      SmoothQuant factors s per input channel (calibrated), folded
@@ -24,7 +24,7 @@ Which weights take the path is measured, not assumed (``ELIGIBLE``, ``KEPT_FP32`
 of ``v_proj`` and ``down_proj`` cost several times the Q8_0 error budget (mean cosine 0.9987 with
 down_proj alone). Until 2026-11-27 their inputs were quantized in two passes (the rounding residual
 again at a 254x finer step, twice the integer work); plain fp32 MatMuls for these two are faster
-than that on this CPU (whole model 1.07x, NOTES-quant.md) and exact, so they stay fp32.
+than that on this CPU (whole model 1.07x, docs/notes/quant.md) and exact, so they stay fp32.
 
 numpy and onnx only.
 """
@@ -46,14 +46,14 @@ KEPT_FP32 = re.compile(r"\.(v_proj|down_proj)\.weight_t$")
 #: Largest weight code; -128 is never used, as in ggml's Q8_0 (keeps the codes symmetric).
 WEIGHT_QMAX = 127
 #: SmoothQuant migration strength: s_k = max|x_k|^alpha / max|w_k|^(1-alpha). Of 0.4 / 0.5 / 0.65 / 0.8
-#: 0.5 gave the best mean and min cosine on the parity texts (NOTES-quant.md).
+#: 0.5 gave the best mean and min cosine on the parity texts (docs/notes/quant.md).
 SMOOTH_ALPHA = 0.5
 #: Input channels per activation that are split (the largest by calibrated max |x / s|). A few
 #: channels carry values several times above the rest (up to 16x the median channel's max); in a
 #: per-token code they set the row's scale and leave the other channels of that token few codes.
 #: Each is fed to the integer product as ``OUTLIER_SPLIT`` copies of x / OUTLIER_SPLIT, reading copies
 #: of its weight row: the product is unchanged, the row's max drops. Measured on the parity texts
-#: (NOTES-quant.md, worst prompt): min cosine 0.99864 -> 0.99907 with 4 channels for ~8% of the speed;
+#: (docs/notes/quant.md, worst prompt): min cosine 0.99864 -> 0.99907 with 4 channels for ~8% of the speed;
 #: an fp32 side product for the same channels reached 0.99931 but cost 15-24% (an N-wide MatMul + Add per weight).
 OUTLIER_CHANNELS = 4
 OUTLIER_SPLIT = 4
@@ -190,7 +190,7 @@ def add_integer_path(model: onnx.ModelProto, activation: str, sites: list, packe
     consts.update({f"{p}.a_scale": np.array(1.0 / half, np.float32), f"{p}.a_zero": np.array(half + 1, np.uint8)})
     # The split copies repeat values already in the row, so the row's max and each copy's code are
     # those of the original channel: widen the uint8 codes (a quarter of the bytes of the float
-    # activations; measured in NOTES-quant.md) rather than the activations.
+    # activations; measured in docs/notes/quant.md) rather than the activations.
     codes = f"{p}.q_narrow" if has_outliers else f"{p}.q"
     pre.append(helper.make_node("QuantizeLinear", [f"{p}.unit", f"{p}.a_scale", f"{p}.a_zero"], [codes],
                                 name=f"{p}/quantize"))
@@ -221,7 +221,7 @@ def add_integer_path(model: onnx.ModelProto, activation: str, sites: list, packe
         # large max fall below the norm's epsilon (min cosine 0.957 instead of 0.998 with down_proj),
         # and even with a constant that keeps rows >= the true ones the post-attention and
         # post-feed-forward norms, whose inputs' mean square goes down to 1e-3 and 1e-7 (eps 1e-6),
-        # rely on the epsilon: mean cosine 0.992 without the Muls of q/k/o/up (NOTES-quant.md).
+        # rely on the epsilon: mean cosine 0.992 without the Muls of q/k/o/up (docs/notes/quant.md).
         out_nodes += [mm, helper.make_node("Mul", [f"{y}.unit", f"{p}.rowmax"], [y], name=f"{node.name}/rows")]
     del graph.node[:]
     graph.node.extend(out_nodes)
@@ -233,7 +233,7 @@ def _fold_divisors(model: onnx.ModelProto, activation: str, readers: set[str], d
     (``graph.norm_scale_initializer``), and every other reader of the activation than ``readers``
     (node names) is an fp32 MatMul whose [K, N] weight nothing else reads; those weights get their
     rows multiplied by ``divisors`` (v_proj beside q/k). Returns whether it folded. (Saves a pass
-    over the activation per run: NOTES-quant.md.)"""
+    over the activation per run: docs/notes/quant.md.)"""
     graph = model.graph
     if activation in {o.name for o in graph.output}:
         return False

@@ -3,7 +3,7 @@
 Which level is faster is not a property of the instruction set alone: on one AVX-512 VNNI machine
 level 4 (int8 activation blocks, integer dot products) made Q4_0 1.16x fp32 and level 0 1.08x; on
 another VNNI machine level 4 made Q4_0 *slower* than fp32 (0.80x) and level 0 made it 1.13x
-(NOTES-quant.md). Nor does a small graph tell: a probe of the feed-forward shapes (2,048 rows)
+(docs/notes/quant.md). Nor does a small graph tell: a probe of the feed-forward shapes (2,048 rows)
 timed Q8_0 level 4 11-32 % faster than level 0 on the Xeon, run to run, while the whole model ran
 at the same speed at both levels (0.80x and 0.79x fp32, paired rounds). So ``--accuracy-level
 auto`` times the artifact itself with the graph at level 0 and at level 4, interleaved, on the two

@@ -17,7 +17,7 @@ SPLIT_PADDING = 0.1
 SPLIT_MIN_ROWS = 8
 #: ... unless the next text would be padded by more than this many tokens: then the split happens
 #: below ``SPLIT_MIN_ROWS`` too (a 190-token document padding 14 queries of ~15 tokens cost 4x the
-#: compute of two runs, measured on the real model by the server, ``serve/NOTES-serve.md``).
+#: compute of two runs, measured on the real model by the server, ``docs/notes/serve.md``).
 SPLIT_FREE_PADDING = 64
 
 

@@ -3,7 +3,7 @@
 Runs only with EMBEDDINGGEMMA_DIR set. Checks what the quant stage promises and meets today: Q8_0
 fidelity on the parity texts, sizes on disk, every tokenizer file carried over. (Q4_0 meets its
 fidelity target only with ``--method gptq``; that build and its fidelity run would add ~7 minutes to
-CI, so the target is measured by hand: quant/NOTES-quant.md and README have the numbers.)
+CI, so the target is measured by hand: docs/notes/quant.md and README have the numbers.)
 """
 from __future__ import annotations
 
@@ -56,7 +56,7 @@ def w8a8(real_artifact, tmp_path_factory):
 
 
 # What w8a8 measured (document | query prompt), asserted as floors with room for build-to-build
-# variation of the minimum (set by a few short texts, chaotic; quant/NOTES-quant.md). 8-bit codes,
+# variation of the minimum (set by a few short texts, chaotic; docs/notes/quant.md). 8-bit codes,
 # v/down fp32, latest build: 0.99970 / 0.99928 | 0.99966 / 0.99912 (the minimum ranged 0.9988-0.9994
 # over equivalent builds). 7-bit (x86 without VNNI): 0.99933 / 0.99678 | 0.99926 / 0.99830.
 W8A8_FLOOR = {8: (TARGETS["w8a8"][0], 0.998), 7: (0.9990, 0.9965)}

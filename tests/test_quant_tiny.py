@@ -1,7 +1,7 @@
 """Quant stage on the tiny random Gemma 3 artifact: recipes, graph rewrite, manifest, fidelity, errors.
 
 The stored bytes are checked against gguf's numpy quantizers (the independent reference; gguf is
-imported here only). Fidelity thresholds were measured on this tiny model (NOTES-quant.md): its
+imported here only). Fidelity thresholds were measured on this tiny model (docs/notes/quant.md): its
 random weights are far less forgiving than the real ones.
 """
 from __future__ import annotations
