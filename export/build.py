@@ -6,12 +6,10 @@ import time
 import warnings
 from pathlib import Path
 
-import numpy as np
-
 from runtime import __version__
 from runtime.artifact import staged_output, update_manifest, write_manifest
 
-from .checkpoint import Checkpoint, read_json
+from .checkpoint import Checkpoint
 from .pipeline import pipeline_from_sentence_transformer
 from .tokenizer_files import ship_sentencepiece
 
@@ -98,7 +96,7 @@ def _fuse_norms(path: Path) -> dict[str, int]:
     """
     import onnx
 
-    from quant.graph import internalize_external_data
+    from runtime.onnx_helpers import internalize_external_data
 
     from .fusions import fuse_rms_norms
 
@@ -115,13 +113,10 @@ _INLINE_BYTES = 1 << 16
 
 def _self_check(st, folder: Path, texts: list[str]) -> list[float]:
     """Cosines between sentence-transformers (torch) and the staged artifact loaded by the real runtime."""
-    from runtime import Embedder
+    from runtime.compare import cosines_to
 
     ref = st.encode(texts, convert_to_numpy=True, normalize_embeddings=True, show_progress_bar=False)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # small test models truncate the long check text; that is expected
-        got = Embedder(folder, verify=False).encode(texts)
-    return [float(x) for x in np.sum(ref * got, axis=1)]
+    return [float(x) for x in cosines_to({None: ref}, folder, texts)[None]]
 
 
 def _manifest(checkpoint: Checkpoint, st, dim: int, dims: tuple[int, ...], opset: int) -> dict:

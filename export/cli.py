@@ -9,7 +9,7 @@ from runtime.artifact import OutputExistsError
 
 from .checkpoint import DEFAULT_MODEL, CheckpointError, resolve_checkpoint
 
-EXAMPLES = f"""examples:
+EXAMPLES = """examples:
   embeddinggemma-export --out artifacts/fp32
   embeddinggemma-export --model ~/models/embeddinggemma-300m --out artifacts/fp32 --force
   embeddinggemma-export --model google/embeddinggemma-300m-qat-q4_0-unquantized --out artifacts/qat-fp32

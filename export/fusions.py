@@ -6,7 +6,7 @@ about a thousand small kernels. onnxruntime's transformer optimiser (``onnxrunti
 shipped in the onnxruntime wheel) has the fusions: RMSNorm -> ``SimplifiedLayerNormalization`` and
 residual Add + RMSNorm -> ``SkipSimplifiedLayerNormalization`` (com.microsoft). Measured on the real
 fp32 artifact (short workload, 2 threads, 8 paired rounds): 1.12x faster than the unfused graph,
-embeddings within 3e-7 of it. The quantized variants inherit the fused graph.
+embeddings within 3e-7 of it (docs/notes/bench.md). The quantized variants inherit the fused graph.
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from collections import Counter
 
 import onnx
 
-from quant.graph import FUSED_NORM_SCALE_INPUT, MS_DOMAIN, MS_OPSET
+from runtime.onnx_helpers import FUSED_NORM_SCALE_INPUT, add_contrib_opset
 
 log = logging.getLogger("export")
 
@@ -41,8 +41,7 @@ def fuse_rms_norms(model: onnx.ModelProto) -> dict[str, int]:
     FusionSimplifiedLayerNormalization(wrapped).apply()
     FusionSkipSimplifiedLayerNormalization(wrapped).apply()
     wrapped.prune_graph()
-    if not any(o.domain == MS_DOMAIN for o in model.opset_import):
-        model.opset_import.append(onnx.helper.make_opsetid(MS_DOMAIN, MS_OPSET))
+    add_contrib_opset(model)
     counts = Counter(n.op_type for n in model.graph.node)
     left = counts.get("Pow", 0)
     if left:

@@ -6,6 +6,7 @@
 """
 from .artifact import ArtifactError
 from .embedder import Embedder, TextTooLongError, TruncationWarning
+from .prompts import PromptError
 
-__all__ = ["Embedder", "ArtifactError", "TextTooLongError", "TruncationWarning"]
+__all__ = ["Embedder", "ArtifactError", "PromptError", "TextTooLongError", "TruncationWarning"]
 __version__ = "0.1.0"

@@ -1,4 +1,4 @@
-"""Length-grouped batches: which texts share one onnxruntime run.
+"""Length-grouped batches: which texts share one onnxruntime run, and how they are padded.
 
 One rule for every caller: ``runtime.Embedder``, the quant stage's calibration pass and the
 server's batcher (which mixes requests, so it groups before it calls the Embedder).
@@ -11,13 +11,11 @@ import numpy as np
 
 #: A batch is split where the next (shorter) text would be padded by more than this share of the
 #: batch's longest text, once the batch has ``SPLIT_MIN_ROWS`` texts: every padded token costs a full
-#: pass through the linear layers, while a second, smaller run costs little at these row counts
-#: (measured, 64 texts of 26-34 tokens: 1.11-1.13x faster with fp32 and w8a8; 0.05 and 0.2 alike).
+#: pass through the linear layers, while a second, smaller run costs little (docs/notes/bench.md).
 SPLIT_PADDING = 0.1
 SPLIT_MIN_ROWS = 8
 #: ... unless the next text would be padded by more than this many tokens: then the split happens
-#: below ``SPLIT_MIN_ROWS`` too (a 190-token document padding 14 queries of ~15 tokens cost 4x the
-#: compute of two runs, measured on the real model by the server, ``docs/notes/serve.md``).
+#: below ``SPLIT_MIN_ROWS`` too (a long document padding many short queries; docs/notes/serve.md).
 SPLIT_FREE_PADDING = 64
 
 
@@ -45,3 +43,15 @@ def length_batches(lengths: Sequence[int], max_rows: int, max_tokens: int, max_p
         batch.append(int(i))
     if batch:
         yield np.asarray(batch)
+
+
+def pad_batch(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """``input_ids`` and ``attention_mask`` (int64 [rows, longest]) for token-id lists of any length:
+    ids padded on the right with ``pad_id``, mask 1 on real tokens and 0 on padding."""
+    width = max((len(r) for r in rows), default=0)
+    ids = np.full((len(rows), width), pad_id, dtype=np.int64)
+    mask = np.zeros((len(rows), width), dtype=np.int64)
+    for i, r in enumerate(rows):
+        ids[i, :len(r)] = r
+        mask[i, :len(r)] = 1
+    return ids, mask

@@ -1,8 +1,10 @@
-"""``embeddinggemma``: embed texts from the command line (``embed``) or serve them over HTTP (``serve``).
+"""``embeddinggemma``: embed texts from the command line (``embed``), plus the commands other parts
+of the package register (``serve``).
 
 Only the standard library is imported at module level; the runtime (onnxruntime, tokenizers, numpy)
-is imported when a command runs, so ``--help`` is instant, and the server (FastAPI, uvicorn; the
-``serve`` extra) only by ``embeddinggemma serve``. Nothing here needs torch.
+is imported when a command runs, so ``--help`` is instant. Commands that live above the runtime
+register themselves under the ``embeddinggemma.commands`` entry-point group (a function that adds
+its subparser), so this module never imports them. Nothing here needs torch.
 """
 from __future__ import annotations
 
@@ -12,14 +14,16 @@ import json
 import os
 import sys
 import warnings
+from importlib.metadata import entry_points
 from pathlib import Path
 
 MODEL_ENV = "EMBEDDINGGEMMA_MODEL"
+#: Entry-point group of the commands other packages add (``name = "package.module:add_command"``).
+COMMANDS_GROUP = "embeddinggemma.commands"
 FORMATS = ("jsonl", "npy", "csv")
 EXTENSION_FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".npy": "npy", ".csv": "csv"}
 JSONL_EXTENSIONS = (".jsonl", ".ndjson")
 PROGRESS_MIN_TEXTS = 256  # below this a progress bar is just flicker
-SERVE_EXTRA_HINT = "pip install 'embeddinggemma-onnx[serve]'"
 
 MAIN_EXAMPLES = f"""examples:
   embeddinggemma embed --model artifacts/fp32 "Which planet is known as the Red Planet?"
@@ -54,29 +58,13 @@ format follows --output's extension unless --format is given.
 exit codes: 0 success, 2 bad arguments or input (message on stderr, no traceback).
 """
 
-SERVE_EXAMPLES = f"""examples:
-  embeddinggemma serve --model artifacts/fp32
-  embeddinggemma serve --model gemma=artifacts/fp32 --model gemma-q4=artifacts/q4_0 --default gemma \\
-      --host 127.0.0.1 --port 8000 --threads 4 --max-batch-texts 64
-
-  # then, with the official client (any OpenAI-compatible client works):
-  #   from openai import OpenAI
-  #   client = OpenAI(base_url="http://127.0.0.1:8000/v1", api_key="unused")
-  #   client.embeddings.create(model="gemma", input=["red planet"], dimensions=256,
-  #                            extra_body={{"prompt_name": "query"}})
-
---model DIR serves the folder under its own name (e.g. fp32); NAME=DIR names it. The first model
-is the default: requests naming no model, "default" or "embeddinggemma" get it.
-Needs the serve extra: {SERVE_EXTRA_HINT}. There is no authentication: keep --host on loopback
-or put a proxy in front. SIGINT/SIGTERM finish in-flight requests before exiting.
-"""
-
 
 class CLIError(Exception):
     """A problem with the arguments or the input: printed as ``error: ...``, exit code 2."""
 
 
-def _positive_int(text: str) -> int:
+def positive_int(text: str) -> int:
+    """argparse type for counts: an int >= 1, or a usage error naming the value."""
     try:
         value = int(text)
     except ValueError:
@@ -87,7 +75,7 @@ def _positive_int(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser with its ``embed`` and ``serve`` subcommands (exposed for docs and tests)."""
+    """The argument parser: ``embed`` and every registered command (exposed for docs and tests)."""
     parser = argparse.ArgumentParser(
         prog="embeddinggemma", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=MAIN_EXAMPLES,
         description="EmbeddingGemma text embeddings from an ONNX artifact folder, without PyTorch.")
@@ -111,8 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument("--no-normalize", action="store_true", help="return raw vectors instead of unit length")
     embed.add_argument("--no-truncate", action="store_true",
                        help="fail on texts longer than the model's maximum instead of truncating them")
-    embed.add_argument("--batch-size", type=_positive_int, default=32, metavar="N", help="texts per batch (default 32)")
-    embed.add_argument("--threads", type=_positive_int, metavar="N", help="onnxruntime threads (default: all cores)")
+    embed.add_argument("--batch-size", type=positive_int, default=32, metavar="N", help="texts per batch (default 32)")
+    embed.add_argument("--threads", type=positive_int, metavar="N", help="onnxruntime threads (default: all cores)")
     embed.add_argument("-o", "--output", metavar="FILE", help="write here instead of stdout")
     embed.add_argument("--format", choices=FORMATS, help="output format (default: from --output's extension; jsonl)")
     progress = embed.add_mutually_exclusive_group()
@@ -123,40 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="skip the sha256 check of the artifact files (sizes are still checked)")
     embed.set_defaults(func=_embed_command)
 
-    serve = sub.add_parser(
-        "serve", help="OpenAI-compatible /v1/embeddings server", epilog=SERVE_EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Serve artifact folders over HTTP with OpenAI's /v1/embeddings API\n"
-                    "(FastAPI + uvicorn; concurrent requests are batched together).")
-    serve.add_argument("--model", action="append", metavar="[NAME=]DIR",
-                       help=f"artifact folder to serve; repeat for several (default: ${MODEL_ENV})")
-    serve.add_argument("--default", metavar="NAME", help="model for requests that name none (default: the first)")
-    serve.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1)")
-    serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
-    serve.add_argument("--threads", type=_positive_int, metavar="N",
-                       help="onnxruntime threads per model (default: all cores)")
-    serve.add_argument("--max-batch-texts", type=_positive_int, default=32, metavar="N",
-                       help="texts per inference batch, across requests (default 32; 1 = no batching)")
-    serve.add_argument("--max-batch-tokens", type=_positive_int, default=4096, metavar="N",
-                       help="tokens per inference batch, across requests (default 4096; one text always fits)")
-    serve.add_argument("--max-texts-per-request", type=_positive_int, default=2048, metavar="N",
-                       help="larger requests get 400 (default 2048, as OpenAI)")
-    serve.add_argument("--max-tokens-per-text", type=_positive_int, metavar="N",
-                       help="texts with more tokens get 400 even when truncating (default: no limit)")
-    serve.add_argument("--max-tokens-per-request", type=_positive_int, default=300_000, metavar="N",
-                       help="requests with more tokens in all get 400 (default 300000, as OpenAI)")
-    serve.add_argument("--max-body-bytes", type=_positive_int, default=8 << 20, metavar="N",
-                       help="larger request bodies get 413 (default 8 MiB)")
-    serve.add_argument("--max-pending-texts", type=_positive_int, default=65536, metavar="N",
-                       help="texts allowed to wait per model before requests get 503 (default 65536)")
-    serve.add_argument("--no-cross-request-batching", action="store_true",
-                       help="batch each request on its own (a baseline for load tests)")
-    serve.add_argument("--default-prompt-name", metavar="NAME",
-                       help="prompt for requests that name none (default: none, as the model)")
-    serve.add_argument("--no-verify", action="store_true", help="skip the sha256 check of the artifact files")
-    serve.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
-    serve.add_argument("--no-access-log", action="store_true", help="do not log every request")
-    serve.set_defaults(func=_serve_command)
+    for command in sorted(entry_points(group=COMMANDS_GROUP), key=lambda e: e.name):
+        command.load()(sub)
     return parser
 
 
@@ -170,8 +126,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help(sys.stderr)
         return 2
+    return run_command(args.func, args)
+
+
+def run_command(func, args) -> int:
+    """Run one command's function the way every command of this CLI ends: its return code, or 2 with
+    ``error: ...`` for a ``CLIError``, 130 on Ctrl-C, 1 when the reader of stdout went away."""
     try:
-        return args.func(args)
+        return func(args)
     except CLIError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -306,47 +268,38 @@ def _load_embedder(model: str | None, *, threads: int | None, verify: bool):
 
 def _encode(emb, args, texts: list[str], titles: list[str | None] | None):
     """Check --dim and the prompt against the model, then embed (truncation warnings to stderr)."""
-    from runtime import TextTooLongError, TruncationWarning
+    from runtime import PromptError, TextTooLongError, TruncationWarning
 
     if args.dim is not None and args.dim not in emb.dims:
         raise CLIError(f"--dim {args.dim} is not a size of this model; choose one of {', '.join(map(str, emb.dims))}")
-    if args.prompt_name is not None and args.prompt_name not in emb.prompts:
-        raise CLIError(f"unknown prompt name {args.prompt_name!r}; this model has: {', '.join(sorted(emb.prompts))}")
-    if titles is not None:
-        # Titles go into the document prompt's "title: none" slot (Embedder.encode_document).
-        if args.prompt is not None:
-            raise CLIError("the input has titles, which fill the document prompt; they cannot be used with --prompt")
-        name = args.prompt_name or "document"
-        if "document" not in emb.prompts or emb.prompts.get(name) != emb.prompts["document"]:
-            raise CLIError(f"the input has titles, which go with the document prompt; --prompt-name {name} "
-                           "does not take titles (drop the \"title\" fields or use --prompt-name document)")
+    try:
+        emb.prompted(texts[:1], args.prompt_name, prompt=args.prompt, titles=titles and titles[:1])
+    except PromptError as exc:
+        where = {"titles": 'the input\'s "title" fields', "prompt": "--prompt"}.get(exc.field, "--prompt-name")
+        raise CLIError(f"{where}: {exc}") from None
 
     show = args.progress
     if show is None:
         show = (len(texts) >= PROGRESS_MIN_TEXTS and sys.stderr is not None and sys.stderr.isatty()
                 and importlib.util.find_spec("tqdm") is not None)
-    options = dict(dim=args.dim, normalize=not args.no_normalize, batch_size=args.batch_size,
-                   truncate=not args.no_truncate, show_progress=show)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            if titles is not None:
-                vectors = emb.encode_document(texts, titles=titles, **options)
-            else:
-                vectors = emb.encode(texts, prompt_name=args.prompt_name, prompt=args.prompt, **options)
+            vectors = emb.encode(texts, args.prompt_name, prompt=args.prompt, titles=titles, dim=args.dim,
+                                 normalize=not args.no_normalize, batch_size=args.batch_size,
+                                 truncate=not args.no_truncate, show_progress=show)
         except TextTooLongError as exc:
-            raise CLIError(f"{_cli_wording(exc)}; texts are numbered from 0 in input order (drop --no-truncate "
-                           "to cut long texts instead)") from None
+            raise CLIError(f"{len(exc.indices)} text(s) exceed {exc.limit} tokens (first: texts[{exc.indices[0]}]); "
+                           "texts are numbered from 0 in input order (drop --no-truncate to cut long texts "
+                           "instead)") from None
     for w in caught:
-        hint = "; --no-truncate makes this an error" if issubclass(w.category, TruncationWarning) else ""
-        print(f"warning: {_cli_wording(w.message)}{hint}", file=sys.stderr)
+        if isinstance(w.message, TruncationWarning):
+            cut = w.message
+            print(f"warning: {len(cut.indices)} of {cut.total} text(s) exceed {cut.limit} tokens and were truncated "
+                  f"(first: texts[{cut.indices[0]}]); --no-truncate makes this an error", file=sys.stderr)
+        else:
+            print(f"warning: {w.message}", file=sys.stderr)
     return vectors
-
-
-def _cli_wording(message) -> str:
-    """The runtime's message without its Python-API advice (``pass truncate=...``), which the CLI words
-    as flags instead."""
-    return str(message).split("; shorten them or pass truncate")[0].split("; pass truncate")[0]
 
 
 def _write(vectors, fmt: str, output: str | None, texts: list[str], ids: list | None) -> None:
@@ -380,49 +333,6 @@ def _write_to(stream, vectors, fmt: str, texts, ids, np) -> None:
             # float32 -> Python float is exact, so the JSON round-trips to the same float32.
             line = json.dumps({"index": i, key: label, "embedding": row.tolist()}, ensure_ascii=False)
             stream.write(line.encode("utf-8") + b"\n")
-
-
-# ---- serve -----------------------------------------------------------------------------------
-
-def _serve_command(args) -> int:
-    specs = args.model or ([os.environ[MODEL_ENV]] if os.environ.get(MODEL_ENV) else None)
-    if not specs:
-        raise CLIError(f"no model: pass --model DIR (repeatable, NAME=DIR to name it) or set {MODEL_ENV}=DIR")
-    try:
-        from serve.app import create_app, parse_model_specs, run
-    except ImportError as exc:
-        missing = (exc.name or "").split(".")[0]
-        if missing in ("fastapi", "uvicorn", "starlette", "pydantic", "serve"):
-            raise CLIError(f"the server needs FastAPI and uvicorn ({missing} is not installed): "
-                           f"{SERVE_EXTRA_HINT}") from None
-        raise
-    if importlib.util.find_spec("uvicorn") is None:
-        raise CLIError(f"the server needs FastAPI and uvicorn (uvicorn is not installed): {SERVE_EXTRA_HINT}")
-    from runtime import ArtifactError
-
-    try:
-        models = parse_model_specs(specs)
-        for name, folder in models.items():
-            if not Path(folder).is_dir():
-                raise CLIError(f"model {name!r}: artifact folder {folder!r} does not exist or is not a folder")
-        print(f"loading {', '.join(f'{n} ({f})' for n, f in models.items())} ...", file=sys.stderr)
-        app = create_app(
-            models, args.default, threads=args.threads, verify=not args.no_verify,
-            default_prompt_name=args.default_prompt_name, max_batch_texts=args.max_batch_texts,
-            max_batch_tokens=args.max_batch_tokens, max_texts_per_request=args.max_texts_per_request,
-            max_tokens_per_text=args.max_tokens_per_text, max_tokens_per_request=args.max_tokens_per_request,
-            max_body_bytes=args.max_body_bytes,
-            max_pending_texts=args.max_pending_texts,
-            cross_request_batching=not args.no_cross_request_batching)
-    except (ArtifactError, ValueError) as exc:
-        raise CLIError(str(exc)) from None
-    if args.host not in ("127.0.0.1", "localhost", "::1"):
-        print(f"warning: listening on {args.host}; the server has no authentication", file=sys.stderr)
-    try:
-        run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=not args.no_access_log)
-    except SystemExit as exc:  # uvicorn exits 1 when it cannot bind the port (it has logged why)
-        return exc.code if isinstance(exc.code, int) else 1
-    return 0
 
 
 if __name__ == "__main__":

@@ -11,9 +11,13 @@ from typing import Sequence
 
 import numpy as np
 import onnxruntime as ort
+
 from .artifact import ArtifactError, read_manifest, verify_files
-from .batching import length_batches
+from .batching import length_batches, pad_batch
+from .progress import progress_bar
+from .prompts import with_prompts
 from .tokenizer import load_tokenizer
+from .vectors import cosine_matrix, finish
 
 
 def runtime_session_options(threads: int | None = None, low_memory: bool = True,
@@ -36,11 +40,23 @@ def runtime_session_options(threads: int | None = None, low_memory: bool = True,
 
 
 class TruncationWarning(UserWarning):
-    """Some texts were longer than the model's maximum length and were cut."""
+    """Some texts were longer than the model's maximum length and were cut.
+
+    ``indices`` (positions in the call's input), ``total`` (texts in the call) and ``limit`` (the
+    maximum length in tokens) say which, so callers count or word them without parsing the message.
+    """
+
+    def __init__(self, message: str, *, indices: Sequence[int] = (), total: int = 0, limit: int = 0):
+        super().__init__(message)
+        self.indices, self.total, self.limit = tuple(indices), total, limit
 
 
 class TextTooLongError(ValueError):
-    """A text exceeds the maximum length and ``truncate=False`` was asked for."""
+    """Texts exceed the maximum length and ``truncate=False`` was asked for (``indices``, ``limit``)."""
+
+    def __init__(self, message: str, *, indices: Sequence[int] = (), limit: int = 0):
+        super().__init__(message)
+        self.indices, self.limit = tuple(indices), limit
 
 
 class Embedder:
@@ -70,12 +86,10 @@ class Embedder:
         providers (default CPU). verify: check every file's sha256 against the manifest (set False to
         skip hashing, e.g. for fast restarts; sizes are always checked). max_batch_tokens: cap on
         padded tokens per inference batch, which bounds attention memory on long texts.
-        tokenizer: "auto" (sentencepiece when installed and shipped: ~45 MB instead of ~280 MB
-        resident, identical ids), "sentencepiece" or "tokenizers". low_memory: turn off onnxruntime's
-        CPU memory arena and memory patterns, whose buffers grow with every new batch shape (Q4_0
-        peak 552 MB -> 388 MB over repeated short batches, measured); ignored with session_options.
-        (Dropping onnxruntime's pre-packed weight copies saves ~95 MB on Q4_0 but made batch-1
-        latency 10x worse: measured and not done.)
+        tokenizer: "auto" (sentencepiece when installed and shipped: a fraction of tokenizer.json's
+        memory, identical ids), "sentencepiece" or "tokenizers". low_memory: turn off onnxruntime's
+        CPU memory arena and memory patterns, whose buffers grow with every new batch shape
+        (docs/notes/quant.md has the memory measurements); ignored with session_options.
         """
         self.path = Path(path)
         self.manifest = read_manifest(self.path)
@@ -117,6 +131,7 @@ class Embedder:
         prompt_name: str | None = None,
         *,
         prompt: str | None = None,
+        titles: str | Sequence[str | None] | None = None,
         dim: int | None = None,
         normalize: bool = True,
         batch_size: int = 32,
@@ -126,14 +141,14 @@ class Embedder:
         """Embed one text (-> 1-D vector) or a list of texts (-> 2-D float32 array, input order).
 
         prompt_name picks one of the model's prompts (see ``self.prompts``); prompt gives literal
-        prefix text instead. dim is a Matryoshka size (see ``self.dims``); the result is re-normalised
-        when ``normalize``. Texts longer than ``max_seq_length`` tokens are truncated with a
-        ``TruncationWarning``, or raise ``TextTooLongError`` when ``truncate=False``.
+        prefix text instead; titles (one per text, or None) fill the document prompt's title slot.
+        dim is a Matryoshka size (see ``self.dims``); the result is re-normalised when ``normalize``.
+        Texts longer than ``max_seq_length`` tokens are truncated with a ``TruncationWarning``, or
+        raise ``TextTooLongError`` when ``truncate=False``.
         """
         single = isinstance(texts, str)
-        items = self._check_texts(texts)
-        prefix = self._resolve_prompt(prompt_name, prompt)
-        return self._encode_prefixed([prefix + t for t in items], single, dim=dim, normalize=normalize,
+        prefixed = self.prompted(texts, prompt_name, prompt=prompt, titles=titles)
+        return self._encode_prefixed(prefixed, single, dim=dim, normalize=normalize,
                                      batch_size=batch_size, truncate=truncate, show_progress=show_progress)
 
     def encode_query(self, texts: str | Sequence[str], **kwargs) -> np.ndarray:
@@ -143,40 +158,25 @@ class Embedder:
     def encode_document(self, texts: str | Sequence[str], titles: str | Sequence[str | None] | None = None,
                         **kwargs) -> np.ndarray:
         """Embed documents with the model's ``document`` prompt, ``title: {title or none} | text: ``."""
-        single = isinstance(texts, str)
-        items = self._check_texts(texts)
-        template = self._resolve_prompt("document", None)
-        if titles is None:
-            prefixes = [template] * len(items)
-        else:
-            title_list = [titles] if isinstance(titles, str) else list(titles)
-            if len(title_list) != len(items):
-                raise ValueError(f"got {len(title_list)} titles for {len(items)} texts; give one title (or None) per text")
-            if "title: none" not in template:
-                raise ValueError(f"this model's document prompt {template!r} has no 'title: none' slot for titles")
-            for i, title in enumerate(title_list):
-                if title is not None and not isinstance(title, str):
-                    raise TypeError(f"titles[{i}] is {type(title).__name__}, expected str or None")
-            prefixes = [template.replace("title: none", f"title: {t}", 1) if t else template for t in title_list]
-        return self._encode_prefixed([p + t for p, t in zip(prefixes, items)], single, **kwargs)
+        return self.encode(texts, prompt_name="document", titles=titles, **kwargs)
+
+    def prompted(self, texts: str | Sequence[str], prompt_name: str | None = None, *, prompt: str | None = None,
+                 titles: str | Sequence[str | None] | None = None) -> list[str]:
+        """The exact strings the model reads for ``texts``: each with its prompt (and title) in front
+        (``runtime.prompts.with_prompts``). Raises ``PromptError`` or ``TypeError`` on bad input."""
+        return with_prompts(self._check_texts(texts), self.prompts, prompt_name=prompt_name, prompt=prompt,
+                            titles=titles, default_prompt_name=self.default_prompt_name)
 
     @staticmethod
     def similarity(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         """Cosine similarity matrix [len(a), len(b)] between 1-D or 2-D embeddings."""
-        a = np.atleast_2d(np.asarray(a, dtype=np.float32))
-        b = np.atleast_2d(np.asarray(b, dtype=np.float32))
-        if a.shape[1] != b.shape[1]:
-            raise ValueError(f"cannot compare embeddings of dim {a.shape[1]} and {b.shape[1]}")
-        a = a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
-        b = b / np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-12)
-        return a @ b.T
+        return cosine_matrix(a, b)
 
     def count_tokens(self, texts: Sequence[str], prompt_name: str | None = None, *, prompt: str | None = None,
                      truncate: bool = True) -> list[int]:
         """Token counts (prompt, BOS and EOS included) the model sees; ``truncate=False`` gives the
         full length before truncation, to tell which texts are too long."""
-        prefix = self._resolve_prompt(prompt_name, prompt)
-        prefixed = [prefix + t for t in self._check_texts(texts)]
+        prefixed = self.prompted(texts, prompt_name, prompt=prompt)
         if not truncate:
             return self._tokenizer.full_lengths(prefixed)
         return [len(x) for x in self._tokenizer.encode_batch(prefixed)[0]]
@@ -195,20 +195,6 @@ class Embedder:
                 raise TypeError(f"texts[{i}] is {type(t).__name__}, expected str")
         return items
 
-    def _resolve_prompt(self, prompt_name: str | None, prompt: str | None) -> str:
-        if prompt is not None and prompt_name is not None:
-            raise ValueError("give prompt_name or prompt, not both")
-        if prompt is not None:
-            if not isinstance(prompt, str):
-                raise TypeError(f"prompt must be a str, got {type(prompt).__name__}")
-            return prompt
-        name = prompt_name if prompt_name is not None else self.default_prompt_name
-        if name is None:
-            return ""
-        if name not in self.prompts:
-            raise ValueError(f"unknown prompt_name {name!r}; this model has: {', '.join(sorted(self.prompts))}")
-        return self.prompts[name]
-
     def _encode_prefixed(self, texts: list[str], single: bool, *, dim: int | None = None, normalize: bool = True,
                          batch_size: int = 32, truncate: bool = True, show_progress: bool = False) -> np.ndarray:
         dim = self.dim if dim is None else dim
@@ -221,34 +207,23 @@ class Embedder:
 
         encodings, cut = self._tokenizer.encode_batch(texts)
         if cut:
+            limit = self.max_seq_length
             if not truncate:
-                raise TextTooLongError(f"{len(cut)} text(s) exceed {self.max_seq_length} tokens (first: texts[{cut[0]}]); "
-                                       "shorten them or pass truncate=True")
-            warnings.warn(f"{len(cut)} of {len(texts)} text(s) exceed {self.max_seq_length} tokens and were truncated "
-                          f"(first: texts[{cut[0]}]); pass truncate=False to get an error instead",
-                          TruncationWarning, stacklevel=3)
+                raise TextTooLongError(f"{len(cut)} text(s) exceed {limit} tokens (first: texts[{cut[0]}]); "
+                                       "shorten them or pass truncate=True", indices=cut, limit=limit)
+            warnings.warn(TruncationWarning(
+                f"{len(cut)} of {len(texts)} text(s) exceed {limit} tokens and were truncated (first: "
+                f"texts[{cut[0]}]); pass truncate=False to get an error instead",
+                indices=cut, total=len(texts), limit=limit), stacklevel=3)
 
         out = np.empty((len(texts), self.dim), dtype=np.float32)
-        batches = list(length_batches([len(e) for e in encodings], max_rows=batch_size,
-                                      max_tokens=self.max_batch_tokens))
-        progress = _progress(len(texts), show_progress)
-        for idx in batches:
-            width = max(len(encodings[i]) for i in idx)
-            ids = np.full((len(idx), width), self._pad_id, dtype=np.int64)
-            mask = np.zeros((len(idx), width), dtype=np.int64)
-            for row, i in enumerate(idx):
-                n = len(encodings[i])
-                ids[row, :n] = encodings[i]
-                mask[row, :n] = 1
-            out[idx] = self._session.run([self._output_name], {"input_ids": ids, "attention_mask": mask})[0]
-            progress(len(idx))
-        progress(0, close=True)
-
-        if dim != self.dim:
-            out = out[:, :dim]
-        if normalize:
-            out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
-        out = np.ascontiguousarray(out)
+        batches = length_batches([len(e) for e in encodings], max_rows=batch_size, max_tokens=self.max_batch_tokens)
+        with progress_bar(len(texts), "embedding", show_progress, unit="text") as bar:
+            for idx in batches:
+                ids, mask = pad_batch([encodings[i] for i in idx], self._pad_id)
+                out[idx] = self._session.run([self._output_name], {"input_ids": ids, "attention_mask": mask})[0]
+                bar.update(len(idx))
+        out = finish(out, dim, normalize)
         return out[0] if single else out
 
 
@@ -273,21 +248,4 @@ def _check_cpu_can_run(path: Path, manifest: dict) -> None:
             "(no VNNI) cannot multiply exactly: onnxruntime's u8 x s8 kernel saturates there and the vectors would be "
             "wrong. Rebuild it on this machine (embeddinggemma-quant ... --int8-activation-bits 7) or use another variant")
 
-
-def _progress(total: int, enabled: bool):
-    """A tqdm progress callback when asked for and installed; otherwise a no-op."""
-    if not enabled:
-        return lambda n, close=False: None
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:
-        warnings.warn("show_progress needs tqdm (pip install tqdm); continuing without a progress bar")
-        return lambda n, close=False: None
-    bar = tqdm(total=total, unit="text", desc="embedding")
-
-    def update(n, close=False):
-        bar.update(n)
-        if close:
-            bar.close()
-    return update
 

@@ -1,6 +1,6 @@
 """OpenAI-compatible embeddings server for EmbeddingGemma artifacts (``pip install 'embeddinggemma-onnx[serve]'``).
 
-``serve.app.create_app`` builds the FastAPI app, ``serve.app.serve`` runs it with uvicorn, and
-``embeddinggemma serve --model DIR`` is the command line. Importing this package alone pulls in no
-web framework, so ``runtime.cli`` can check for the extra lazily.
+``serve.app.create_app`` builds the FastAPI app and ``serve.app.run`` runs it with uvicorn;
+``embeddinggemma serve --model DIR`` (``serve.cli``) is the command line. Importing this package
+alone pulls in no web framework, so the command can report a missing extra.
 """

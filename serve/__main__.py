@@ -1,6 +1,6 @@
 """``python -m serve ...`` = ``embeddinggemma serve ...``."""
 import sys
 
-from runtime.cli import main
+from serve.cli import main
 
-sys.exit(main(["serve", *sys.argv[1:]]))
+sys.exit(main())

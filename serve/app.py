@@ -28,26 +28,20 @@ from pydantic import BaseModel, ConfigDict
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from runtime import Embedder
+from runtime import Embedder, PromptError, __version__
+from runtime.artifact import MANIFEST_NAME
+from runtime.prompts import with_prompts
+from runtime.vectors import finish
 
-from .batcher import Batcher, BatcherBusy, BatcherClosed, finish_vectors
-from .errors import INVALID_REQUEST, APIError, json_type, error_body, validation_message
+from .batcher import Batcher, BatcherBusy, BatcherClosed
+from .errors import INVALID_REQUEST, APIError, error_body, json_type, validation_message
+from .limits import ServerLimits
 
 log = logging.getLogger("serve")
 
 # Names that mean "the default model" unless a served model is called that. OpenAI's API requires a
 # model name, so clients written for it always send one; these let them send the obvious one.
 DEFAULT_ALIASES = ("default", "embeddinggemma", "embeddinggemma-300m", "google/embeddinggemma-300m")
-
-# Defaults for the limits (all overridable in create_app and on the command line).
-DEFAULT_MAX_BATCH_TEXTS = 32
-DEFAULT_MAX_BATCH_TOKENS = 4096
-DEFAULT_MAX_TEXTS_PER_REQUEST = 2048   # OpenAI's own limit on inputs per request
-DEFAULT_MAX_TOKENS_PER_REQUEST = 300_000  # OpenAI's own limit on tokens summed over a request's inputs
-DEFAULT_MAX_BODY_BYTES = 8 << 20
-DEFAULT_MAX_PENDING_TEXTS = 65536
-
-TITLE_SLOT = "title: none"  # how EmbeddingGemma's document prompt marks where a title goes
 
 
 class EmbeddingRequest(BaseModel):
@@ -95,57 +89,20 @@ def create_app(
     models: Mapping[str, Embedder | str | os.PathLike],
     default: str | None = None,
     *,
+    limits: ServerLimits = ServerLimits(),
     aliases: tuple[str, ...] = DEFAULT_ALIASES,
     default_prompt_name: str | None = None,
-    max_batch_texts: int = DEFAULT_MAX_BATCH_TEXTS,
-    max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
-    max_texts_per_request: int = DEFAULT_MAX_TEXTS_PER_REQUEST,
-    max_tokens_per_text: int | None = None,
-    max_tokens_per_request: int | None = DEFAULT_MAX_TOKENS_PER_REQUEST,
-    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
-    max_pending_texts: int = DEFAULT_MAX_PENDING_TEXTS,
-    cross_request_batching: bool = True,
     threads: int | None = None,
     verify: bool = True,
 ) -> FastAPI:
     """Build the ASGI app serving ``models`` ({name: Embedder or artifact folder}).
 
     default: the model used when a request names none or one of ``aliases`` (default: the first).
-    default_prompt_name: prompt applied when a request names none (default: the model's own default,
-    which for EmbeddingGemma is no prompt). max_batch_texts / max_batch_tokens: the cross-request
-    batch size (1 text = no batching). max_texts_per_request, max_body_bytes: refused above (400 / 413).
-    max_tokens_per_text: refuse longer texts even when truncating (default: no limit; texts beyond the
-    model's max_seq_length are truncated, or refused when the request says ``truncate: false``).
-    max_tokens_per_request: refuse requests whose texts sum to more tokens (after truncation), which
-    bounds the work one request can queue (None: no limit).
-    max_pending_texts: texts allowed to wait before requests get 503. cross_request_batching=False
-    batches each request alone (a baseline for load tests). threads, verify: passed to
-    ``Embedder`` for models given as folders.
+    limits: batch sizes, request caps and queue depth (``ServerLimits``). default_prompt_name: prompt
+    applied when a request names none (default: the model's own default, which for EmbeddingGemma is
+    no prompt). threads, verify: passed to ``Embedder`` for models given as folders.
     """
-    if not models:
-        raise ValueError("create_app needs at least one model")
-    for label, value in (("max_texts_per_request", max_texts_per_request), ("max_body_bytes", max_body_bytes)):
-        if value < 1:
-            raise ValueError(f"{label} must be >= 1, got {value}")
-    optional_limits = (("max_tokens_per_text", max_tokens_per_text), ("max_tokens_per_request", max_tokens_per_request))
-    for label, value in optional_limits:
-        if value is not None and value < 1:
-            raise ValueError(f"{label} must be >= 1, got {value}")
-    served: dict[str, ServedModel] = {}
-    for name, value in models.items():
-        if not isinstance(name, str) or not name:
-            raise ValueError(f"model names must be non-empty strings, got {name!r}")
-        emb = value if isinstance(value, Embedder) else Embedder(value, threads=threads, verify=verify)
-        if default_prompt_name is not None and default_prompt_name not in emb.prompts:
-            raise ValueError(f"default_prompt_name {default_prompt_name!r} is not a prompt of model {name!r}; "
-                             f"it has: {', '.join(sorted(emb.prompts))}")
-        manifest_path = emb.path / "embedder.json"
-        created = int(manifest_path.stat().st_mtime) if manifest_path.exists() else 0
-        served[name] = ServedModel(name, emb, Batcher(emb, name=name, max_batch_texts=max_batch_texts,
-                                                      max_batch_tokens=max_batch_tokens,
-                                                      max_pending_texts=max_pending_texts,
-                                                      cross_request=cross_request_batching),
-                                   _untruncated_counter(emb), created)
+    served = _load_models(models, limits, default_prompt_name, threads, verify)
     default = default if default is not None else next(iter(served))
     if default not in served:
         raise ValueError(f"default model {default!r} is not among the served models: {', '.join(served)}")
@@ -161,17 +118,11 @@ def create_app(
         # in a thread so the event loop stays free to deliver those last results.
         await asyncio.gather(*(asyncio.to_thread(m.batcher.close) for m in served.values()))
 
-    app = FastAPI(title="EmbeddingGemma embeddings (OpenAI-compatible)", version=_version(), lifespan=lifespan)
+    app = FastAPI(title="EmbeddingGemma embeddings (OpenAI-compatible)", version=__version__, lifespan=lifespan)
     app.state.models = served
     app.state.default_model = default
-    app.state.limits = {
-        "max_batch_texts": max_batch_texts, "max_batch_tokens": max_batch_tokens,
-        "max_texts_per_request": max_texts_per_request, "max_tokens_per_text": max_tokens_per_text,
-        "max_tokens_per_request": max_tokens_per_request, "max_body_bytes": max_body_bytes,
-        "max_pending_texts": max_pending_texts,
-        "cross_request_batching": cross_request_batching,
-    }
-    app.add_middleware(BodyLimitMiddleware, max_bytes=max_body_bytes)
+    app.state.limits = limits.as_dict()
+    app.add_middleware(BodyLimitMiddleware, max_bytes=limits.max_body_bytes)
     _install_error_handlers(app)
 
     def resolve_model(name: str | None) -> ServedModel:
@@ -187,62 +138,17 @@ def create_app(
     async def embeddings(body: EmbeddingRequest) -> Response:
         """Embed ``input`` (a string or a list of strings) the way OpenAI's /v1/embeddings does."""
         m = resolve_model(body.model)
-        emb = m.embedder
-        texts = _check_input(body.input, max_texts_per_request)
-        dim = emb.dim if body.dimensions is None else body.dimensions
-        if dim not in emb.dims:
+        texts = _check_input(body.input, limits.max_texts_per_request)
+        dim = m.embedder.dim if body.dimensions is None else body.dimensions
+        if dim not in m.embedder.dims:
             raise APIError(400, f"Invalid value for 'dimensions': {dim}. Model '{m.name}' supports "
-                                f"{', '.join(map(str, emb.dims))} (Matryoshka sizes).", param="dimensions")
-        prefixed = _apply_prompts(body, texts, emb, default_prompt_name)
-
+                                f"{', '.join(map(str, m.embedder.dims))} (Matryoshka sizes).", param="dimensions")
+        prefixed = _apply_prompts(body, texts, m.embedder, default_prompt_name)
         # Tokenizing a few thousand texts takes milliseconds, but it is still CPU work: off the loop.
         counts = await run_in_threadpool(m.count_tokens, prefixed)
-        limit = emb.max_seq_length
-        for i, n in enumerate(counts):
-            if max_tokens_per_text is not None and n > max_tokens_per_text:
-                raise APIError(400, f"input[{i}] has {n} tokens (with its prompt); this server accepts at most "
-                                    f"{max_tokens_per_text} tokens per text.", param="input",
-                               code="context_length_exceeded")
-            if not body.truncate and n > limit:
-                raise APIError(400, f"input[{i}] has {n} tokens (with its prompt), more than model '{m.name}' "
-                                    f"takes ({limit}). Shorten it, or send \"truncate\": true to cut it to "
-                                    f"{limit} tokens.", param="input", code="context_length_exceeded")
-        used = [min(n, limit) for n in counts]  # what the model actually reads
-        if max_tokens_per_request is not None and sum(used) > max_tokens_per_request:
-            raise APIError(400, f"'input' has {sum(used)} tokens in all (with prompts, after truncation); this "
-                                f"server takes at most {max_tokens_per_request} per request. Split it into several "
-                                "requests.", param="input", code="max_tokens_per_request")
-        m.truncated_texts += sum(n > limit for n in counts)
-
-        try:
-            future, handle = m.batcher.submit(prefixed, used)
-        except BatcherBusy as exc:
-            raise APIError(503, str(exc), type="server_error", code="server_overloaded") from None
-        except BatcherClosed as exc:
-            raise APIError(503, str(exc), type="server_error", code="shutting_down") from None
-        try:
-            raw = await future
-        except asyncio.CancelledError:
-            m.batcher.cancel(handle)  # the client disconnected: do not embed the rest for nobody
-            raise
-        except Exception as exc:  # noqa: BLE001 - inference failed: report it, keep serving
-            log.exception("embedding failed")
-            raise APIError(500, f"inference failed: {type(exc).__name__}: {exc}", type="server_error") from None
-
-        vectors = finish_vectors(raw, dim, body.normalize)
-        if body.encoding_format == "base64":
-            # OpenAI's base64 format: the little-endian float32 bytes of each vector.
-            items = [base64.b64encode(v.astype("<f4").tobytes()).decode("ascii") for v in vectors]
-        else:
-            items = vectors.tolist()
-        total = sum(used)
-        payload = {
-            "object": "list",
-            "data": [{"object": "embedding", "index": i, "embedding": e} for i, e in enumerate(items)],
-            "model": m.name,
-            "usage": {"prompt_tokens": total, "total_tokens": total},
-        }
-        return Response(json.dumps(payload, separators=(",", ":")), media_type="application/json")
+        used = _token_budget(m, counts, body.truncate, limits)
+        raw = await _embed(m, prefixed, used)
+        return _embedding_response(m.name, finish(raw, dim, body.normalize), body.encoding_format, sum(used))
 
     def model_card(m: ServedModel) -> dict:
         emb = m.embedder
@@ -271,12 +177,82 @@ def create_app(
     return app
 
 
-def _version() -> str:
+def _load_models(models: Mapping[str, Embedder | str | os.PathLike], limits: ServerLimits,
+                 default_prompt_name: str | None, threads: int | None, verify: bool) -> dict[str, ServedModel]:
+    """Each model loaded (folders through ``Embedder``), checked against the default prompt, with its batcher."""
+    if not models:
+        raise ValueError("create_app needs at least one model")
+    served: dict[str, ServedModel] = {}
+    for name, value in models.items():
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"model names must be non-empty strings, got {name!r}")
+        emb = value if isinstance(value, Embedder) else Embedder(value, threads=threads, verify=verify)
+        if default_prompt_name is not None and default_prompt_name not in emb.prompts:
+            raise ValueError(f"default_prompt_name {default_prompt_name!r} is not a prompt of model {name!r}; "
+                             f"it has: {', '.join(sorted(emb.prompts))}")
+        manifest_path = emb.path / MANIFEST_NAME
+        created = int(manifest_path.stat().st_mtime) if manifest_path.exists() else 0
+        batcher = Batcher(emb, name=name, max_batch_texts=limits.max_batch_texts,
+                          max_batch_tokens=limits.max_batch_tokens, max_pending_texts=limits.max_pending_texts,
+                          cross_request=limits.cross_request_batching)
+        served[name] = ServedModel(name, emb, batcher, _untruncated_counter(emb), created)
+    return served
+
+
+def _token_budget(m: ServedModel, counts: list[int], truncate: bool, limits: ServerLimits) -> list[int]:
+    """The tokens the model reads per text (after truncation), or an APIError for a text or request
+    over its limit; counts the truncated texts for /health."""
+    limit = m.embedder.max_seq_length
+    for i, n in enumerate(counts):
+        if limits.max_tokens_per_text is not None and n > limits.max_tokens_per_text:
+            raise APIError(400, f"input[{i}] has {n} tokens (with its prompt); this server accepts at most "
+                                f"{limits.max_tokens_per_text} tokens per text.", param="input",
+                           code="context_length_exceeded")
+        if not truncate and n > limit:
+            raise APIError(400, f"input[{i}] has {n} tokens (with its prompt), more than model '{m.name}' "
+                                f"takes ({limit}). Shorten it, or send \"truncate\": true to cut it to "
+                                f"{limit} tokens.", param="input", code="context_length_exceeded")
+    used = [min(n, limit) for n in counts]
+    if limits.max_tokens_per_request is not None and sum(used) > limits.max_tokens_per_request:
+        raise APIError(400, f"'input' has {sum(used)} tokens in all (with prompts, after truncation); this "
+                            f"server takes at most {limits.max_tokens_per_request} per request. Split it into "
+                            "several requests.", param="input", code="max_tokens_per_request")
+    m.truncated_texts += sum(n > limit for n in counts)
+    return used
+
+
+async def _embed(m: ServedModel, prefixed: list[str], used: list[int]):
+    """Raw full-size vectors from the model's batcher; 503 when it is full or closing, 500 when
+    inference fails; a client that disconnects cancels its remaining texts."""
     try:
-        from runtime import __version__
-        return __version__
-    except ImportError:  # pragma: no cover
-        return "0"
+        future, handle = m.batcher.submit(prefixed, used)
+    except BatcherBusy as exc:
+        raise APIError(503, str(exc), type="server_error", code="server_overloaded") from None
+    except BatcherClosed as exc:
+        raise APIError(503, str(exc), type="server_error", code="shutting_down") from None
+    try:
+        return await future
+    except asyncio.CancelledError:
+        m.batcher.cancel(handle)  # the client disconnected: do not embed the rest for nobody
+        raise
+    except Exception as exc:  # noqa: BLE001 - inference failed: report it, keep serving
+        log.exception("embedding failed")
+        raise APIError(500, f"inference failed: {type(exc).__name__}: {exc}", type="server_error") from None
+
+
+def _embedding_response(model: str, vectors, encoding_format: str, tokens: int) -> Response:
+    """OpenAI's embeddings response; base64 is the little-endian float32 bytes of each vector."""
+    if encoding_format == "base64":
+        items = [base64.b64encode(v.astype("<f4").tobytes()).decode("ascii") for v in vectors]
+    else:
+        items = vectors.tolist()
+    payload = {
+        "object": "list",
+        "data": [{"object": "embedding", "index": i, "embedding": e} for i, e in enumerate(items)],
+        "model": model,
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+    }
+    return Response(json.dumps(payload, separators=(",", ":")), media_type="application/json")
 
 
 def _check_input(value: Any, max_texts: int) -> list[str]:
@@ -312,7 +288,8 @@ def _check_input(value: Any, max_texts: int) -> list[str]:
 
 
 def _apply_prompts(body: EmbeddingRequest, texts: list[str], emb: Embedder, server_default: str | None) -> list[str]:
-    """Each text with its prompt (and document title) in front, as ``Embedder`` would build it.
+    """Each text with its prompt (and document title) in front by the runtime's rule
+    (``runtime.prompts.with_prompts``), with the request's fields named in the errors.
 
     Done here rather than in the worker so requests with different prompts can share a batch.
     """
@@ -322,43 +299,17 @@ def _apply_prompts(body: EmbeddingRequest, texts: list[str], emb: Embedder, serv
             raise APIError(400, f"'task' ({body.task!r}) and 'prompt_name' ({name!r}) disagree; send one of them.",
                            param="task")
         name = body.task
-    param = "task" if body.task is not None and body.prompt_name is None else "prompt_name"
     if body.title is not None and body.titles is not None:
         raise APIError(400, "Send 'title' (one for all texts) or 'titles' (one per text), not both.", param="titles")
-    titles: list[str | None] | None = None
-    if body.titles is not None:
-        if len(body.titles) != len(texts):
-            raise APIError(400, f"'titles' has {len(body.titles)} entries for {len(texts)} texts; send one title "
-                                "(or null) per text.", param="titles")
-        titles = body.titles
-    elif body.title is not None:
-        titles = [body.title] * len(texts)
-
-    if body.prompt is not None:
-        if name is not None:
-            raise APIError(400, f"Send '{param}' or 'prompt' (a literal prefix), not both.", param="prompt")
-        if titles is not None:
-            raise APIError(400, "'title'/'titles' fill the document prompt; they cannot be used with a literal "
-                                "'prompt'.", param="titles")
-        return [body.prompt + t for t in texts]
-
-    if name is None:
-        # Titles only make sense for documents, so they select the document prompt by themselves.
-        name = "document" if titles is not None else (server_default or emb.default_prompt_name)
-    if name is None:
-        return list(texts)
-    if name not in emb.prompts:
-        raise APIError(400, f"Unknown {param} {name!r}; this model has: {', '.join(sorted(emb.prompts))}.",
-                       param=param)
-    template = emb.prompts[name]
-    if titles is None:
-        return [template + t for t in texts]
-    if TITLE_SLOT not in template:
-        raise APIError(400, f"Prompt {name!r} ({template!r}) has no title slot; titles go with the 'document' "
-                            "prompt.", param="titles")
-    # Same substitution as Embedder.encode_document: "title: none" -> "title: {title}" when given.
-    return [(template.replace(TITLE_SLOT, f"title: {title}", 1) if title else template) + t
-            for title, t in zip(titles, texts)]
+    titles = body.titles if body.titles is not None else (
+        [body.title] * len(texts) if body.title is not None else None)
+    try:
+        return with_prompts(texts, emb.prompts, prompt_name=name, prompt=body.prompt, titles=titles,
+                            default_prompt_name=server_default or emb.default_prompt_name)
+    except PromptError as exc:
+        param = "task" if exc.field == "prompt_name" and body.prompt_name is None else exc.field
+        message = str(exc)
+        raise APIError(400, message[:1].upper() + message[1:] + ".", param=param) from None
 
 
 def _error_response(status: int, message: str, *, param=None, code=None, type=INVALID_REQUEST) -> Response:
@@ -474,11 +425,3 @@ def run(app, *, host: str = "127.0.0.1", port: int = 8000, log_level: str = "inf
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=access_log,
                             lifespan="on", timeout_graceful_shutdown=None)
     uvicorn.Server(config).run()
-
-
-def serve(models: Mapping[str, Embedder | str | os.PathLike], default: str | None = None, *,
-          host: str = "127.0.0.1", port: int = 8000, log_level: str = "info", access_log: bool = True,
-          **app_options) -> None:
-    """Load the models and serve them (``create_app`` + ``run``); ``app_options`` go to ``create_app``."""
-    run(create_app(models, default, **app_options), host=host, port=port, log_level=log_level,
-        access_log=access_log)

@@ -6,8 +6,8 @@ done. Texts are taken round-robin, one per waiting request in turn, so a request
 cut into batch-sized chunks interleaved with small requests instead of starving them.
 
 The worker always embeds at full dimension without normalisation; Matryoshka truncation and L2
-normalisation are per request and happen after (``finish_vectors``), exactly as ``Embedder.encode``
-does them, so requests asking for different dims or prompts can share a batch.
+normalisation are per request and happen after (``runtime.vectors.finish``, as ``Embedder.encode``
+does them), so requests asking for different dims or prompts can share a batch.
 
 Standard library + numpy + the runtime only (no web framework), so it can be tested on its own.
 """
@@ -316,11 +316,3 @@ def length_groups(costs: Sequence[int], slack: float = 0.3, free_padding: int = 
     return [b.tolist() for b in length_batches(costs, max_rows=len(costs), max_tokens=sys.maxsize,
                                                max_padding=slack, min_rows=len(costs) + 1,
                                                free_padding=free_padding)]
-
-
-def finish_vectors(raw: np.ndarray, dim: int, normalize: bool) -> np.ndarray:
-    """Matryoshka-truncate and L2-normalise raw full-size rows exactly as ``Embedder.encode`` does."""
-    out = np.array(raw[:, :dim], dtype=np.float32, copy=True)
-    if normalize:
-        out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
-    return np.ascontiguousarray(out)

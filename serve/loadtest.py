@@ -157,7 +157,7 @@ def run_mode(mode: str, args, pools, dims) -> dict:
 
     port = free_port()
     base = f"http://{HOST}:{port}"
-    cmd = [sys.executable, "-m", "runtime.cli", "serve", "--model", f"gemma={args.model}", "--host", HOST,
+    cmd = [sys.executable, "-m", "serve", "--model", f"gemma={args.model}", "--host", HOST,
            "--port", str(port), "--threads", str(args.threads), "--max-batch-texts", str(args.max_batch_texts),
            "--no-verify", "--log-level", "warning", "--no-access-log", *MODES[mode]]
     proc = subprocess.Popen(cmd, cwd=Path(__file__).parents[1], stderr=subprocess.PIPE)

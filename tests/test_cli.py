@@ -147,7 +147,7 @@ def test_long_text_is_truncated_with_a_warning(tiny_artifact, emb, capsys):
     (["--model", "{art}", "--no-truncate", "word " * 200], None,
      "1 text(s) exceed 64 tokens (first: texts[0]); texts are numbered from 0"),
     (["--model", "{art}", "--task", "query", "--input", "{tmp}/titled.jsonl"], None,
-     "--prompt-name query does not take titles"),
+     "the input's \"title\" fields: prompt 'query' ('task: search result | query: ') has no 'title: none' slot"),
     (["--model", "{art}", "x", "--input", "{tmp}/titled.jsonl"], None, "give texts as arguments or with --input"),
 ])
 def test_errors_exit_2_with_a_message(tiny_artifact, tmp_path, monkeypatch, capsys, args, stdin, message):

@@ -132,13 +132,13 @@ def test_length_grouping_splits_where_padding_grows():
     (lambda e: e.encode(["ok", 3]), TypeError, r"texts\[1\] is int, expected str"),
     (lambda e: e.encode(None), TypeError, "texts must be a str or a list of str"),
     (lambda e: e.encode(b"bytes"), TypeError, "texts must be a str or a list of str"),
-    (lambda e: e.encode("x", prompt_name="Nope"), ValueError, "unknown prompt_name 'Nope'.*Classification.*query"),
+    (lambda e: e.encode("x", prompt_name="Nope"), ValueError, "unknown prompt name 'Nope'.*Classification.*query"),
     (lambda e: e.encode("x", dim=100), ValueError, "unsupported dim 100; this model supports 64, 32, 16"),
     (lambda e: e.encode("x", batch_size=0), ValueError, "batch_size must be a positive int"),
     (lambda e: e.encode("x", prompt="a", prompt_name="query"), ValueError, "not both"),
     (lambda e: e.encode_document(["x"], titles=[3]), TypeError, r"titles\[0\] is int"),
     (lambda e: e.encode_query("x", colour="red"), TypeError, "unexpected keyword"),
-    (lambda e: e.encode_document("x", prompt_name="query"), TypeError, "unexpected keyword"),
+    (lambda e: e.encode_document("x", prompt_name="query"), TypeError, "multiple values for keyword argument 'prompt_name'"),
 ])
 def test_bad_input_errors(emb, call, error, message):
     with pytest.raises(error, match=message):

@@ -27,6 +27,7 @@ import uvicorn  # noqa: E402
 from runtime import Embedder  # noqa: E402
 from serve.app import create_app  # noqa: E402
 from serve.batcher import Batcher, length_groups  # noqa: E402
+from serve.limits import ServerLimits  # noqa: E402
 
 # The server truncates long texts on purpose; the runtime's warning about it is not news here.
 pytestmark = pytest.mark.filterwarnings("ignore::runtime.TruncationWarning")
@@ -85,10 +86,10 @@ def emb(tiny_artifact):
 @pytest.fixture(scope="module")
 def server(tiny_artifact, emb):
     # Two names: one given as an Embedder, one as a folder (loaded by create_app).
-    app = create_app({"gemma": emb, "gemma-b": tiny_artifact}, default="gemma", threads=1,
-                     max_texts_per_request=MAX_TEXTS, max_body_bytes=MAX_BODY, max_tokens_per_text=MAX_TOKENS_PER_TEXT,
-                     max_tokens_per_request=MAX_TOKENS_PER_REQUEST,
-                     max_batch_texts=16)
+    limits = ServerLimits(max_texts_per_request=MAX_TEXTS, max_body_bytes=MAX_BODY,
+                          max_tokens_per_text=MAX_TOKENS_PER_TEXT, max_tokens_per_request=MAX_TOKENS_PER_REQUEST,
+                          max_batch_texts=16)
+    app = create_app({"gemma": emb, "gemma-b": tiny_artifact}, default="gemma", threads=1, limits=limits)
     with _Server(app) as srv:
         yield srv
 
@@ -201,10 +202,12 @@ BAD_REQUESTS = [
     ({"input": "x", "model": "text-embedding-3-small"}, 404, "model",
      "The model 'text-embedding-3-small' does not exist. This server serves: gemma, gemma-b"),
     ({"input": "x", "prompt_name": "nope"}, 400, "prompt_name",
-     "Unknown prompt_name 'nope'; this model has: Classification, Clustering"),
+     "Unknown prompt name 'nope'; this model has: Classification, Clustering"),
     ({"input": "x", "task": "query", "prompt_name": "STS"}, 400, "task", "'task' ('query') and 'prompt_name' ('STS') disagree"),
-    ({"input": "x", "titles": ["a", "b"]}, 400, "titles", "'titles' has 2 entries for 1 texts"),
-    ({"input": "x", "title": "T", "prompt_name": "query"}, 400, "titles", "has no title slot"),
+    ({"input": "x", "titles": ["a", "b"]}, 400, "titles", "Got 2 titles for 1 texts"),
+    ({"input": "x", "title": "T", "prompt_name": "query"}, 400, "titles", "has no 'title: none' slot"),
+    ({"input": "x", "task": "nope"}, 400, "task", "Unknown prompt name 'nope'"),
+    ({"input": "x", "title": "T", "prompt": "p: "}, 400, "titles", "cannot be used with a literal prompt"),
     ({"input": ["ok", "word " * 30], "truncate": False}, 400, "input",
      "input[1] has 152 tokens (with its prompt), more than model 'gemma' takes (64). Shorten it, or send"),
     ({"input": ["ok", "word " * 300]}, 400, "input", "input[1] has 1502 tokens (with its prompt); this server accepts at most 200"),
@@ -404,7 +407,7 @@ def test_sigterm_finishes_in_flight_requests(tiny_artifact, emb):
     """`embeddinggemma serve` in a subprocess: SIGTERM during a request still delivers it, exit code 0."""
     port = _free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "runtime.cli", "serve", "--model", f"tiny={tiny_artifact}", "--port", str(port),
+        [sys.executable, "-m", "serve", "--model", f"tiny={tiny_artifact}", "--port", str(port),
          "--threads", "1", "--max-batch-texts", "8", "--no-verify", "--log-level", "info", "--no-access-log"],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     base = f"http://127.0.0.1:{port}"
