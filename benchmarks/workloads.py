@@ -12,7 +12,9 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-CORPUS = Path(__file__).resolve().parents[1] / "tests" / "data" / "parity_texts.json"
+from quant.fidelity import DEFAULT_TEXTS
+
+CORPUS = DEFAULT_TEXTS
 _SENTENCE_END = re.compile(r"(?<=[.!?。！？])\s+|\n+")
 
 

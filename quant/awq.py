@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import formats as F
+from .formats import BlockFormat
 from .graph import norm_scale_initializer
 
 #: Exponents tried for s = rms(x)^alpha (0 = no scaling, so the search never does worse than none).
@@ -60,15 +60,14 @@ class Folding:
         return h if s is None else h / np.outer(s, s)
 
 
-def _rtn_error(w: np.ndarray, s: np.ndarray, h: np.ndarray, bits: int) -> float:
+def _rtn_error(w: np.ndarray, s: np.ndarray, h: np.ndarray, fmt: BlockFormat) -> float:
     """Calibrated output error of round-to-nearest quantization of diag(s) w, mapped back by 1/s."""
     ws = np.ascontiguousarray((w * s[:, None]).T, dtype=np.float32)      # [N, K]
-    quantize, dequantize = F.quantizer(bits), F.dequantizer(bits)
-    e = (w - dequantize(*quantize(ws)).T / s[:, None]).astype(np.float64)
+    e = (w - fmt.dequantize(*fmt.quantize(ws)).T / s[:, None]).astype(np.float64)
     return float(np.einsum("ij,ij->", e, h @ e))
 
 
-def search_scales(w: np.ndarray, h: np.ndarray, rows: int, bits: int, tie: int = 1) -> tuple[np.ndarray, float]:
+def search_scales(w: np.ndarray, h: np.ndarray, rows: int, fmt: BlockFormat, tie: int = 1) -> tuple[np.ndarray, float]:
     """Best ``(s, alpha)`` for the weights ``w`` [K, N_total] that read one input with Hessian ``h``.
 
     ``tie`` > 1 forces equal scales on channels ``c`` and ``c + K/tie`` (o_proj's input is ``tie``
@@ -81,7 +80,7 @@ def search_scales(w: np.ndarray, h: np.ndarray, rows: int, bits: int, tie: int =
     for alpha in ALPHAS:
         s = rms ** alpha
         s = s / np.sqrt(s.max() * s.min())   # centred on 1 so neither W nor the fold drifts in magnitude
-        err = _rtn_error(w, s, h, bits)
+        err = _rtn_error(w, s, h, fmt)
         if best is None or err < best[0]:
             best = (err, s.astype(np.float32), float(alpha))
     return best[1], best[2]
@@ -97,7 +96,7 @@ def layer_sites(sites, groups: set[str]) -> dict[str, dict[str, object]]:
     return layers
 
 
-def plan(model, sites, hessians: dict, rows: dict, read_weight, groups: set[str], bits: int = 4,
+def plan(model, sites, hessians: dict, rows: dict, read_weight, groups: set[str], fmt: BlockFormat,
          progress=None) -> Folding:
     """Search the scales of every layer input in ``groups`` (``attention``, ``feed_forward``).
 
@@ -139,12 +138,12 @@ def plan(model, sites, hessians: dict, rows: dict, read_weight, groups: set[str]
         # outputs of v and up are folded into first, so the q/k/v and gate/up searches see them
         if "down_proj" in p and "up_proj" in p:
             down, up = p["down_proj"], p["up_proj"]
-            s, a = search_scales(w(down.name), hessians[down.activation], rows[down.activation], bits)
+            s, a = search_scales(w(down.name), hessians[down.activation], rows[down.activation], fmt)
             apply(down.activation, [down], s, a, ("columns", up.name))
         if "o_proj" in p and "v_proj" in p:
             o, v = p["o_proj"], p["v_proj"]
             if o.k % v.n == 0:
-                s, a = search_scales(w(o.name), hessians[o.activation], rows[o.activation], bits, tie=o.k // v.n)
+                s, a = search_scales(w(o.name), hessians[o.activation], rows[o.activation], fmt, tie=o.k // v.n)
                 apply(o.activation, [o], s, a, ("columns", v.name))
         for names in (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj")):
             members = [p[n] for n in names if n in p]
@@ -154,7 +153,7 @@ def plan(model, sites, hessians: dict, rows: dict, read_weight, groups: set[str]
             norm = norm_scale_initializer(act, producer, inits, uses)
             if norm is None:
                 continue
-            s, a = search_scales(np.concatenate([w(m.name) for m in members], axis=1), hessians[act], rows[act], bits)
+            s, a = search_scales(np.concatenate([w(m.name) for m in members], axis=1), hessians[act], rows[act], fmt)
             apply(act, members, s, a, ("norm", norm))
         for m in p.values():
             cache.pop(m.name, None)

@@ -9,13 +9,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import warnings
 from pathlib import Path
 
-import numpy as np
+from runtime.artifact import read_manifest
+from runtime.compare import cosines_to, embed_texts
 
-#: The parity corpus of the export stage (tests/data), the texts the quant targets are defined on.
-DEFAULT_TEXTS = Path(__file__).resolve().parents[1] / "tests" / "data" / "parity_texts.json"
+#: The parity corpus (shipped with this package), the texts the quant targets are defined on.
+DEFAULT_TEXTS = Path(__file__).with_name("parity_texts.json")
 #: Targets of the quant issue / DESIGN.md: (mean, min) cosine against fp32 per recipe.
 TARGETS = {"q8_0": (0.9995, 0.999), "q4_0": (0.99, 0.97), "e4_a8_f4_p4": (0.99, 0.97),
            # the speed-first variant must meet the Q8_0 target (benchmarks issue)
@@ -32,32 +32,17 @@ def load_texts(path: str | Path = DEFAULT_TEXTS) -> list[str]:
     return [line for line in raw.splitlines() if line.strip()]
 
 
-def cosines(reference: np.ndarray, other: np.ndarray) -> np.ndarray:
-    """Row-wise cosine of two [n, d] arrays (not assumed normalised)."""
-    ref = reference / np.linalg.norm(reference, axis=1, keepdims=True)
-    oth = other / np.linalg.norm(other, axis=1, keepdims=True)
-    return np.sum(ref * oth, axis=1)
-
-
 def measure(fp32_dir: str | Path, variant_dirs: list[str | Path], texts: list[str],
             prompt_names: tuple[str, ...] = ("document", "query"), threads: int | None = None) -> dict:
-    """Cosine to fp32 for every variant, text and prompt: ``{variant: {prompt: {mean, min, worst}}}``."""
-    from runtime import Embedder
-
-    def embed(folder):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # truncation of the longest texts is expected and the same for all
-            emb = Embedder(folder, threads=threads, verify=False)
-            return emb, {p: emb.encode(texts, prompt_name=p, normalize=False) for p in prompt_names}
-
-    _, ref = embed(fp32_dir)
+    """Cosine to fp32 for every variant, text and prompt: ``{folder: {variant, prompts: {prompt: {mean,
+    min, worst_text}}}}`` (raw, unnormalised vectors compared; truncation of long texts is the same
+    for every variant)."""
+    ref = embed_texts(fp32_dir, texts, prompt_names, threads=threads, normalize=False)
     results = {}
     for folder in variant_dirs:
-        emb, got = embed(folder)
-        name = emb.manifest.get("variant", Path(folder).name)
+        name = read_manifest(folder).get("variant", Path(folder).name)
         per_prompt = {}
-        for p in prompt_names:
-            c = cosines(ref[p], got[p])
+        for p, c in cosines_to(ref, folder, texts, threads=threads).items():
             per_prompt[p] = {"mean": float(c.mean()), "min": float(c.min()), "worst_text": int(c.argmin())}
         results[str(folder)] = {"variant": name, "prompts": per_prompt}
     return results

@@ -1,46 +1,142 @@
-"""ggml Q8_0 / Q4_0 block quantization in plain numpy, and their onnxruntime contrib-op encodings.
+"""The ggml block formats, one definition each, and their numpy quantizers (bit-exact to ggml).
 
-Formats (ggml, blocks of ``BLOCK_SIZE`` = 32 consecutive weights along the last axis):
+A ``BlockFormat`` says everything the other quant modules need about a format: its code range and
+how codes are stored, ggml's round-to-nearest rule, the scale candidates the calibrated search
+tries, whether onnxruntime's ``MatMulNBits`` runs it, and its ggml byte layout. The recipe grammar,
+GPTQ, the graph writer and the level probe read these definitions, so a new format is one entry in
+``FORMATS`` (plus its tests against the ``gguf`` package).
 
-* Q8_0: ``d = amax / 127`` (float32, stored as float16), code ``q = round_half_away(x * (1/d))`` as
-  int8, value ``q * d16``.
+The formats (blocks of 32 consecutive weights along the last axis; ``d`` stored as float16):
+
+* Q8_0: ``d = amax / 127``, code ``round_half_away(x * (1/d))`` as int8, value ``q * d``.
 * Q4_0: ``m`` = the signed value of largest magnitude (first one on ties), ``d = m / -8``, code
-  ``q = min(15, trunc(x * (1/d) + 8.5))`` as a nibble 0..15, value ``(q - 8) * d16``.
+  ``min(15, trunc(x * (1/d) + 8.5))`` as a nibble, value ``(q - 8) * d``.
+* Q5_0: as Q4_0 with 16 in place of 8: ``d = m / -16``, code ``min(31, trunc(x * (1/d) + 16.5))``,
+  value ``(q - 16) * d``.
 
-As in ggml (and gguf's numpy port), the codes are computed with the float32 ``d`` *before* it is
-rounded to float16, and by multiplying with its float32 reciprocal; only the stored scale is float16.
-The quantizers here are bit-exact to ``gguf.quants.quantize`` (gguf 0.19) for every finite input
-except blocks whose float32 ``1/d`` overflows (block max below ~1e-36): ggml casts inf/nan to an
-integer there (undefined behaviour), while we emit the zero code; the float16 scale of such a block
-is 0, so the decoded values (all 0) agree either way.
-
-Codes are returned unpacked (one per element) with the scales alongside; the ``to_*`` functions pack
-them for ggml files and for onnxruntime's ``com.microsoft`` MatMulNBits / GatherBlockQuantized.
-All scales handed to onnxruntime are float32 widenings of the float16 ``d``, which is exact, so the
-onnxruntime decode ``(code - zero_point) * scale`` equals ggml's dequantization bit for bit.
+As in ggml (and gguf's numpy port), codes are computed with the float32 ``d`` before it is rounded
+to float16, by multiplying with its float32 reciprocal; only the stored scale is float16. The
+quantizers are bit-exact to ``gguf.quants.quantize`` (gguf 0.19) for every finite input except
+blocks whose float32 ``1/d`` overflows (block max below ~1e-36): ggml casts inf/nan to an integer
+there (undefined behaviour), while we emit the zero code; the float16 scale of such a block is 0, so
+the decoded values (all 0) agree either way.
 
 numpy only: no torch, no gguf (gguf serves only as the independent reference in the tests).
 """
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
 
+#: Weights per block in every ggml format here.
 BLOCK_SIZE = 32
-#: Largest code magnitude for Q8_0. ggml's own quantizer never emits -128; with a caller-chosen
-#: scale we clip to the same symmetric range so codes stay within what ggml itself produces.
-Q8_0_QMAX = 127
 
 # Rows are processed in chunks of about this many elements so that a 262144 x 768 table needs only
 # a few tens of MB of float32 temporaries on top of its outputs.
 _CHUNK_ELEMS = 1 << 20
 
-_GGML_TYPE_SIZE = {"q8_0": 2 + BLOCK_SIZE, "q4_0": 2 + BLOCK_SIZE // 2}
+
+@dataclass(frozen=True)
+class BlockFormat:
+    """One ggml block format.
+
+    Codes are handed around in the format's own convention: ``code_dtype`` values equal to the
+    signed code (``qmin..qmax``) plus ``offset`` (Q8_0: int8, offset 0; Q4_0 / Q5_0: uint8 with the
+    ggml offset 8 / 16). onnxruntime stores every code unsigned with the zero point ``2**(bits-1)``.
+    """
+
+    name: str                  # ggml's name, e.g. "Q4_0"
+    recipe_code: str           # how a recipe spells it: e4 = embeddings in Q4_0
+    bits: int
+    qmin: int                  # signed code range
+    qmax: int
+    offset: int                # format code = signed code + offset
+    code_dtype: type
+    rule: str                  # ggml's round-to-nearest: "absmax" (Q8_0) or "signed_max" (Q4_0, Q5_0)
+    #: Candidates of the calibrated scale search, as "the code the block's largest-magnitude weight
+    #: maps to": negative values map it onto the negative end (ggml's own Q4_0 / Q5_0 choice).
+    scale_targets: tuple[float, ...]
+    #: com.microsoft.MatMulNBits runs it exactly (symmetric codes with the op's default zero point);
+    #: other formats' matmuls run in float32 on weights decoded once when the session loads.
+    matmulnbits: bool
+    #: Activation-aware scales (quant.awq) are searched for its attention / feed-forward weights.
+    activation_aware: bool
+    ggml_type_size: int        # bytes per block in a GGUF file
+
+    @property
+    def zero_point(self) -> int:
+        """onnxruntime's unsigned storage offset, ``2**(bits-1)``."""
+        return 1 << (self.bits - 1)
+
+    @property
+    def block_bytes(self) -> int:
+        """Bytes of one block's codes in onnxruntime's packing (no scale)."""
+        return BLOCK_SIZE * self.bits // 8
+
+    def quantize(self, w, d=None) -> tuple[np.ndarray, np.ndarray]:
+        """Quantize ``w`` [..., cols]: ``(codes [..., cols], float16 scales [..., cols//32])``.
+
+        Without ``d`` this is ggml's round-to-nearest, bit-exact to gguf. With caller-chosen float16
+        scales ``d`` ([..., cols//32], any sign) the codes are ``clip(round_half_away(x / d))`` in
+        range (correctly rounded float32 division by the float16 value; the zero code where
+        ``d == 0``) and ``d`` is returned unchanged. Feeding back the ``d`` returned by the native path
+        may change a few codes: ggml derives codes from the unrounded float32 scale. ``cols`` must be a
+        multiple of 32.
+        """
+        return _quantize(self, w, d)
+
+    def dequantize(self, q, d) -> np.ndarray:
+        """Decode codes and float16 scales to float32 ``signed code * d``, exactly as ggml/gguf do."""
+        q, d = check_pair(self, q, d)
+        return _dequantize(self.signed(q), d)
+
+    def signed(self, q: np.ndarray) -> np.ndarray:
+        """The signed codes (int8) of codes in this format's convention."""
+        q = np.asarray(q)
+        return q if self.offset == 0 else q.view(np.int8) - np.int8(self.offset)
+
+    def from_signed(self, s: np.ndarray) -> np.ndarray:
+        """Codes in this format's convention from signed codes in ``qmin..qmax``."""
+        return (np.asarray(s) + self.offset).astype(self.code_dtype)
+
+
+FORMATS: dict[str, BlockFormat] = {f.name: f for f in (
+    BlockFormat("Q8_0", "8", bits=8, qmin=-127, qmax=127, offset=0, code_dtype=np.int8, rule="absmax",
+                scale_targets=(-127.0, -126.0, -125.0, -124.0, -122.0, -120.0, -128.0, -129.0, -131.0,
+                               127.0, 126.0, 125.0, 124.0, 122.0),
+                matmulnbits=True, activation_aware=False, ggml_type_size=2 + 32),
+    BlockFormat("Q4_0", "4", bits=4, qmin=-8, qmax=7, offset=8, code_dtype=np.uint8, rule="signed_max",
+                scale_targets=(-8.0, -7.75, -7.5, -7.25, -7.0, -6.75, -6.5, -6.0, -8.25, -8.5, -9.0,
+                               7.0, 6.75, 6.5, 7.25, 7.5),
+                matmulnbits=True, activation_aware=True, ggml_type_size=2 + 16),
+    # The Q4_0 grid scaled to 5 bits (not tuned); MatMulNBits has no 5-bit CPU kernel.
+    BlockFormat("Q5_0", "5", bits=5, qmin=-16, qmax=15, offset=16, code_dtype=np.uint8, rule="signed_max",
+                scale_targets=(-16.0, -15.5, -15.0, -14.5, -14.0, -13.5, -13.0, -12.0, -16.5, -17.0, -18.0,
+                               15.0, 14.5, 14.0, 15.5, 16.0),
+                matmulnbits=False, activation_aware=False, ggml_type_size=2 + 4 + 16),
+)}
+
+
+def get_format(name: str) -> BlockFormat:
+    """The format called ``name`` (case-insensitive, e.g. ``q4_0``); ValueError naming the known ones."""
+    fmt = FORMATS.get(str(name).upper())
+    if fmt is None:
+        raise ValueError(f"unknown block format {name!r}; known: {', '.join(FORMATS)}")
+    return fmt
+
+
+def matmulnbits_format(bits: int) -> BlockFormat:
+    """The format a MatMulNBits node with ``bits`` holds (each width has one such format)."""
+    for fmt in FORMATS.values():
+        if fmt.matmulnbits and fmt.bits == bits:
+            return fmt
+    raise ValueError(f"no block format runs as {bits}-bit MatMulNBits")
 
 
 # ----------------------------------------------------------------------------------------------
-# helpers
+# quantize / dequantize
 
 
 def _as_rows(w: np.ndarray, name: str = "w") -> tuple[np.ndarray, tuple[int, ...]]:
@@ -51,7 +147,7 @@ def _as_rows(w: np.ndarray, name: str = "w") -> tuple[np.ndarray, tuple[int, ...
     if cols == 0 or cols % BLOCK_SIZE:
         raise ValueError(
             f"{name}: last dimension is {cols}, which is not a positive multiple of the block size "
-            f"{BLOCK_SIZE}; ggml Q8_0/Q4_0 blocks run along the last (input) axis")
+            f"{BLOCK_SIZE}; ggml blocks run along the last (input) axis")
     return w.reshape(-1, cols), w.shape
 
 
@@ -86,8 +182,8 @@ def _to_f16_scales(d32: np.ndarray) -> np.ndarray:
         d16 = d32.astype(np.float16)
     if np.isinf(d16).any():
         # Kept (ggml/gguf store the same inf) but never silent: such a block decodes to inf/nan.
-        warnings.warn("a block scale overflows float16 (|x| above ~8.3e6 for Q8_0, ~5.2e5 for Q4_0); "
-                      "it is stored as inf and the block decodes to inf/nan", RuntimeWarning, stacklevel=3)
+        warnings.warn("a block scale overflows float16 (weights far above the format's range); it is stored as "
+                      "inf and the block decodes to inf/nan", RuntimeWarning, stacklevel=4)
     return d16
 
 
@@ -100,7 +196,7 @@ def _reciprocal(d32: np.ndarray) -> np.ndarray:
     return inv
 
 
-def _round_half_away(y: np.ndarray) -> np.ndarray:
+def round_half_away(y: np.ndarray) -> np.ndarray:
     """roundf(): nearest integer, ties away from zero, exactly in float32 (y is consumed).
 
     trunc(y + 0.5) is not exact: e.g. 0.49999997f + 0.5f rounds up to 1.0f.
@@ -112,58 +208,34 @@ def _round_half_away(y: np.ndarray) -> np.ndarray:
     return np.copysign(f, y, out=f)
 
 
-def _check_codes(q, bits: int, name: str = "q") -> np.ndarray:
-    q = np.asarray(q)
-    if bits == 8:
-        if q.dtype != np.int8:
-            raise ValueError(f"{name}: 8-bit (Q8_0) codes must be int8, got {q.dtype}")
-    elif bits == 4:
-        if q.dtype != np.uint8:
-            raise ValueError(f"{name}: 4-bit (Q4_0) codes must be uint8 nibbles, got {q.dtype}")
-        if q.size and q.max() > 15:
-            raise ValueError(f"{name}: 4-bit (Q4_0) codes must be in 0..15")
-    else:
-        raise ValueError(f"bits must be 4 or 8, got {bits}")
-    if q.ndim < 1 or q.shape[-1] == 0 or q.shape[-1] % BLOCK_SIZE:
-        raise ValueError(f"{name}: last dimension {q.shape[-1:]} is not a positive multiple of {BLOCK_SIZE}")
-    return q
+def _rtn_block(fmt: BlockFormat, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """ggml's own codes and float32 scales for blocks ``x`` [rows, nb, 32]."""
+    if fmt.rule == "absmax":
+        d32 = np.abs(x).max(axis=-1) / np.float32(fmt.qmax)
+        y = x * _reciprocal(d32)[..., None]
+        return round_half_away(y).astype(fmt.code_dtype), d32
+    imax = np.abs(x).argmax(axis=-1)[..., None]          # first index on ties, like gguf
+    m = np.take_along_axis(x, imax, axis=-1)[..., 0]
+    d32 = m / np.float32(fmt.qmin)
+    y = x * _reciprocal(d32)[..., None]
+    y += np.float32(fmt.offset + 0.5)
+    # y >= 0 here, so the float->uint8 cast truncates exactly like gguf's np.trunc
+    q = y.astype(np.uint8)
+    np.minimum(q, np.uint8(fmt.qmax + fmt.offset), out=q)
+    return q, d32
 
 
-def _check_pair(q, d, bits: int, ndim: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    q = _check_codes(q, bits)
-    d = np.asarray(d)
-    if ndim is not None and q.ndim != ndim:
-        raise ValueError(f"codes must be {ndim}-D, got shape {q.shape}")
-    want = (*q.shape[:-1], q.shape[-1] // BLOCK_SIZE)
-    if d.dtype != np.float16 or d.shape != want:
-        raise ValueError(f"scales must be float16 with shape {want}, got {d.dtype} {d.shape}")
-    return q, d
-
-
-# ----------------------------------------------------------------------------------------------
-# quantize / dequantize
-
-
-def quantize_q8_0(w, d=None) -> tuple[np.ndarray, np.ndarray]:
-    """Quantize ``w`` [..., cols] to ggml Q8_0: returns ``(q int8 [..., cols], d float16 [..., cols//32])``.
-
-    Without ``d`` this is ggml's round-to-nearest quantizer, bit-exact to gguf. With a caller-chosen
-    float16 scale ``d`` (shape ``[..., cols//32]``), the codes are
-    ``q = clip(round_half_away(x / d), -127, 127)`` with a correctly rounded float32 division by the
-    float16 value itself (0 where ``d == 0``), and ``d`` is returned unchanged.
-    ``cols`` must be a multiple of 32 (ValueError otherwise).
-    """
+def _quantize(fmt: BlockFormat, w, d) -> tuple[np.ndarray, np.ndarray]:
     rows, shape = _as_rows(w)
     n, cols = rows.shape
     nb = cols // BLOCK_SIZE
     given = None if d is None else _check_scales(d, shape, n)
-    q = np.empty((n, cols), np.int8)
+    q = np.empty((n, cols), fmt.code_dtype)
     d_out = np.empty((n, nb), np.float16)
     for s, e in _row_chunks(n, cols):
         x = _blocks_f32(rows, s, e)
         if given is None:
-            d32 = np.abs(x).max(axis=-1) / np.float32(Q8_0_QMAX)
-            y = x * _reciprocal(d32)[..., None]
+            qq, d32 = _rtn_block(fmt, x)
             d_out[s:e] = _to_f16_scales(d32)
         else:
             d16 = given[s:e]
@@ -172,54 +244,13 @@ def quantize_q8_0(w, d=None) -> tuple[np.ndarray, np.ndarray]:
             with np.errstate(over="ignore"):
                 y = x / np.where(zero, np.float32(1), d32)[..., None]
             y[zero] = 0
-            # clip before rounding (same result as after, since the bounds are integers) so no inf
+            # clip before rounding (same result as after, the bounds being integers) so no inf
             # reaches the rounding step
-            np.clip(y, -Q8_0_QMAX, Q8_0_QMAX, out=y)
-            d_out[s:e] = d16
-        q[s:e] = _round_half_away(y).astype(np.int8).reshape(e - s, cols)
-    return q.reshape(shape), d_out.reshape(*shape[:-1], nb)
-
-
-def quantize_q4_0(w, d=None) -> tuple[np.ndarray, np.ndarray]:
-    """Quantize ``w`` [..., cols] to ggml Q4_0: returns ``(q uint8 0..15 [..., cols], d float16 [..., cols//32])``.
-
-    Without ``d`` this is ggml's quantizer, bit-exact to gguf: ``d = m / -8`` with ``m`` the signed
-    value of largest magnitude, ``q = min(15, trunc(x/d + 8.5))`` (so ties round towards +inf).
-    With a caller-chosen float16 ``d`` (``[..., cols//32]``, any sign), the codes are
-    ``q = clip(round_half_away(x / d) + 8, 0, 15)`` (float32 division by the float16 value; code 8,
-    i.e. zero, where ``d == 0``) and ``d`` is returned unchanged. Note that feeding back the ``d``
-    returned by the native path may change a few codes, because ggml derives codes from the
-    unrounded float32 scale and rounds ties upwards. The decoded value is ``(q - 8) * d``.
-    """
-    rows, shape = _as_rows(w)
-    n, cols = rows.shape
-    nb = cols // BLOCK_SIZE
-    given = None if d is None else _check_scales(d, shape, n)
-    q = np.empty((n, cols), np.uint8)
-    d_out = np.empty((n, nb), np.float16)
-    for s, e in _row_chunks(n, cols):
-        x = _blocks_f32(rows, s, e)
-        if given is None:
-            imax = np.abs(x).argmax(axis=-1)[..., None]          # first index on ties, like gguf
-            m = np.take_along_axis(x, imax, axis=-1)[..., 0]
-            d32 = m / np.float32(-8)
-            y = x * _reciprocal(d32)[..., None]
-            y += np.float32(8.5)
-            # y >= 0 here, so the float->uint8 cast truncates exactly like gguf's np.trunc
-            qq = y.astype(np.uint8)
-            np.minimum(qq, np.uint8(15), out=qq)
-            d_out[s:e] = _to_f16_scales(d32)
-        else:
-            d16 = given[s:e]
-            d32 = d16.astype(np.float32)
-            zero = d32 == 0
-            with np.errstate(over="ignore"):
-                y = x / np.where(zero, np.float32(1), d32)[..., None]
-            y[zero] = 0
-            np.clip(y, -8, 7, out=y)
-            y = _round_half_away(y)
-            y += np.float32(8)
-            qq = y.astype(np.uint8)
+            np.clip(y, fmt.qmin, fmt.qmax, out=y)
+            y = round_half_away(y)
+            if fmt.offset:
+                y += np.float32(fmt.offset)
+            qq = y.astype(fmt.code_dtype)
             d_out[s:e] = d16
         q[s:e] = qq.reshape(e - s, cols)
     return q.reshape(shape), d_out.reshape(*shape[:-1], nb)
@@ -234,142 +265,25 @@ def _dequantize(vals: np.ndarray, d: np.ndarray) -> np.ndarray:
     return out
 
 
-def dequantize_q8_0(q, d) -> np.ndarray:
-    """Decode Q8_0 codes/scales to float32 ``q * d`` (same shape as ``q``), exactly as ggml/gguf do."""
-    q, d = _check_pair(q, d, 8)
-    return _dequantize(q, d)
+def check_codes(fmt: BlockFormat, q, name: str = "q") -> np.ndarray:
+    """``q`` as codes of ``fmt`` (dtype, range, a last axis of whole blocks), else ValueError."""
+    q = np.asarray(q)
+    if q.dtype != fmt.code_dtype:
+        raise ValueError(f"{name}: {fmt.name} codes must be {np.dtype(fmt.code_dtype).name}, got {q.dtype}")
+    if fmt.offset and q.size and q.max() > fmt.qmax + fmt.offset:
+        raise ValueError(f"{name}: {fmt.name} codes must be in 0..{fmt.qmax + fmt.offset}")
+    if q.ndim < 1 or q.shape[-1] == 0 or q.shape[-1] % BLOCK_SIZE:
+        raise ValueError(f"{name}: last dimension {q.shape[-1:]} is not a positive multiple of {BLOCK_SIZE}")
+    return q
 
 
-def dequantize_q4_0(q, d) -> np.ndarray:
-    """Decode Q4_0 nibbles/scales to float32 ``(q - 8) * d`` (same shape as ``q``), exactly as ggml/gguf do."""
-    q, d = _check_pair(q, d, 4)
-    return _dequantize(q.view(np.int8) - np.int8(8), d)
-
-
-def quantizer(bits: int):
-    """``quantize_q8_0`` for 8 bits, ``quantize_q4_0`` for 4 (a ValueError otherwise)."""
-    if bits not in (4, 8):
-        raise ValueError(f"bits must be 4 (Q4_0) or 8 (Q8_0), got {bits!r}")
-    return quantize_q8_0 if bits == 8 else quantize_q4_0
-
-
-def dequantizer(bits: int):
-    """``dequantize_q8_0`` for 8 bits, ``dequantize_q4_0`` for 4 (a ValueError otherwise)."""
-    if bits not in (4, 8):
-        raise ValueError(f"bits must be 4 (Q4_0) or 8 (Q8_0), got {bits!r}")
-    return dequantize_q8_0 if bits == 8 else dequantize_q4_0
-
-
-# ----------------------------------------------------------------------------------------------
-# packing
-
-
-def _pack_nibbles_adjacent(q: np.ndarray) -> np.ndarray:
-    # onnxruntime: element 2i in the low nibble, element 2i+1 in the high nibble of byte i.
-    return q[..., 0::2] | (q[..., 1::2] << np.uint8(4))
-
-
-def _codes_as_uint8(q: np.ndarray, bits: int) -> np.ndarray:
-    """Codes as onnxruntime's unsigned storage with its default zero point 2**(bits-1).
-
-    Q4_0 nibbles already carry the +8 offset. For Q8_0, int8 v -> uint8 v + 128, which is just
-    flipping the sign bit.
-    """
-    if bits == 8:
-        return q.view(np.uint8) ^ np.uint8(0x80)
-    return _pack_nibbles_adjacent(q)
-
-
-def to_matmulnbits(q, d, bits: int) -> tuple[np.ndarray, np.ndarray]:
-    """Encode a quantized torch-Linear weight W [N_out, K_in] for ``com.microsoft.MatMulNBits``.
-
-    ``(q, d)`` come from ``quantize_q8_0`` (bits=8) or ``quantize_q4_0`` (bits=4). Returns
-    ``(B uint8 [N, K/32, 32*bits/8], scales float32 [N, K/32])`` for a node with attributes
-    ``matmulnbits_attributes(N, K, bits)`` and *no* zero_points input: onnxruntime then uses the
-    zero point 2**(bits-1) (8 or 128), which reproduces ggml's symmetric codes. Packing is
-    low-first along K: for 4 bits, byte i of a block holds element 2i in its low nibble and 2i+1 in
-    its high nibble (ggml's Q4_0 layout differs: element i with i+16). For 8 bits, byte = code+128.
-    The node computes ``Y = A @ dequant(B).T`` (A [..., K] -> Y [..., N]). The 2-D scales shape is the
-    one onnxruntime's own quantizer writes; the flat ``scales.reshape(-1)`` is accepted as well.
-    """
-    q, d = _check_pair(q, d, bits, ndim=2)
-    n, k = q.shape
-    blob = BLOCK_SIZE * bits // 8
-    b = _codes_as_uint8(q, bits).reshape(n, k // BLOCK_SIZE, blob)
-    return np.ascontiguousarray(b), d.astype(np.float32)
-
-
-def matmulnbits_attributes(n: int, k: int, bits: int, accuracy_level: int = 0) -> dict[str, int]:
-    """Attributes for the MatMulNBits node that consumes ``to_matmulnbits`` output.
-
-    accuracy_level 0 (the default) decodes exactly (fp32 compute); 4 quantizes the activations to
-    int8 per block and is not exact (see docs/notes/formats.md).
-    """
-    return {"K": int(k), "N": int(n), "bits": int(bits), "block_size": BLOCK_SIZE,
-            "accuracy_level": int(accuracy_level)}
-
-
-def to_gather_block_quantized(q, d, bits: int) -> tuple[np.ndarray, np.ndarray]:
-    """Encode an embedding table [vocab, hidden] (quantized along hidden) for ``com.microsoft.GatherBlockQuantized``.
-
-    Returns ``(data uint8 [vocab, hidden*bits/8], scales float32 [vocab, hidden/32])`` for a node with
-    ``gather_block_quantized_attributes(bits)`` (gather_axis=0, quantize_axis=1, block_size=32) and no
-    zero_points input. Byte layout is the same as ``to_matmulnbits`` (uint8 storage, default zero
-    point 2**(bits-1), adjacent nibbles for 4 bits). bits=8 with uint8 data is supported by the CPU
-    kernel of onnxruntime 1.32 (verified in tests). The output dtype follows the scales, so float32
-    scales give a float32 output that equals the ggml dequantization exactly.
-    """
-    q, d = _check_pair(q, d, bits, ndim=2)
-    return np.ascontiguousarray(_codes_as_uint8(q, bits)), d.astype(np.float32)
-
-
-def gather_block_quantized_attributes(bits: int) -> dict[str, int]:
-    """Attributes for the GatherBlockQuantized node that consumes ``to_gather_block_quantized`` output."""
-    return {"gather_axis": 0, "quantize_axis": 1, "block_size": BLOCK_SIZE, "bits": int(bits)}
-
-
-def to_ggml_bytes(q, d, fmt: str) -> np.ndarray:
-    """Pack codes/scales into ggml block bytes ``uint8 [..., cols//32 * type_size]`` (what a GGUF file stores).
-
-    Each block is the little-endian float16 ``d`` followed by the codes: 32 int8 for ``"q8_0"``
-    (34 bytes); for ``"q4_0"`` 16 bytes where byte j holds element j in its low nibble and element
-    j+16 in its high nibble (18 bytes).
-    """
-    bits = _fmt_bits(fmt)
-    q, d = _check_pair(q, d, bits)
-    nb = q.shape[-1] // BLOCK_SIZE
-    qb = q.reshape(-1, nb, BLOCK_SIZE)
-    if bits == 8:
-        payload = qb.view(np.uint8)
-    else:
-        half = BLOCK_SIZE // 2
-        payload = qb[..., :half] | (qb[..., half:] << np.uint8(4))
-    scale_bytes = d.astype("<f2").reshape(-1, nb, 1).view(np.uint8)
-    out = np.concatenate([scale_bytes, payload], axis=-1)
-    return out.reshape(*q.shape[:-1], nb * _GGML_TYPE_SIZE[fmt.lower()])
-
-
-def from_ggml_bytes(buf, fmt: str) -> tuple[np.ndarray, np.ndarray]:
-    """Inverse of ``to_ggml_bytes``: ggml block bytes ``uint8 [..., n_bytes]`` -> ``(q, d float16)``."""
-    bits = _fmt_bits(fmt)
-    size = _GGML_TYPE_SIZE[fmt.lower()]
-    buf = np.asarray(buf)
-    if buf.dtype != np.uint8 or buf.ndim < 1 or buf.shape[-1] % size:
-        raise ValueError(f"expected uint8 bytes with last dimension a multiple of {size}")
-    nb = buf.shape[-1] // size
-    blocks = buf.reshape(-1, nb, size)
-    d = np.ascontiguousarray(blocks[..., :2]).view("<f2")[..., 0].astype(np.float16)
-    payload = blocks[..., 2:]
-    if bits == 8:
-        q = np.ascontiguousarray(payload).view(np.int8)
-    else:
-        q = np.concatenate([payload & np.uint8(0x0F), payload >> np.uint8(4)], axis=-1)
-    return (q.reshape(*buf.shape[:-1], nb * BLOCK_SIZE),
-            d.reshape(*buf.shape[:-1], nb))
-
-
-def _fmt_bits(fmt: str) -> int:
-    f = fmt.lower()
-    if f not in _GGML_TYPE_SIZE:
-        raise ValueError(f"unknown format {fmt!r}; expected 'q8_0' or 'q4_0'")
-    return 8 if f == "q8_0" else 4
+def check_pair(fmt: BlockFormat, q, d, ndim: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Codes and float16 scales of ``fmt`` that belong together, else ValueError."""
+    q = check_codes(fmt, q)
+    d = np.asarray(d)
+    if ndim is not None and q.ndim != ndim:
+        raise ValueError(f"codes must be {ndim}-D, got shape {q.shape}")
+    want = (*q.shape[:-1], q.shape[-1] // BLOCK_SIZE)
+    if d.dtype != np.float16 or d.shape != want:
+        raise ValueError(f"scales must be float16 with shape {want}, got {d.dtype} {d.shape}")
+    return q, d

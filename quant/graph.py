@@ -18,21 +18,17 @@ Needs onnx and numpy only.
 """
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from . import formats as F
+from runtime.onnx_helpers import FUSED_NORM_SCALE_INPUT, MS_DOMAIN, GraphError
 
-MS_DOMAIN = "com.microsoft"
-MS_OPSET = 1
-#: onnxruntime's fused RMSNorm operators (written by ``export.fusions``) -> index of their scale input.
-FUSED_NORM_SCALE_INPUT = {"SimplifiedLayerNormalization": 1, "SkipSimplifiedLayerNormalization": 2}
+from .formats import BLOCK_SIZE, BlockFormat
+from .packing import matmulnbits_attributes
 
 _GROUP_PATTERNS = (
     ("embeddings", re.compile(r"^backbone\.embed_tokens\.weight$"), "Gather"),
@@ -40,16 +36,8 @@ _GROUP_PATTERNS = (
     ("feed_forward", re.compile(r"^backbone\.layers\.\d+\.mlp\.(gate|up|down)_proj\.weight_t$"), "MatMul"),
     ("projection", re.compile(r"^dense_weights\.\d+$"), "MatMul"),
 )
-#: Op that replaces the consumer of each group's weights.
-QUANT_OP = {"embeddings": "GatherBlockQuantized", "attention": "MatMulNBits",
-            "feed_forward": "MatMulNBits", "projection": "MatMulNBits"}
-
 # 2-D float initializers smaller than this are constants (e.g. a RoPE table), not weights we own.
 _MIN_WEIGHT_ELEMS = 4096
-
-
-class GraphError(ValueError):
-    """The fp32 graph does not look like an EmbeddingGemma export this stage can quantize."""
 
 
 @dataclass(frozen=True)
@@ -97,7 +85,7 @@ def norm_scale_initializer(activation: str, producer: dict, initializers, uses: 
     return consts[0] if len(consts) == 1 and consts[0] in initializers and uses.get(consts[0]) == 1 else None
 
 
-def find_weight_sites(model: onnx.ModelProto, block_size: int = F.BLOCK_SIZE) -> list[WeightSite]:
+def find_weight_sites(model: onnx.ModelProto, block_size: int = BLOCK_SIZE) -> list[WeightSite]:
     """Every quantizable weight of the graph, in initializer order, checked against the export contract.
 
     Raises ``GraphError`` when a weight is consumed by anything other than exactly one node of the
@@ -149,87 +137,65 @@ def find_weight_sites(model: onnx.ModelProto, block_size: int = F.BLOCK_SIZE) ->
     return sites
 
 
-def read_initializer(tensor: TensorProto, base_dir: str | Path) -> np.ndarray:
-    """The initializer's values; external data is memory-mapped read-only, not copied into memory."""
-    dtype = helper.tensor_dtype_to_np_dtype(tensor.data_type)
-    shape = tuple(int(d) for d in tensor.dims)
-    if tensor.data_location != TensorProto.EXTERNAL:
-        return numpy_helper.to_array(tensor)
-    info = {e.key: e.value for e in tensor.external_data}
-    path = Path(base_dir) / info["location"]
-    offset = int(info.get("offset", 0))
-    want = int(np.prod(shape)) * np.dtype(dtype).itemsize
-    if "length" in info and int(info["length"]) != want:
-        raise GraphError(f"external data of {tensor.name!r} has {info['length']} bytes, expected {want}")
-    if not path.is_file() or path.stat().st_size < offset + want:
-        raise GraphError(f"external data of {tensor.name!r} is missing or truncated in {path}; re-copy the artifact")
-    return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape)
+def head_chain(model: onnx.ModelProto, sites: list[WeightSite]) -> list[WeightSite]:
+    """The projection-head sites in graph order (the first reads the pooled vector)."""
+    heads = [s for s in sites if s.group == "projection" and s.op == "MatMul"]
+    outputs = {n.name: n.output[0] for n in model.graph.node}
+    first = [h for h in heads if h.activation not in {outputs.get(o.node_name) for o in heads}]
+    if len(first) != 1:
+        return []
+    chain = first
+    while True:
+        nxt = [h for h in heads if h.activation == outputs.get(chain[-1].node_name)]
+        if len(nxt) != 1:
+            return chain
+        chain.append(nxt[0])
 
 
-def internalize_external_data(model: onnx.ModelProto, base_dir: str | Path, skip: set[str] = frozenset(),
-                              max_bytes: int | None = None) -> None:
-    """Load the external data of every initializer not in ``skip`` (and, with ``max_bytes``, of at
-    most that size) into the proto."""
-    from onnx.external_data_helper import load_external_data_for_tensor
-
-    for init in model.graph.initializer:
-        if init.name in skip or init.data_location != TensorProto.EXTERNAL:
-            continue
-        if max_bytes is not None and _external_length(init) > max_bytes:
-            continue
-        load_external_data_for_tensor(init, str(base_dir))
-        init.data_location = TensorProto.DEFAULT
-        del init.external_data[:]
-
-
-def _external_length(tensor: TensorProto) -> int:
-    info = {e.key: e.value for e in tensor.external_data}
-    if "length" in info:
-        return int(info["length"])
-    return int(np.prod(tensor.dims, dtype=np.int64)) * helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+def pooling_states(model: onnx.ModelProto, pooled: str) -> str | None:
+    """Name of the [batch, tokens, hidden] tensor whose masked mean is ``pooled`` (the export's
+    ``Div(ReduceSum(Where(mask, states, 0)), count)``), or None when the graph has another shape."""
+    producer = {o: n for n in model.graph.node for o in n.output}
+    node = producer.get(pooled)
+    for op, idx in (("Div", 0), ("ReduceSum", 0), ("Where", 1)):
+        if node is None or node.op_type != op:
+            return None
+        name = node.input[idx]
+        node = producer.get(name)
+    return name
 
 
 @dataclass
 class QuantizedWeight:
-    """Packed contrib-op tensors for one site (see ``quant.formats.to_matmulnbits`` / ``to_gather_block_quantized``)."""
+    """One site's codes packed for onnxruntime (``quant.packing.pack_blocks``) with their float16 scales."""
 
-    bits: int
-    data: np.ndarray     # uint8: MatMulNBits [N, K/32, 32*bits/8]; GatherBlockQuantized [V, H*bits/8]
-    scales: np.ndarray   # float32 [N, K/32] (exact widenings of the float16 ggml scales)
+    format: BlockFormat
+    data: np.ndarray     # uint8 [rows, K/32, 32*bits/8]: MatMul rows are output channels, table rows are tokens
+    scales: np.ndarray   # float16 [rows, K/32], the ggml scales
 
 
 #: Manifest name of a MatMul whose block-quantized weight is decoded at session load (``replace_site``).
 DECODED_MATMUL_OP = "MatMul on blocks decoded once at session load (standard ops, float16 scales)"
-#: How the quantized token table is looked up (see ``replace_site``).
-EMBEDDING_OPS = ("gather", "gbq")
-#: Manifest names of the two lookups.
-EMBEDDING_OP_NAMES = {"gather": "Gather+blockwise dequantize (standard ops, float16 scales)",
-                      "gbq": "GatherBlockQuantized"}
+#: Manifest name of the quantized token-table lookup.
+EMBEDDING_LOOKUP_OP = "Gather+blockwise dequantize (standard ops, float16 scales)"
 
 
 def replace_site(model: onnx.ModelProto, site: WeightSite, qw: QuantizedWeight, accuracy_level: int = 0,
-                 embedding_op: str = "gather", decode_at_load: bool = False) -> None:
-    """Swap one weight's consumer for its quantized op, in place, and replace the fp32 initializer.
+                 decode_at_load: bool = False) -> None:
+    """Swap one weight's consumer for its quantized form, in place, and replace the fp32 initializer.
 
-    MatMul sites become ``com.microsoft.MatMulNBits``, or with ``decode_at_load`` keep their MatMul
-    and read the weight from standard ops that decode the packed blocks (float16 scales, the
-    MatMulNBits byte layout); those ops have only initializers as inputs, so onnxruntime's default
-    constant folding decodes the weight once when the session loads and the MatMul runs in float32
-    on the exact Q8_0/Q4_0 values: no activation rounding (accuracy level) and no per-call decode,
-    for 4 bytes per weight of memory at run time. The token table (Gather site) becomes either
-
-    * ``embedding_op="gbq"``: one ``com.microsoft.GatherBlockQuantized`` node. Its output type
-      follows its scales, so exact float32 output needs float32 scales: 4 bytes per block.
-    * ``embedding_op="gather"``: standard opset-13+ ops that gather the packed rows and the float16
-      scales of the looked-up tokens only, then decode them (nibble unpack, ``code - zero_point``,
-      times the scale widened to float32). Same values bit for bit, but the scales take 2 bytes per
-      block, which saves 12.6 MB on EmbeddingGemma's 262144 x 768 table.
+    MatMul sites become ``com.microsoft.MatMulNBits`` (float32 scales), or, with ``decode_at_load`` or
+    a format MatMulNBits cannot run, keep their MatMul and read the weight from standard ops that
+    decode the packed blocks (float16 scales): those ops have only initializers as inputs, so
+    onnxruntime's default constant folding decodes the weight once when the session loads and the
+    MatMul runs in float32 on the exact ggml values (no activation rounding, no per-call decode) for
+    4 bytes per weight of memory at run time. The token table (Gather site) becomes standard ops
+    that gather the packed rows and float16 scales of the looked-up tokens only, then decode them.
+    Every decode is ``(code - zero_point) * scale`` in float32, as ggml decodes, bit for bit.
 
     The fp32 initializer is removed before the packed ones are added, so the graph never holds both
     copies of the data for long.
     """
-    if embedding_op not in EMBEDDING_OPS:
-        raise ValueError(f"embedding_op must be one of {EMBEDDING_OPS}, got {embedding_op!r}")
     graph = model.graph
     idx = next((i for i, init in enumerate(graph.initializer) if init.name == site.name), None)
     if idx is None:
@@ -242,25 +208,22 @@ def replace_site(model: onnx.ModelProto, site: WeightSite, qw: QuantizedWeight, 
             break
     node_idx = next(i for i, node in enumerate(graph.node) if site.name in node.input)
     old = graph.node[node_idx]
-    data_name, scales_name = f"{site.name}.q{qw.bits}", f"{site.name}.scales"
-    half_scales = (site.op == "Gather" and embedding_op == "gather") or (site.op == "MatMul" and decode_at_load)
-    scales = qw.scales.astype(np.float16) if half_scales else qw.scales
-    if half_scales and not np.array_equal(scales.astype(np.float32), qw.scales):
-        raise ValueError(f"scales of {site.name!r} are not float16 values; the ggml formats store float16 scales")
-    graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(qw.data), data_name))
+    fmt = qw.format
+    data_name, scales_name = f"{site.name}.q{fmt.bits}", f"{site.name}.scales"
+    nbits_op = site.op == "MatMul" and fmt.matmulnbits and not decode_at_load
+    data = qw.data if site.op == "MatMul" else qw.data.reshape(qw.data.shape[0], -1)
+    scales = qw.scales.astype(np.float32) if nbits_op else qw.scales
+    graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(data), data_name))
     graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(scales), scales_name))
 
-    if site.op == "MatMul" and decode_at_load:
-        new = _matmul_decode_nodes(graph, site, old, data_name, scales_name, qw.bits)
-    elif site.op == "MatMul":
+    if nbits_op:
         new = [helper.make_node("MatMulNBits", [old.input[0], data_name, scales_name], list(old.output),
                                 name=old.name, domain=MS_DOMAIN,
-                                **F.matmulnbits_attributes(site.n, site.k, qw.bits, accuracy_level))]
-    elif embedding_op == "gbq":
-        new = [helper.make_node("GatherBlockQuantized", [data_name, old.input[1], scales_name], list(old.output),
-                                name=old.name, domain=MS_DOMAIN, **F.gather_block_quantized_attributes(qw.bits))]
+                                **matmulnbits_attributes(site.n, site.k, fmt, accuracy_level))]
+    elif site.op == "MatMul":
+        new = _matmul_decode_nodes(graph, site, old, data_name, scales_name, fmt)
     else:
-        new = _gather_dequantize_nodes(graph, site, old, data_name, scales_name, qw.bits)
+        new = _gather_dequantize_nodes(graph, site, old, data_name, scales_name, fmt)
     for node in new:
         node.metadata_props.extend(old.metadata_props)
     graph.node.remove(old)
@@ -268,14 +231,15 @@ def replace_site(model: onnx.ModelProto, site: WeightSite, qw: QuantizedWeight, 
         graph.node.insert(node_idx + offset, node)
 
 
-def _gather_dequantize_nodes(graph, site: WeightSite, old, data_name: str, scales_name: str, bits: int):
+def _gather_dequantize_nodes(graph, site: WeightSite, old, data_name: str, scales_name: str,
+                             fmt: BlockFormat):
     """Standard-op lookup of a block-quantized table: only the looked-up rows are ever decoded."""
     p = f"{site.name}.dq"   # prefix for the helper tensors and nodes
     ids, out = old.input[1], old.output[0]
     mk = _node_maker(old.name)
     nodes = [mk("Gather", [data_name, ids], f"{p}.packed", axis=0),
              mk("Gather", [scales_name, ids], f"{p}.scales16", axis=0)]
-    decode, values = _block_decode_nodes(graph, site, p, f"{p}.packed", f"{p}.scales16", bits, mk)
+    decode, values = _block_decode_nodes(graph, site, p, f"{p}.packed", f"{p}.scales16", fmt, mk)
     graph.initializer.append(numpy_helper.from_array(np.array([site.k], np.int64), f"{p}.row_shape"))
     nodes += decode + [mk("Shape", [ids], f"{p}.ids_shape"),
                        mk("Concat", [f"{p}.ids_shape", f"{p}.row_shape"], f"{p}.out_shape", axis=0)]
@@ -283,11 +247,11 @@ def _gather_dequantize_nodes(graph, site: WeightSite, old, data_name: str, scale
     return nodes
 
 
-def _matmul_decode_nodes(graph, site: WeightSite, old, data_name: str, scales_name: str, bits: int):
+def _matmul_decode_nodes(graph, site: WeightSite, old, data_name: str, scales_name: str, fmt: BlockFormat):
     """MatMul on a weight decoded from its packed blocks ([N, K/32, ...] -> [K, N]) by constant-only ops."""
     p = f"{site.name}.dq"
     mk = _node_maker(old.name)
-    decode, values = _block_decode_nodes(graph, site, p, data_name, scales_name, bits, mk)
+    decode, values = _block_decode_nodes(graph, site, p, data_name, scales_name, fmt, mk)
     graph.initializer.append(numpy_helper.from_array(np.array([site.n, site.k], np.int64), f"{p}.weight_shape"))
     decode += [mk("Reshape", [values, f"{p}.weight_shape"], f"{p}.w_nk"),
                mk("Transpose", [f"{p}.w_nk"], f"{p}.w", perm=[1, 0])]
@@ -299,21 +263,48 @@ def _node_maker(base: str):
     return lambda op, inputs, output, **kw: helper.make_node(op, inputs, [output], name=f"{base}/{output.rsplit('.', 1)[-1]}", **kw)
 
 
-def _block_decode_nodes(graph, site: WeightSite, p: str, codes: str, scales16: str, bits: int, mk):
-    """Standard ops from packed codes [rows, K/32 * 32*bits/8] or [rows, K/32, 32*bits/8] and float16
-    scales [rows, K/32] to float32 values [rows, K/32, 32]: nibble unpack (4 bits), ``code -
-    zero_point``, times the scale widened to float32, which is exact as ggml decodes."""
-    nb, block = site.k // F.BLOCK_SIZE, F.BLOCK_SIZE
-    consts = {f"{p}.zero_point": np.array(2 ** (bits - 1), np.float32),
+def _block_decode_nodes(graph, site: WeightSite, p: str, codes: str, scales16: str, fmt: BlockFormat, mk):
+    """Standard ops from packed codes ([rows, K/32 * block bytes] or [rows, K/32, block bytes],
+    ``quant.packing``) and float16 scales [rows, K/32] to float32 values [rows, K/32, 32]: unpack,
+    ``code - zero_point``, times the scale widened to float32, which is exact as ggml decodes."""
+    nb, block = site.k // BLOCK_SIZE, BLOCK_SIZE
+    consts = {f"{p}.zero_point": np.array(fmt.zero_point, np.float32),
               f"{p}.block_shape": np.array([-1, nb, block], np.int64),
               f"{p}.scale_shape": np.array([-1, nb, 1], np.int64)}
-    if bits == 4:
+    if fmt.bits < 8:
         consts.update({f"{p}.low_mask": np.array(0x0F, np.uint8), f"{p}.shift": np.array(4, np.uint8),
                        f"{p}.last_axis": np.array([-1], np.int64)})
+    nodes = []
+    planes = fmt.bits - 4 if 4 < fmt.bits < 8 else 0   # bits above the low nibble, stored as bit planes
+    if planes:
+        # each block: half a block of low-nibble bytes, then one bit plane (4 bytes) per higher bit
+        half = block // 2
+        consts.update({f"{p}.packed_shape": np.array([-1, nb, fmt.block_bytes], np.int64),
+                       f"{p}.zero_index": np.array([0], np.int64),
+                       f"{p}.half_block": np.array([half], np.int64),
+                       f"{p}.block_end": np.array([fmt.block_bytes], np.int64),
+                       f"{p}.bit_shifts": np.arange(8, dtype=np.uint8),
+                       f"{p}.one": np.array(1, np.uint8),
+                       f"{p}.planes_shape": np.array([-1, nb, planes, block], np.int64),
+                       f"{p}.plane_values": (2.0 ** np.arange(4, fmt.bits)).astype(np.float32).reshape(planes, 1),
+                       f"{p}.planes_axis": np.array([2], np.int64)})
+        nodes += [mk("Reshape", [codes, f"{p}.packed_shape"], f"{p}.packed_blocks"),
+                  mk("Slice", [f"{p}.packed_blocks", f"{p}.zero_index", f"{p}.half_block", f"{p}.last_axis"],
+                     f"{p}.nibble_bytes"),
+                  mk("Slice", [f"{p}.packed_blocks", f"{p}.half_block", f"{p}.block_end", f"{p}.last_axis"],
+                     f"{p}.plane_bytes"),
+                  # plane byte j holds elements 8j..8j+7 of its block, element 8j+b in bit b
+                  mk("Unsqueeze", [f"{p}.plane_bytes", f"{p}.last_axis"], f"{p}.plane_bytes1"),
+                  mk("BitShift", [f"{p}.plane_bytes1", f"{p}.bit_shifts"], f"{p}.plane_shifted", direction="RIGHT"),
+                  mk("BitwiseAnd", [f"{p}.plane_shifted", f"{p}.one"], f"{p}.plane_bits"),
+                  mk("Cast", [f"{p}.plane_bits"], f"{p}.plane_bits_f", to=TensorProto.FLOAT),
+                  mk("Reshape", [f"{p}.plane_bits_f", f"{p}.planes_shape"], f"{p}.planes"),
+                  mk("Mul", [f"{p}.planes", f"{p}.plane_values"], f"{p}.plane_parts"),
+                  mk("ReduceSum", [f"{p}.plane_parts", f"{p}.planes_axis"], f"{p}.high_part", keepdims=0)]
+        codes = f"{p}.nibble_bytes"
     for name, value in consts.items():
         graph.initializer.append(numpy_helper.from_array(value, name))
-    nodes = []
-    if bits == 4:
+    if fmt.bits < 8:
         # byte i holds element 2i in its low nibble and element 2i+1 in its high nibble
         nodes += [mk("BitwiseAnd", [codes, f"{p}.low_mask"], f"{p}.low"),
                   mk("BitShift", [codes, f"{p}.shift"], f"{p}.high", direction="RIGHT"),
@@ -322,8 +313,12 @@ def _block_decode_nodes(graph, site: WeightSite, p: str, codes: str, scales16: s
                   mk("Concat", [f"{p}.low1", f"{p}.high1"], f"{p}.pairs", axis=-1)]
         codes = f"{p}.pairs"
     nodes += [mk("Cast", [codes], f"{p}.codes_f", to=TensorProto.FLOAT),
-              mk("Reshape", [f"{p}.codes_f", f"{p}.block_shape"], f"{p}.blocks"),
-              mk("Sub", [f"{p}.blocks", f"{p}.zero_point"], f"{p}.centered"),
+              mk("Reshape", [f"{p}.codes_f", f"{p}.block_shape"], f"{p}.blocks")]
+    blocks = f"{p}.blocks"
+    if planes:   # small integers: the float sum is exact
+        nodes.append(mk("Add", [blocks, f"{p}.high_part"], f"{p}.all_blocks"))
+        blocks = f"{p}.all_blocks"
+    nodes += [mk("Sub", [blocks, f"{p}.zero_point"], f"{p}.centered"),
               mk("Cast", [scales16], f"{p}.scales_f", to=TensorProto.FLOAT),
               mk("Reshape", [f"{p}.scales_f", f"{p}.scale_shape"], f"{p}.scales_b"),
               # (code - zero_point) * scale is exact in float32: as ggml decodes, bit for bit
@@ -344,28 +339,3 @@ def strip_debug_metadata(model: onnx.ModelProto) -> int:
 
 
 _DEBUG_METADATA = re.compile(r"^(namespace|pkg\.torch\.onnx\..*|pkg\.onnxscript\..*)$")
-
-
-def add_contrib_opset(model: onnx.ModelProto) -> None:
-    """Declare the com.microsoft domain that MatMulNBits (and GatherBlockQuantized) live in."""
-    if not any(o.domain == MS_DOMAIN for o in model.opset_import):
-        model.opset_import.append(helper.make_opsetid(MS_DOMAIN, MS_OPSET))
-
-
-def opset_imports(model: onnx.ModelProto) -> dict[str, int]:
-    """``{domain: version}`` of the model, with the default domain spelled ``ai.onnx``."""
-    return {(o.domain or "ai.onnx"): int(o.version) for o in model.opset_import}
-
-
-def save_with_external_data(model: onnx.ModelProto, path: str | Path, data_name: str = "model.onnx.data") -> None:
-    """Write ``path`` plus one external data file beside it (onnxruntime memory-maps it at load)."""
-    path = Path(path)
-    if (path.parent / data_name).exists():
-        # onnx appends to an existing data file; a stale one would corrupt the offsets.
-        raise FileExistsError(f"{path.parent / data_name} already exists")
-    onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                    location=data_name, size_threshold=1024)
-    # onnx creates the data file private (0600); give it the usual umask-based mode like model.onnx.
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path.parent / data_name, 0o666 & ~umask)

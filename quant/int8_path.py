@@ -36,7 +36,9 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from .graph import MS_DOMAIN, norm_scale_initializer
+from runtime.onnx_helpers import MS_DOMAIN
+
+from .graph import norm_scale_initializer
 
 #: Weights that take the integer path when their group asks for it (see the module docstring).
 ELIGIBLE = re.compile(r"\.(q_proj|k_proj|o_proj|gate_proj|up_proj)\.weight_t$")

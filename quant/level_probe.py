@@ -1,22 +1,16 @@
 """Pick MatMulNBits' ``accuracy_level`` by timing the built model at levels 0 and 4 on this CPU.
 
-Which level is faster is not a property of the instruction set alone: on one AVX-512 VNNI machine
-level 4 (int8 activation blocks, integer dot products) made Q4_0 1.16x fp32 and level 0 1.08x; on
-another VNNI machine level 4 made Q4_0 *slower* than fp32 (0.80x) and level 0 made it 1.13x
-(docs/notes/quant.md). Nor does a small graph tell: a probe of the feed-forward shapes (2,048 rows)
-timed Q8_0 level 4 11-32 % faster than level 0 on the Xeon, run to run, while the whole model ran
-at the same speed at both levels (0.80x and 0.79x fp32, paired rounds). So ``--accuracy-level
-auto`` times the artifact itself with the graph at level 0 and at level 4, interleaved, on the two
-shapes users run: a batch of 32 texts x 32 tokens (the ~1,000 rows per product the runtime's padding
-split gives 64 short texts) and one text of 16 tokens (a search box). Both count: at level 0
-onnxruntime has no fp32-compute kernel for 8-bit blocks and decodes every weight on every call, so
-Q8_0 at level 0 ran batches 1.08x faster than at level 4 but single texts 7x slower (191 against 26
-ms). That takes ~15 s per bit width of a variant.
+Which level is faster is not a property of the instruction set alone, and a small graph does not
+tell either (docs/notes/quant.md has the measurements on several CPUs). So ``--accuracy-level auto``
+times the artifact itself with the graph at level 0 and at level 4, interleaved, on the two shapes
+users run: a batch of 32 texts x 32 tokens (about what the runtime's padding split makes of 64
+short texts) and one text of 16 tokens (a search box). Both count: at level 0 onnxruntime has no
+fp32-compute kernel for 8-bit blocks and decodes every weight on every call, which makes single
+texts several times slower while batches may be faster.
 
-Level 4 is not free: its int8 activation blocks are a second rounding on top of the weights'. For
-Q8_0 that is most of the error (real model, GPTQ, parity texts, document prompt, 1 - mean cosine:
-level 0 3.1e-5, level 4 2.4e-4). So level 4 must beat level 0 by ``LEVEL4_MIN_GAIN`` (geometric mean
-of the two shapes' speed-ups).
+Level 4 is not free: its int8 activation blocks are a second rounding on top of the weights' (for
+Q8_0 most of the error). So level 4 must beat level 0 by ``LEVEL4_MIN_GAIN`` (geometric mean of the
+two shapes' speed-ups).
 
 Needs onnx, onnxruntime and numpy only.
 """
@@ -28,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+
+from .formats import matmulnbits_format
 
 #: Levels compared: 0 decodes the weights to fp32 and multiplies in fp32; 4 quantizes each
 #: activation block of 32 to int8 and uses integer dot products. (1-3 are fp32/fp16/bf16 compute
@@ -130,7 +126,8 @@ def choose_levels(model_path: str | Path, vocab: int, threads: int | None = None
         levels[bits] = pick_level(timed)
         detail = "; ".join(f"level {lv}: " + ", ".join(f"{shape} {t * 1e3:.1f} ms" for shape, t in by_shape.items())
                            for lv, by_shape in sorted(timed.items()))
-        notes[f"Q{bits}_0"] = (f"auto: {levels[bits]}, the built model timed on the building CPU with its Q{bits}_0 "
+        name = matmulnbits_format(bits).name
+        notes[name] = (f"auto: {levels[bits]}, the built model timed on the building CPU with its {name} "
                                f"MatMulNBits at each level (texts x tokens: {shapes}; median of {PROBE_ROUNDS}: "
                                f"{detail}); level 4 only if >= {LEVEL4_MIN_GAIN:g}x faster (geometric mean), its "
                                f"int8 activations cost accuracy")

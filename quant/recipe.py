@@ -1,20 +1,20 @@
-"""Quantization recipes: which ggml block format each weight group of EmbeddingGemma gets.
+"""Quantization recipes: which block format each weight group of EmbeddingGemma gets.
 
-Grammar: ``e{bits}_a{bits}_f{bits}_p{bits}`` with each ``bits`` 4 (Q4_0) or 8 (Q8_0):
+Grammar: ``e{F}_a{F}_f{F}_p{F}`` where each ``F`` is a format's recipe code from ``quant.formats``
+(8 = Q8_0, 4 = Q4_0, 5 = Q5_0), for
 
-* ``e`` embeddings: the token-embedding table (``GatherBlockQuantized``),
-* ``a`` attention: q/k/v/o projections of every layer (``MatMulNBits``),
-* ``f`` feed-forward: gate/up/down projections of every layer (``MatMulNBits``),
-* ``p`` projection heads: the two Dense layers 768->3072->768 (``MatMulNBits``).
+* ``e`` embeddings: the token-embedding table,
+* ``a`` attention: q/k/v/o projections of every layer,
+* ``f`` feed-forward: gate/up/down projections of every layer,
+* ``p`` projection heads: the two Dense layers 768->3072->768.
 
-A trailing ``i`` on the attention or feed-forward bits (``a8i``, ``f8i``; 8 bits only) puts that
-group on the integer path (``quant.int8_path``): int8 weights per output channel and int8
-activations quantized per token at run time, for onnxruntime's integer GEMM (v_proj and
-down_proj stay fp32; see ``quant.int8_path``).
+A trailing ``i`` on 8-bit attention or feed-forward (``a8i``, ``f8i``) puts that group on the
+integer path (``quant.int8_path``): int8 weights per output channel and int8 activations quantized
+per token at run time, for onnxruntime's integer GEMM (v_proj and down_proj stay fp32).
 
-Named recipes: ``q8_0`` = ``e8_a8_f8_p8``, ``q4_0`` = ``e4_a4_f4_p4``, ``w8a8`` = ``e8_a8i_f8i_p8``
-(the speed-first variant). ``e4_a8_f4_p4`` is Google's mixed recipe. Norms and every other tensor
-stay float32 in every recipe. Standard library only.
+Named recipes: each format's uniform recipe by its name (``q8_0`` = ``e8_a8_f8_p8``, ``q4_0`` =
+``e4_a4_f4_p4``, ...), and ``w8a8`` = ``e8_a8i_f8i_p8`` (the speed-first variant). ``e4_a8_f4_p4``
+is Google's mixed recipe. Norms and every other tensor stay float32 in every recipe.
 """
 from __future__ import annotations
 
@@ -22,24 +22,27 @@ import difflib
 import re
 from dataclasses import dataclass
 
+from .formats import FORMATS, BlockFormat, get_format
+
 #: Weight groups in recipe order, with their one-letter recipe keys.
 GROUPS = ("embeddings", "attention", "feed_forward", "projection")
 GROUP_KEYS = {"e": "embeddings", "a": "attention", "f": "feed_forward", "p": "projection"}
-ALLOWED_BITS = (4, 8)
-FORMAT_OF_BITS = {8: "Q8_0", 4: "Q4_0"}
-#: Groups that may take the integer path (the ``i`` suffix).
+#: Groups that may take the integer path (the ``i`` suffix), and what the manifest calls it.
 INTEGER_GROUPS = ("attention", "feed_forward")
 INTEGER_FORMAT = "int8 per output channel, activations int8 per token at run time"
-#: ggml Q8_0/Q4_0 define blocks of 32; onnxruntime could take other sizes but the formats cannot.
-ALLOWED_BLOCK_SIZES = (32,)
-DEFAULT_BLOCK_SIZE = 32
 
-NAMED = {"q8_0": "e8_a8_f8_p8", "q4_0": "e4_a4_f4_p4", "w8a8": "e8_a8i_f8i_p8"}
+#: Each format's uniform recipe under its own name, and the speed-first variant.
+NAMED = {**{f.name.lower(): "_".join(f"{k}{f.recipe_code}" for k in GROUP_KEYS) for f in FORMATS.values()},
+         "w8a8": "e8_a8i_f8i_p8"}
 #: What ``--variant all`` builds, in this order.
 STANDARD_VARIANTS = ("q8_0", "q4_0", "e4_a8_f4_p4", "w8a8")
 
-_GRAMMAR = "e{4|8}_a{4|8}[i]_f{4|8}[i]_p{4|8}"
-_LOOSE = re.compile(r"^e(\d+)_a(\d+)(i?)_f(\d+)(i?)_p(\d+)$")
+_BY_CODE = {f.recipe_code: f for f in FORMATS.values()}
+_CODES = "|".join(re.escape(c) for c in sorted(_BY_CODE, key=len, reverse=True))
+_CODE_LIST = ", ".join(f"{f.recipe_code} ({f.name})" for f in FORMATS.values())
+_GRAMMAR = "e{F}_a{F}[i]_f{F}[i]_p{F}"
+_STRICT = re.compile(rf"^e({_CODES})_a({_CODES})(i?)_f({_CODES})(i?)_p({_CODES})$")
+_LOOSE = re.compile(r"^e([^_]+?)_a([^_]+?)(i?)_f([^_]+?)(i?)_p([^_i]+)$")
 
 
 class RecipeError(ValueError):
@@ -48,99 +51,97 @@ class RecipeError(ValueError):
 
 def allowed_text() -> str:
     """One line naming every accepted variant spelling, for error messages and --help."""
-    return (f"one of {', '.join(STANDARD_VARIANTS)}, or a recipe {_GRAMMAR} "
-            "(e=embeddings, a=attention, f=feed-forward, p=projection heads; 4 = Q4_0, 8 = Q8_0; "
-            "8i = the int8 integer path, attention and feed-forward only)")
+    return (f"one of {', '.join(STANDARD_VARIANTS)}, a format name ({', '.join(f.lower() for f in FORMATS)}), "
+            f"or a recipe {_GRAMMAR} (e=embeddings, a=attention, f=feed-forward, p=projection heads; F is "
+            f"{_CODE_LIST}; 8i = the int8 integer path, attention and feed-forward only)")
 
 
 @dataclass(frozen=True)
 class Recipe:
-    """Bits per weight group (4 -> Q4_0, 8 -> Q8_0) and the block size (32, as ggml defines)."""
+    """The block format (by name, e.g. "Q4_0") of each weight group, and the integer-path groups."""
 
-    embeddings: int
-    attention: int
-    feed_forward: int
-    projection: int
-    block_size: int = DEFAULT_BLOCK_SIZE
+    embeddings: str
+    attention: str
+    feed_forward: str
+    projection: str
     integer: tuple[str, ...] = ()
 
     def __post_init__(self):
         for group in GROUPS:
-            bits = getattr(self, group)
-            if bits not in ALLOWED_BITS:
-                raise RecipeError(f"{group} bits must be 4 or 8, got {bits!r}")
+            try:
+                get_format(getattr(self, group))
+            except ValueError as exc:
+                raise RecipeError(f"{group}: {exc}") from None
         for group in self.integer:
             if group not in INTEGER_GROUPS:
                 raise RecipeError(f"the integer path ('i') applies to attention and feed-forward only, not {group}")
-            if getattr(self, group) != 8:
-                raise RecipeError(f"the integer path ('i') needs 8 bits; {group} has {getattr(self, group)}")
-        if self.block_size not in ALLOWED_BLOCK_SIZES:
-            raise RecipeError(f"block size {self.block_size!r} is not supported: ggml Q8_0/Q4_0 blocks are "
-                              f"{'/'.join(map(str, ALLOWED_BLOCK_SIZES))} weights long")
+            if self.format_of(group).bits != 8:
+                raise RecipeError(f"the integer path ('i') needs 8 bits; {group} is {self.format_of(group).name}")
 
     @property
     def recipe(self) -> str:
         """The canonical recipe string, e.g. ``e4_a8_f4_p4``."""
-        tag = {g: "i" if g in self.integer else "" for g in INTEGER_GROUPS}
-        return (f"e{self.embeddings}_a{self.attention}{tag['attention']}_f{self.feed_forward}{tag['feed_forward']}"
-                f"_p{self.projection}")
+        return "_".join(f"{key}{self.format_of(group).recipe_code}{'i' if group in self.integer else ''}"
+                        for key, group in GROUP_KEYS.items())
 
     @property
     def name(self) -> str:
-        """The variant name: ``q8_0``/``q4_0`` for the uniform recipes, else the recipe string."""
+        """The variant name: the named recipe it equals (``q8_0``, ``w8a8``, ...), else the recipe string."""
         for named, recipe in NAMED.items():
             if recipe == self.recipe:
                 return named
         return self.recipe
 
-    def bits(self, group: str) -> int:
-        """Bits of one weight group (``embeddings``, ``attention``, ``feed_forward``, ``projection``)."""
+    def format_of(self, group: str) -> BlockFormat:
+        """The block format of one weight group (``embeddings``, ``attention``, ``feed_forward``, ``projection``)."""
         if group not in GROUPS:
             raise KeyError(f"unknown weight group {group!r}; groups are {', '.join(GROUPS)}")
-        return getattr(self, group)
+        return get_format(getattr(self, group))
 
     def format(self, group: str) -> str:
-        """ggml format name (``Q8_0`` or ``Q4_0``) of one weight group, or the integer path's description."""
-        if group in self.integer:
-            return INTEGER_FORMAT
-        return FORMAT_OF_BITS[self.bits(group)]
+        """What the manifest calls one group's storage: its format name, or the integer path's description."""
+        return INTEGER_FORMAT if group in self.integer else self.format_of(group).name
 
     def uses_integer_path(self, group: str) -> bool:
         """Whether the group's eligible weights take the integer path (``a8i`` / ``f8i``)."""
         return group in self.integer
 
 
-def parse_recipe(text: str, block_size: int = DEFAULT_BLOCK_SIZE) -> Recipe:
-    """Parse a variant name (``q8_0``, ``q4_0``) or recipe string (``e4_a8_f4_p4``) into a ``Recipe``.
+def parse_recipe(text: str) -> Recipe:
+    """Parse a variant name (``q8_0``, ``w8a8``) or recipe string (``e4_a8_f4_p4``) into a ``Recipe``.
 
-    Raises ``RecipeError`` naming what is allowed for typos, bits other than 4/8, or a block size
-    other than 32.
+    Raises ``RecipeError`` naming what is allowed for typos, unknown format codes or an integer path
+    on a group that is not 8-bit.
     """
     if not isinstance(text, str):
         raise RecipeError(f"variant must be a string, got {type(text).__name__}")
     key = text.strip().lower()
     recipe = NAMED.get(key, key)
-    match = _LOOSE.match(recipe)
+    match = _STRICT.match(recipe)
     if not match:
-        close = difflib.get_close_matches(key, [*STANDARD_VARIANTS, *NAMED.values()], n=1, cutoff=0.6)
+        loose = _LOOSE.match(recipe)
+        if loose:
+            e, a, _, f, _, p = loose.groups()
+            bad = [f"{k}{v} ({GROUP_KEYS[k].replace('_', '-')})" for k, v in zip(GROUP_KEYS, (e, a, f, p))
+                   if v not in _BY_CODE]
+            raise RecipeError(f"unsupported format in recipe {text!r}: {', '.join(bad)}; each group takes "
+                              f"{_CODE_LIST}, i.e. {_GRAMMAR}")
+        close = difflib.get_close_matches(key, [*STANDARD_VARIANTS, *NAMED, *NAMED.values()], n=1, cutoff=0.6)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise RecipeError(f"unknown variant {text!r}{hint}; expected {allowed_text()}")
     e, a, a_int, f, f_int, p = match.groups()
-    values = [int(v) for v in (e, a, f, p)]
-    bad = [f"{k}{v} ({GROUP_KEYS[k].replace('_', '-')})" for k, v in zip(GROUP_KEYS, values) if v not in ALLOWED_BITS]
-    if bad:
-        raise RecipeError(f"unsupported bits in recipe {text!r}: {', '.join(bad)}; each group takes 4 (Q4_0) or "
-                          f"8 (Q8_0), i.e. {_GRAMMAR}")
+    formats = [_BY_CODE[c] for c in (e, a, f, p)]
     integer = tuple(g for g, flag in (("attention", a_int), ("feed_forward", f_int)) if flag)
-    bad_int = [g.replace("_", "-") for g in integer if values[GROUPS.index(g)] != 8]
+    bad_int = [f"{g.replace('_', '-')}: {formats[GROUPS.index(g)].bits} bits" for g in integer
+               if formats[GROUPS.index(g)].bits != 8]
     if bad_int:
-        raise RecipeError(f"recipe {text!r}: the integer path ('i') needs 8 bits ({', '.join(bad_int)}: 4 bits); "
-                          f"write a8i / f8i")
-    return Recipe(*values, block_size=block_size, integer=integer)
+        raise RecipeError(f"recipe {text!r}: the integer path ('i') needs 8 bits ({', '.join(bad_int)}); "
+                          "write a8i / f8i")
+    return Recipe(*(fmt.name for fmt in formats), integer=integer)
 
 
-def parse_variants(text: str, block_size: int = DEFAULT_BLOCK_SIZE) -> list[Recipe]:
-    """``all`` -> the three standard variants; anything else -> ``[parse_recipe(text)]``."""
+def parse_variants(text: str) -> list[Recipe]:
+    """``all`` -> the standard variants; anything else -> ``[parse_recipe(text)]``."""
     if isinstance(text, str) and text.strip().lower() == "all":
-        return [parse_recipe(v, block_size) for v in STANDARD_VARIANTS]
-    return [parse_recipe(text, block_size)]
+        return [parse_recipe(v) for v in STANDARD_VARIANTS]
+    return [parse_recipe(text)]

@@ -12,13 +12,16 @@ import pytest
 from onnx import numpy_helper
 
 from quant import awq
-from quant.build import open_fp32_artifact
-from quant.calibrate import _head_chain, collect_hessians, load_calibration_texts, pooling_states, window_means
 from export.fusions import NORM_OPS
+from quant.calibration import collect_statistics, load_calibration_texts, window_means
+from quant.formats import FORMATS
+from quant.graph import head_chain, pooling_states
+from quant.source import open_fp32_artifact
 from quant.cli import main
 from runtime.artifact import read_manifest
 
 TINY_LAYERS = 4   # tests/conftest.py's tiny Gemma 3
+Q4_0 = FORMATS["Q4_0"]
 
 
 def run_cli(*args) -> int:
@@ -28,8 +31,8 @@ def run_cli(*args) -> int:
 @pytest.fixture(scope="module")
 def calibrated(tiny_artifact):
     src = open_fp32_artifact(tiny_artifact)
-    hessians, rows, info = collect_hessians(src, load_calibration_texts()[:12], threads=1, progress=False)
-    return src, hessians, rows, info
+    stats = collect_statistics(src, load_calibration_texts()[:12], threads=1, progress=False)
+    return src, stats.hessians, stats.rows, stats.info
 
 
 def _run(model: onnx.ModelProto, ids: np.ndarray) -> np.ndarray:
@@ -43,7 +46,7 @@ def test_folding_is_exact_in_fp32(calibrated):
     model = onnx.load(str(src.folder / "model.onnx"))
     inits = {i.name: i for i in model.graph.initializer}
     read = lambda site: numpy_helper.to_array(inits[site.name])  # noqa: E731
-    fold = awq.plan(model, src.sites, hessians, rows, read, {"attention", "feed_forward"})
+    fold = awq.plan(model, src.sites, hessians, rows, read, {"attention", "feed_forward"}, Q4_0)
     assert len(fold.norm_divisors) == 2 * TINY_LAYERS            # input and pre-feed-forward norms
     assert len(fold.column_divisors) == 2 * TINY_LAYERS          # v_proj and up_proj
     assert len(fold.input_scales) == 4 * TINY_LAYERS
@@ -67,20 +70,20 @@ def test_scale_search_never_worse_than_no_scaling_and_helps_outlier_channels():
     x[:, 5] *= 30.0                                              # one activation channel 30x the others
     h = x.T @ x
     w = rng.standard_normal((k, n)).astype(np.float32)
-    s, alpha = awq.search_scales(w, h, rows, bits=4)
-    base = awq._rtn_error(w, np.ones(k, np.float32), h, 4)
-    assert alpha > 0 and awq._rtn_error(w, s, h, 4) < base
+    s, alpha = awq.search_scales(w, h, rows, fmt=Q4_0)
+    base = awq._rtn_error(w, np.ones(k, np.float32), h, Q4_0)
+    assert alpha > 0 and awq._rtn_error(w, s, h, Q4_0) < base
     assert s[5] == s.max()                                       # the loud channel gets the finest steps
     # a flat input distribution: whatever is picked is at least as good as alpha = 0
     h_flat = np.eye(k) * rows
-    s_flat, _ = awq.search_scales(w, h_flat, rows, bits=4)
-    assert awq._rtn_error(w, s_flat, h_flat, 4) <= awq._rtn_error(w, np.ones(k, np.float32), h_flat, 4)
+    s_flat, _ = awq.search_scales(w, h_flat, rows, fmt=Q4_0)
+    assert awq._rtn_error(w, s_flat, h_flat, Q4_0) <= awq._rtn_error(w, np.ones(k, np.float32), h_flat, Q4_0)
 
 
 def test_tied_scales_are_equal_across_heads():
     rng = np.random.default_rng(2)
     x = rng.standard_normal((500, 96)) * rng.uniform(0.5, 20, 96)
-    s, _ = awq.search_scales(rng.standard_normal((96, 64)).astype(np.float32), x.T @ x, 500, bits=4, tie=3)
+    s, _ = awq.search_scales(rng.standard_normal((96, 64)).astype(np.float32), x.T @ x, 500, fmt=Q4_0, tie=3)
     np.testing.assert_array_equal(s[:32], s[32:64])
     np.testing.assert_array_equal(s[:32], s[64:])
 
@@ -99,7 +102,7 @@ def test_window_means_against_direct_means():
 def test_heads_get_window_rows_and_the_pooling_input_is_found(calibrated):
     src, _, rows, info = calibrated
     model = onnx.load(str(src.folder / "model.onnx"), load_external_data=False)
-    heads = _head_chain(model, src.sites)
+    heads = head_chain(model, src.sites)
     assert [h.name for h in heads] == ["dense_weights.0", "dense_weights.1"]
     states = pooling_states(model, heads[0].activation)
     producers = {o: n.op_type for n in model.graph.node for o in n.output}
@@ -113,7 +116,7 @@ def test_heads_get_window_rows_and_the_pooling_input_is_found(calibrated):
 def test_gptq_q4_0_records_awq_and_keeps_norms_consistent(tiny_artifact, tmp_path):
     out = tmp_path / "q4"
     assert run_cli("--in", tiny_artifact, "--variant", "q4_0", "--out", out, "--method", "gptq", "-q",
-                   "--threads", "1") == 0
+                   "--threads", "1", "--accuracy-level", "0") == 0
     q = read_manifest(out)["quantization"]
     assert q["groups"]["attention"]["method"] == q["groups"]["feed_forward"]["method"] == "awq+gptq"
     assert q["groups"]["projection"]["method"] == "gptq+chain" and q["groups"]["embeddings"]["method"] == "scale_search"
@@ -130,7 +133,7 @@ def test_gptq_q4_0_records_awq_and_keeps_norms_consistent(tiny_artifact, tmp_pat
     # e4_a8_f4_p4 folds only the 4-bit feed-forward group; Q8_0 attention stays as exported
     out2 = tmp_path / "mixed"
     assert run_cli("--in", tiny_artifact, "--variant", "e4_a8_f4_p4", "--out", out2, "--method", "gptq", "-q",
-                   "--threads", "1", "--no-check") == 0
+                   "--threads", "1", "--no-check", "--accuracy-level", "0") == 0
     q2 = read_manifest(out2)["quantization"]
     assert q2["groups"]["attention"]["method"] == "gptq" and q2["groups"]["feed_forward"]["method"] == "awq+gptq"
     assert q2["activation_aware_scales"]["norm_weights_divided"] == TINY_LAYERS
@@ -138,11 +141,12 @@ def test_gptq_q4_0_records_awq_and_keeps_norms_consistent(tiny_artifact, tmp_pat
 
 def test_batched_calibration_equals_one_text_per_run(calibrated, monkeypatch):
     """Padding rows never enter the statistics: batching changes the Hessians by float rounding only."""
-    import quant.calibrate as C
+    import quant.calibration as C
 
     src, hessians, rows, _ = calibrated
     monkeypatch.setattr(C, "CALIBRATION_BATCH_TOKENS", 1)   # every text in a batch of its own
-    alone, rows_alone, _ = collect_hessians(src, load_calibration_texts()[:12], threads=1, progress=False)
+    stats = collect_statistics(src, load_calibration_texts()[:12], threads=1, progress=False)
+    alone, rows_alone = stats.hessians, stats.rows
     assert rows_alone == rows
     for name, h in hessians.items():
         np.testing.assert_allclose(alone[name], h, rtol=1e-4, atol=1e-6 * np.abs(h).max())

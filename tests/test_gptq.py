@@ -4,8 +4,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import quant.formats as F
-from quant.calibrate import _gptq_pass, gptq_factor, gptq_quantize, refit_block_scales
+from quant.formats import FORMATS
+from quant.gptq import _gptq_pass, chained_head_weights, gptq_factor, gptq_quantize, refit_block_scales
+
+Q4_0 = FORMATS["Q4_0"]
 
 
 def _problem(seed=0, n=6, k=96, rows=400):
@@ -24,7 +26,7 @@ def _error(w, codes, d16, h):
 
 def test_refit_equals_a_direct_least_squares_solve():
     w, h = _problem()
-    codes, d16 = _gptq_pass(w, 4, gptq_factor(h), 32)
+    codes, d16 = _gptq_pass(w, Q4_0, gptq_factor(h), 32)
     new = refit_block_scales(w, codes, d16, h)
     # Independent formulation: min || L^T (w - Q d) || with H = L L^T and Q the [K, blocks] design.
     chol = np.linalg.cholesky(h)
@@ -53,7 +55,7 @@ def test_refit_with_identity_hessian_is_the_per_block_projection():
 
 def test_refit_never_worsens_and_keeps_blocks_without_codes():
     w, h = _problem(2)
-    codes, d16 = _gptq_pass(w, 4, gptq_factor(h), 32)
+    codes, d16 = _gptq_pass(w, Q4_0, gptq_factor(h), 32)
     codes[0, :32] = 0                                   # a block with no code: its scale stays
     new = refit_block_scales(w, codes, d16, h)
     assert new[0, 0] == d16[0, 0]
@@ -61,25 +63,25 @@ def test_refit_never_worsens_and_keeps_blocks_without_codes():
     assert np.sum(_error(w, codes, new, h)[1:]) < 0.99 * np.sum(_error(w, codes, d16, h)[1:])
 
 
-@pytest.mark.parametrize("bits", [4, 8])
-def test_gptq_output_is_in_format_and_refitted(bits):
+@pytest.mark.parametrize("name", list(FORMATS))
+def test_gptq_output_is_in_format_and_refitted(name):
+    fmt = FORMATS[name]
     w, h = _problem(3, n=16, k=128)
     f = gptq_factor(h)
-    codes, d16 = gptq_quantize(w, bits, factor=f)
-    signed = codes.astype(np.int16) - 8 if bits == 4 else codes.astype(np.int16)
-    assert signed.min() >= (-8 if bits == 4 else -127) and signed.max() <= (7 if bits == 4 else 127)
+    codes, d16 = gptq_quantize(w, fmt, factor=f)
+    assert codes.dtype == fmt.code_dtype
+    signed = fmt.signed(codes).astype(np.int16)
+    assert signed.min() >= fmt.qmin and signed.max() <= fmt.qmax
     assert d16.dtype == np.float16 and np.all(np.isfinite(d16))
     # what the format decodes is what the refit optimised: the unrefitted pass is worse on it
-    dec = (F.dequantize_q4_0 if bits == 4 else F.dequantize_q8_0)(codes, d16)
-    raw_codes, raw_d16 = _gptq_pass(w, bits, f, 32)
+    dec = fmt.dequantize(codes, d16)
+    raw_codes, raw_d16 = _gptq_pass(w, fmt, f, 32)
     np.testing.assert_array_equal(raw_codes, signed)
     diff = w - dec.reshape(w.shape)
     assert np.einsum("nk,kl,nl->", diff, h, diff) < np.sum(_error(w, raw_codes, raw_d16, h))
 
 
 def test_chained_head_weights_undo_the_first_heads_error():
-    from quant.calibrate import chained_head_weights
-
     rng = np.random.default_rng(4)
     x = rng.standard_normal((3000, 32)) @ rng.standard_normal((32, 32))      # pooled rows [rows, K1]
     w1 = rng.standard_normal((32, 128)) / 6                                   # [K1, N1]: 4x wider, like the heads
@@ -90,7 +92,7 @@ def test_chained_head_weights_undo_the_first_heads_error():
     np.testing.assert_allclose(same, w2, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(a, w1.T @ h1 @ w1, rtol=1e-9)
     # a quantized first head: the corrected second head removes almost all of its error
-    q1 = F.dequantize_q4_0(*F.quantize_q4_0(np.ascontiguousarray(w1.T.astype(np.float32)))).reshape(128, 32).T
+    q1 = Q4_0.dequantize(*Q4_0.quantize(np.ascontiguousarray(w1.T.astype(np.float32)))).reshape(128, 32).T
     fixed, _ = chained_head_weights(w1, q1, w2, h1, ridge=1e-6)
     target = x @ w1 @ w2
     before = np.linalg.norm(x @ q1 @ w2 - target)

@@ -7,17 +7,17 @@ from __future__ import annotations
 
 import json
 import random
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from runtime import Embedder
+from quant.fidelity import DEFAULT_TEXTS, load_texts
 from runtime.artifact import MANIFEST_NAME, sha256_file
 
 pytestmark = pytest.mark.real_model
 
-PARITY_TEXTS = json.loads((Path(__file__).parent / "data" / "parity_texts.json").read_text(encoding="utf-8"))
+PARITY_TEXTS = load_texts(DEFAULT_TEXTS)
 MIN_COSINE = 0.99999
 CARD_QUERY = "Which planet is known as the Red Planet?"
 CARD_DOCS = [

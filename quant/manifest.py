@@ -1,0 +1,95 @@
+"""The manifest of a quantized artifact: the fp32 artifact's, plus exactly how each group was stored."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+
+from runtime import __version__
+
+from . import graph as G
+from . import int8_path as I8
+from .formats import BLOCK_SIZE
+from .recipe import GROUPS, Recipe
+from .source import Fp32Source
+
+#: (group, format) whose matmuls run in float32 on weights decoded once at session load instead of
+#: as MatMulNBits (``quant.graph.replace_site``): Q8_0 Dense heads see one pooled row per text, so
+#: the float32 MatMul costs nothing, while MatMulNBits at level 4 would round that row to int8 blocks
+#: after pooling, where nothing averages it away (docs/notes/quant.md). Formats MatMulNBits cannot
+#: run are always decoded at load.
+DECODE_AT_LOAD = frozenset({("projection", "Q8_0")})
+
+
+def decoded_at_load(group: str, fmt) -> bool:
+    """Whether ``group``'s matmuls in ``fmt`` run on weights decoded at session load."""
+    return (group, fmt.name) in DECODE_AT_LOAD or not fmt.matmulnbits
+
+
+@dataclass
+class GraphSummary:
+    """What writing one variant's graph did, for its manifest."""
+
+    counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(GROUPS, 0))
+    integer_counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(GROUPS, 0))
+    fp32_counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(GROUPS, 0))
+    methods: dict[str, str] = field(default_factory=dict)
+    opsets: dict[str, int] = field(default_factory=dict)
+    levels: dict[int, int] = field(default_factory=dict)        # MatMulNBits bits -> accuracy_level
+    level_notes: dict[str, str] = field(default_factory=dict)
+
+
+def variant_manifest(src: Fp32Source, recipe: Recipe, method: str, summary: GraphSummary,
+                     calibration: dict | None) -> dict:
+    """The quantized artifact's manifest (files are added when it is written)."""
+    import onnxruntime
+
+    fp32 = src.manifest
+    # export_check describes the fp32 graph against torch; it does not hold for this graph.
+    manifest = {k: v for k, v in fp32.items() if k not in ("files", "format", "format_version", "export_check")}
+    groups: dict[str, object] = {g: _group_entry(recipe, g, method, summary) for g in GROUPS}
+    groups["norms"] = "fp32"
+    quantization = {"recipe": recipe.recipe, "method": method, "block_size": BLOCK_SIZE, "groups": groups,
+                    "other_tensors": "fp32"}
+    if calibration:
+        quantization["calibration"] = calibration
+    manifest.update(
+        variant=recipe.name,
+        quantization=quantization,
+        source=dict(fp32.get("source", {}), fp32_artifact=src.data_sha256, fp32_variant=fp32.get("variant")),
+        onnx=dict(fp32["onnx"], opset_imports=summary.opsets),
+        written_by={"project": "embeddinggemma-onnx", "version": __version__, "stage": "quant",
+                    "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__, "numpy": np.__version__,
+                    "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
+    )
+    return manifest
+
+
+def _group_entry(recipe: Recipe, group: str, method: str, summary: GraphSummary) -> dict:
+    if recipe.uses_integer_path(group):
+        return {"format": recipe.format(group), "bits": 8,
+                "op": "MatMulIntegerToFloat on per-token codes (QuantizeLinear of rows scaled to [-1, 1])",
+                "weights": "q/k/o_proj" if group == "attention" else "gate/up_proj",
+                "fp32_weights": {"which": "v_proj" if group == "attention" else "down_proj",
+                                 "tensors": summary.fp32_counts.get(group, 0),
+                                 "why": "their inputs need ~16-bit activations; the fp32 GEMM is faster "
+                                        "than two integer passes (quant/int8_path.py)"},
+                "tensors": summary.integer_counts.get(group, 0), "method": summary.methods.get(group, method),
+                "weight_codes": f"symmetric -{I8.WEIGHT_QMAX}..{I8.WEIGHT_QMAX}, one float32 scale per output channel",
+                "smoothing": {"alpha": I8.SMOOTH_ALPHA, "from": "calibrated per-channel max |x|"},
+                "split_channels": {"per_input": I8.OUTLIER_CHANNELS, "copies": I8.OUTLIER_SPLIT,
+                                   "which": "largest calibrated max |x / s|"}}
+    fmt = recipe.format_of(group)
+    if group == "embeddings":
+        op = G.EMBEDDING_LOOKUP_OP
+    else:
+        op = G.DECODED_MATMUL_OP if decoded_at_load(group, fmt) else "MatMulNBits"
+    entry = {"format": fmt.name, "bits": fmt.bits, "op": op, "tensors": summary.counts[group],
+             "method": summary.methods.get(group, method)}
+    if op == "MatMulNBits":
+        entry["accuracy_level"] = summary.levels[fmt.bits]
+    else:
+        entry["scales_stored_as"] = "float16"
+    return entry
