@@ -92,7 +92,7 @@ def _fuse_norms(path: Path) -> dict[str, int]:
 
     The fusion's shape inference reads small constants (shapes, rotary frequencies, norm weights),
     so those are loaded into the graph; the large matrices stay in the external file, which keeps
-    the export's peak memory where it was (loading everything measured 5.9 GB).
+    the export's peak memory where it was (loading everything would double it).
     """
     import onnx
 

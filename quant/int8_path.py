@@ -1,8 +1,8 @@
 """The integer path (``w8a8``): int8 weights per output channel, int8 activations per token at run time.
 
-onnxruntime's block-quantized ``MatMulNBits`` is at best ~1.2x faster than fp32 on these CPUs
-(docs/notes/quant.md), while its u8 x s8 integer GEMM behind ``MatMulIntegerToFloat`` is 3-4x faster than
-the fp32 GEMM. This module rewrites chosen ``MatMul(x, W)`` nodes to
+onnxruntime's block-quantized ``MatMulNBits`` is little faster than fp32 on CPUs, while its u8 x s8
+integer GEMM behind ``MatMulIntegerToFloat`` is several times faster than the fp32 GEMM
+(docs/notes/quant.md). This module rewrites chosen ``MatMul(x, W)`` nodes to
 
     x_s  = x * (1/s)                      SmoothQuant factors s per input channel (calibrated), folded
                                           into the producing RMSNorm's scale where there is one
@@ -15,16 +15,15 @@ the fp32 GEMM. This module rewrites chosen ``MatMul(x, W)`` nodes to
 
 with ``W_q = round(diag(s) W / w_scale)``, symmetric int8 codes in -127..127 and one float32
 ``w_scale`` per output channel. Plain per-tensor dynamic quantization (onnxruntime's
-``quantize_dynamic``) loses far too much on this model (mean cosine 0.970, min 0.935 on the parity
-texts): a few tokens carry activations up to 30x larger than the rest, and a few channels too.
+``quantize_dynamic``) loses far too much on this model: a few tokens carry activations many times
+larger than the rest, and a few channels too.
 The per-token row scale handles the first, the smoothing factors the second, and the few channels
 still far above the rest are split into copies (``OUTLIER_CHANNELS``) so they do not set the row's scale.
 
 Which weights take the path is measured, not assumed (``ELIGIBLE``, ``KEPT_FP32``): 8-bit inputs
-of ``v_proj`` and ``down_proj`` cost several times the Q8_0 error budget (mean cosine 0.9987 with
-down_proj alone). Until 2026-11-27 their inputs were quantized in two passes (the rounding residual
-again at a 254x finer step, twice the integer work); plain fp32 MatMuls for these two are faster
-than that on this CPU (whole model 1.07x, docs/notes/quant.md) and exact, so they stay fp32.
+of ``v_proj`` and ``down_proj`` cost several times the Q8_0 error budget, and plain fp32 MatMuls
+for these two are exact and faster than quantizing their inputs in two passes, so they stay fp32
+(docs/notes/quant.md).
 
 numpy and onnx only.
 """

@@ -1,9 +1,9 @@
 """Text -> token ids for the runtime, with two interchangeable backends.
 
 ``tokenizers`` reads tokenizer.json (always present) but holds Gemma's 262k-entry vocabulary and
-515k merges in about 280 MB resident (405 MB peak while parsing). ``sentencepiece`` reads the
-4.7 MB tokenizer.model in about 45 MB and is ~1.3x faster here (measured on this machine). To give
-ids identical to the reference, the sentencepiece backend first splits text on the checkpoint's
+515k merges in several times the memory ``sentencepiece`` needs for the small tokenizer.model,
+which is also faster (docs/notes/quant.md has the measurements). To give ids identical to the
+reference, the sentencepiece backend first splits text on the checkpoint's
 added tokens exactly as tokenizers does (leftmost-longest literal match) and encodes the pieces
 between them; export verifies the two backends agree before it ships tokenizer.model.
 """

@@ -284,10 +284,10 @@ class Batcher:
     def _embed(self, texts: list[str], costs: list[int]) -> np.ndarray:
         """Raw full-size vectors for a batch, run as length-homogeneous groups.
 
-        A batch mixes requests, so it mixes short queries with long documents; padded into one
-        tensor, 14 queries of ~15 tokens next to two documents of ~190 cost 4x the compute of
-        running them apart (measured on the real model). The Embedder sorts by length only within
-        its own batch_size, so the grouping is done here.
+        A batch mixes requests, so it mixes short queries with long documents, and padding the
+        queries to a document's length costs several times the compute of running them apart
+        (docs/notes/serve.md). The Embedder sorts by length only within its own batch_size, so the
+        grouping is done here.
         """
         out = np.empty((len(texts), self.embedder.dim), dtype=np.float32)
         groups = length_groups(costs)
