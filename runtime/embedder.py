@@ -14,6 +14,7 @@ import onnxruntime as ort
 
 from .artifact import ArtifactError, read_manifest, verify_files
 from .batching import length_batches, pad_batch
+from .cpu import check_artifact
 from .progress import progress_bar
 from .prompts import with_prompts
 from .tokenizer import load_tokenizer
@@ -94,7 +95,7 @@ class Embedder:
         self.path = Path(path)
         self.manifest = read_manifest(self.path)
         verify_files(self.path, self.manifest, check_hashes=verify)
-        _check_cpu_can_run(self.path, self.manifest)
+        check_artifact(self.path, self.manifest)
         m = self.manifest
         self.dim: int = int(m["embedding"]["dim"])
         self.dims: tuple[int, ...] = tuple(int(d) for d in m["embedding"]["matryoshka_dims"])
@@ -225,27 +226,3 @@ class Embedder:
                 bar.update(len(idx))
         out = finish(out, dim, normalize)
         return out[0] if single else out
-
-
-def _check_cpu_can_run(path: Path, manifest: dict) -> None:
-    """Refuse an integer-path artifact with 8-bit activation codes on an x86 CPU without VNNI: its
-    u8 x s8 kernel saturates int16 pair sums there, which would give wrong vectors silently."""
-    int8 = (manifest.get("quantization") or {}).get("int8_path") or {}
-    if not int8.get("needs_int8_dot_products"):
-        return
-    from .cpu import cpu_flags, has_int8_dot, is_x86
-
-    if not is_x86():
-        return
-    flags = cpu_flags()
-    if not flags:
-        warnings.warn(f"{path}: cannot read this CPU's flags; the {manifest.get('variant')} artifact is exact only on "
-                      "CPUs with VNNI (x86) or on Arm", RuntimeWarning, stacklevel=3)
-        return
-    if not has_int8_dot(flags):
-        raise ArtifactError(
-            f"{path} holds the {manifest.get('variant')!r} variant with 8-bit activation codes, which this x86 CPU "
-            "(no VNNI) cannot multiply exactly: onnxruntime's u8 x s8 kernel saturates there and the vectors would be "
-            "wrong. Rebuild it on this machine (embeddinggemma-quant ... --int8-activation-bits 7) or use another variant")
-
-

@@ -238,22 +238,22 @@ def test_w8a8_on_the_tiny_model(tiny_artifact, tmp_path):
 
 def test_runtime_refuses_8_bit_codes_on_x86_without_vnni(tmp_path, monkeypatch):
     """An artifact whose integer path needs int8 dot products is refused where they are missing."""
-    from runtime import cpu, embedder
+    from runtime import cpu
     from runtime.artifact import ArtifactError
 
     manifest = {"variant": "w8a8", "quantization": {"int8_path": {"needs_int8_dot_products": True}}}
     monkeypatch.setattr(cpu, "cpu_flags", lambda cpuinfo=None: {"avx2", "fma"})
     monkeypatch.setattr(cpu, "is_x86", lambda machine=None: True)
-    with pytest.raises(ArtifactError, match="no VNNI.*--int8-activation-bits 7"):
-        embedder._check_cpu_can_run(tmp_path, manifest)
+    with pytest.raises(ArtifactError, match="no VNNI.*--target x86-avx2"):
+        cpu.check_artifact(tmp_path, manifest)
     monkeypatch.setattr(cpu, "cpu_flags", lambda cpuinfo=None: {"avx2", "avx512_vnni"})
-    embedder._check_cpu_can_run(tmp_path, manifest)           # VNNI: fine
+    cpu.check_artifact(tmp_path, manifest)           # VNNI: fine
     monkeypatch.setattr(cpu, "is_x86", lambda machine=None: False)
     monkeypatch.setattr(cpu, "cpu_flags", lambda cpuinfo=None: set())
-    embedder._check_cpu_can_run(tmp_path, manifest)           # Arm: no saturation
+    cpu.check_artifact(tmp_path, manifest)           # Arm: no saturation
     manifest["quantization"]["int8_path"]["needs_int8_dot_products"] = False
     monkeypatch.setattr(cpu, "is_x86", lambda machine=None: True)
-    embedder._check_cpu_can_run(tmp_path, manifest)           # 7-bit codes: fine everywhere
+    cpu.check_artifact(tmp_path, manifest)           # 7-bit codes: fine everywhere
 
 
 def test_cpu_flags_parsing():

@@ -1,0 +1,94 @@
+"""Device targets: the choices a quantized artifact bakes in for the CPU class it will run on.
+
+onnxruntime's kernels differ by instruction set, so two choices depend on the device rather than the
+recipe: the MatMulNBits accuracy level per bit width (level 4 quantizes activations to int8 blocks
+for integer dot products; level 0 computes in float32 and, for 8-bit blocks, decodes the weight on
+every call) and the integer path's activation code width (8 bits saturate the u8 x s8 kernel of x86
+CPUs without VNNI). ``host`` times and probes the building machine; every other target fixes the
+choices from what is known about that class (docs/devices.md has the measurements).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .source import QuantInputError
+
+
+@dataclass(frozen=True)
+class Target:
+    """A device class and the choices built for it."""
+
+    name: str
+    summary: str                          # one line for --help: which devices pick it
+    levels: dict[int, int] | None         # MatMulNBits bits -> accuracy level; None: timed on this CPU
+    activation_bits: int | None           # integer-path code width; None: from this CPU's flags
+    arch: str | None                      # "x86_64", "aarch64", "wasm"; None: this machine's
+    cpu_flags: tuple[str, ...] = ()       # flags (as /proc/cpuinfo spells them) the choices assume
+    decode_all_matmuls: bool = False      # every block-quantized matmul decoded at session load
+    requires: dict[str, str] = field(default_factory=dict)   # package -> minimum version at run time
+
+    def describe(self) -> dict:
+        """The manifest's ``target`` entry."""
+        out = {"name": self.name, "summary": self.summary}
+        if self.arch:
+            out["arch"] = self.arch
+        if self.cpu_flags:
+            out["cpu_flags"] = list(self.cpu_flags)
+        if self.decode_all_matmuls:
+            out["matmuls"] = "decoded once at session load (float32 MatMul)"
+        if self.requires:
+            out["requires"] = dict(self.requires)
+        return out
+
+
+TARGETS: dict[str, Target] = {t.name: t for t in (
+    Target("host", "this machine: accuracy levels timed here, int8 activation width from its flags (default)",
+           levels=None, activation_bits=None, arch=None),
+    # No VNNI: level 4 is no faster for Q4_0 and costs accuracy; Q8_0 at level 0 decodes every weight
+    # on every call (several times slower on single texts), so 8-bit blocks keep level 4.
+    Target("x86-avx2", "x86-64 CPUs with AVX2 but no AVX-512 VNNI / AVX-VNNI (older Intel, AMD before Zen 4)",
+           levels={4: 0, 8: 4}, activation_bits=7, arch="x86_64", cpu_flags=("avx2",)),
+    # VNNI: level 4 for Q4_0 was faster on one VNNI CPU and slower on another, so Q4_0 keeps the exact
+    # level 0; 8-bit blocks level 4; 8-bit activation codes are exact with VNNI.
+    Target("x86-vnni", "x86-64 CPUs with AVX-512 VNNI or AVX-VNNI (Intel Ice Lake and later, AMD Zen 4 and later)",
+           levels={4: 0, 8: 4}, activation_bits=8, arch="x86_64", cpu_flags=("avx2", "avx512_vnni|avx_vnni")),
+    # Arm: level 4 runs onnxruntime's int8 dot-product (KleidiAI) kernels; Arm's int8 products do not
+    # saturate, so 8-bit activation codes are exact; 8-bit MatMulNBits needs onnxruntime >= 1.23 there.
+    Target("arm64", "64-bit Arm: phones (Android, iOS), Apple silicon, Graviton, Raspberry Pi 4/5",
+           levels={4: 4, 8: 4}, activation_bits=8, arch="aarch64", requires={"onnxruntime": "1.23"}),
+    # wasm: MatMulNBits has no quantized kernel and unpacks the weights on every call, so every
+    # block-quantized matmul is decoded once when the session loads; the download stays small.
+    Target("wasm", "browsers (onnxruntime-web, WebAssembly): small download, float32 matmuls after load",
+           levels={4: 0, 8: 0}, activation_bits=7, arch="wasm", decode_all_matmuls=True),
+)}
+
+
+def get_target(name: str) -> Target:
+    """The target called ``name``; ``QuantInputError`` naming the known ones otherwise."""
+    target = TARGETS.get(str(name).strip().lower())
+    if target is None:
+        raise QuantInputError(f"unknown --target {name!r}; choose one of {', '.join(TARGETS)} "
+                              "(`embeddinggemma-quant --help` says which devices each one is for)")
+    return target
+
+
+def check_host_can_build(target: Target) -> None:
+    """Refuse a target whose run-time requirement this machine's onnxruntime does not meet: the build's
+    self-check runs the artifact here."""
+    import onnxruntime
+
+    need = target.requires.get("onnxruntime")
+    if need and _version(onnxruntime.__version__) < _version(need):
+        raise QuantInputError(f"--target {target.name} needs onnxruntime >= {need} (8-bit MatMulNBits), this "
+                              f"machine has {onnxruntime.__version__}: pip install -U 'onnxruntime>={need}'")
+
+
+def _version(text: str) -> tuple[int, ...]:
+    """Numeric release parts of a version string ("1.23.2" -> (1, 23, 2))."""
+    parts = []
+    for piece in text.split("+")[0].split("."):
+        digits = "".join(ch for ch in piece if ch.isdigit())
+        if not digits:
+            break
+        parts.append(int(digits))
+    return tuple(parts)
