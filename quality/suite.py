@@ -12,7 +12,6 @@ fidelity checks cost no extra model runs.
 """
 from __future__ import annotations
 
-import re
 import sys
 import time
 import warnings
@@ -72,8 +71,7 @@ class ArtifactEncoder:
             out = self.embedder.encode(list(texts), prompt_name=prompt_name, batch_size=self.batch_size)
         for w in caught:
             if issubclass(w.category, TruncationWarning):
-                m = re.match(r"(\d+) of", str(w.message))
-                self.truncated += int(m.group(1)) if m else 1
+                self.truncated += len(w.message.indices)
             else:
                 warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
         return out

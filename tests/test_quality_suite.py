@@ -81,6 +81,28 @@ def test_suite_scores_and_prompts_on_tiny_model(tiny_run, smoke_tasks):
     assert tiny_run.total_tokens > 0 and tiny_run.total_embed_seconds > 0
 
 
+def test_truncated_texts_are_counted_from_the_warning_data(tiny_artifact, monkeypatch):
+    import warnings
+
+    from runtime import TruncationWarning
+
+    enc = ArtifactEncoder(tiny_artifact, threads=1, verify=False)
+    long = "word " * (4 * enc.embedder.max_seq_length)
+    enc.encode([long, "short", long], None)
+    assert enc.truncated == 2 and enc.describe()["truncated_texts"] == 2
+
+    # The count comes from the warning's indices, not its wording; other warnings pass through.
+    def fake_encode(texts, **kwargs):
+        warnings.warn(TruncationWarning("some texts were cut", indices=(0, 2, 5), total=6, limit=64))
+        warnings.warn("unrelated", UserWarning)
+        return enc.embedder.__class__.encode(enc.embedder, texts, **kwargs)
+
+    monkeypatch.setattr(enc.embedder, "encode", fake_encode)
+    with pytest.warns(UserWarning, match="unrelated"):
+        enc.encode(["short"] * 6, None)
+    assert enc.truncated == 2 + 3
+
+
 def _fake_variant(run, label, drops):
     """A copy of ``run`` whose full-dim main scores are lowered by ``drops`` (task -> points)."""
     other = copy.deepcopy(run)
