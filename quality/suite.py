@@ -21,6 +21,8 @@ from typing import Callable, Protocol, Sequence
 
 import numpy as np
 
+from runtime.vectors import finish, l2_normalize, row_cosines
+
 from . import metrics
 from .prompts import resolve_prompt_name
 from .tasks import Task
@@ -217,7 +219,7 @@ def run_suite(encoder: Encoder, tasks: Sequence[Task], *, label: str,
             emb[group.key] = np.asarray(encoder.encode(group.texts, name), dtype=np.float32)
             secs += time.perf_counter() - t0
             result.embeddings[(task.name, group.key)] = emb[group.key]
-        result.scores[task.name] = {d: task.evaluate({k: metrics.truncate_dim(v, d) for k, v in emb.items()})
+        result.scores[task.name] = {d: task.evaluate({k: finish(v, d) for k, v in emb.items()})
                                     for d in dims}
         result.prompts_used[task.name] = used
         result.tokens[task.name] = tokens
@@ -243,8 +245,8 @@ def fidelity(reference: RunResult, other: RunResult, *, k: int = 10) -> dict:
         for key, ref in reference.embeddings.items():
             if key not in other.embeddings:
                 continue
-            a, b = metrics.truncate_dim(ref, d), metrics.truncate_dim(other.embeddings[key], d)
-            cos = metrics.paired_cosine(a, b)
+            a, b = finish(ref, d), finish(other.embeddings[key], d)
+            cos = row_cosines(a, b)
             cos_all.append(cos)
             entry = per_task.setdefault(key[0], {"cos": [], "overlap": []})
             entry["cos"].append(cos)
@@ -287,12 +289,12 @@ def random_error_spread(tasks: Sequence[Task], reference: RunResult, other: RunR
         for _ in range(trials):
             emb = {}
             for group in task.groups():
-                a = metrics.normalize_rows(reference.embeddings[(task.name, group.key)])
-                b = metrics.normalize_rows(other.embeddings[(task.name, group.key)])
+                a = l2_normalize(reference.embeddings[(task.name, group.key)])
+                b = l2_normalize(other.embeddings[(task.name, group.key)])
                 cos = np.clip(np.sum(a * b, axis=1, keepdims=True), -1.0, 1.0)
                 r = rng.standard_normal(a.shape).astype(np.float32)
                 r -= np.sum(r * a, axis=1, keepdims=True) * a      # orthogonal to the reference row
-                r = metrics.normalize_rows(r)
+                r = l2_normalize(r)
                 emb[group.key] = cos * a + np.sqrt(1.0 - cos**2) * r  # same angle, random direction
             drops.append(base - task.evaluate(emb)["main_score"])
         out[task.name] = {"drops": [float(d) for d in drops], "mean": float(np.mean(drops)),

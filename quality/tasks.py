@@ -16,6 +16,8 @@ from typing import Sequence
 
 import numpy as np
 
+from runtime.vectors import cosine_matrix, row_cosines
+
 from . import datasets as ds
 from . import metrics
 
@@ -113,7 +115,7 @@ class STSTask(Task):
     def drop_detail(self, base, other):
         # Spearman's rho is not a mean over pairs: bootstrap the pairs for the SE; no per-unit breakdown.
         i, j = [p[0] for p in self.pairs], [p[1] for p in self.pairs]
-        cos = [metrics.paired_cosine(e["texts"][i], e["texts"][j]) for e in (base, other)]
+        cos = [row_cosines(e["texts"][i], e["texts"][j]) for e in (base, other)]
         return {"se": 100 * metrics.spearman_difference_standard_error([p[2] for p in self.pairs], *cos)}
 
     def sizes(self):
@@ -136,7 +138,7 @@ class RetrievalTask(Task):
         return [TextGroup("queries", self.queries, "query"), TextGroup("corpus", self.corpus, "document")]
 
     def _relevance_and_scores(self, emb):
-        scores = metrics.cosine_matrix(emb["queries"], emb["corpus"])
+        scores = cosine_matrix(emb["queries"], emb["corpus"])
         rel = np.zeros_like(scores, dtype=np.float64)
         for q, judged in enumerate(self.relevant):
             for d, grade in judged.items():
@@ -175,7 +177,7 @@ class RerankingTask(Task):
         return [TextGroup("queries", self.queries, "query"), TextGroup("corpus", self.corpus, "document")]
 
     def _ranked(self, emb):
-        sims = metrics.cosine_matrix(emb["queries"], emb["corpus"])
+        sims = cosine_matrix(emb["queries"], emb["corpus"])
         rels = [[int(c in r) for c in cands] for cands, r in zip(self.candidates, self.relevant)]
         return rels, [sims[q, cands] for q, cands in enumerate(self.candidates)]
 
