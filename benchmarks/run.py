@@ -16,10 +16,9 @@ import sys
 import time
 from pathlib import Path
 
-from tqdm.auto import tqdm
-
 from benchmarks.workloads import NAMES as WORKLOADS
-from runtime.artifact import accuracy_levels
+from runtime.artifact import ArtifactError, accuracy_levels, read_manifest
+from runtime.progress import progress_bar
 
 ROOT = Path(__file__).resolve().parents[1]
 REPEATS = {"short": 5, "medium": 3, "long": 1, "latency": 1}
@@ -31,10 +30,10 @@ def _systems(args) -> list[dict]:
         name, _, path = item.partition("=")
         if not path:
             name, path = Path(item).name, item
-        manifest = Path(path) / "embedder.json"
-        if not manifest.is_file():
-            raise SystemExit(f"error: {path!r} is not an artifact folder (no embedder.json)")
-        m = json.loads(manifest.read_text())
+        try:
+            m = read_manifest(path)
+        except ArtifactError as exc:
+            raise SystemExit(f"error: {name}: {exc}") from None
         systems.append({"name": name, "system": "onnx", "path": str(Path(path).resolve()),
                         "size_mb": sum(f["size"] for f in m["files"].values()) / 1e6,
                         "variant": m.get("variant"), "accuracy_level": accuracy_levels(m.get("quantization"))})
@@ -135,8 +134,10 @@ def main(argv=None) -> int:
     raw = {s["name"]: {w: [] for w in workloads} for s in systems}
     jobs = [(r, w, s) for r in range(args.rounds) for w in workloads for s in systems]
     started = time.time()
-    for r, w, s in tqdm(jobs, desc="measuring", unit="run"):
-        raw[s["name"]][w].append(_run_one(s, built[w], args.threads, args.repeats or REPEATS[w]))
+    with progress_bar(len(jobs), "measuring", unit="run") as bar:
+        for r, w, s in jobs:
+            raw[s["name"]][w].append(_run_one(s, built[w], args.threads, args.repeats or REPEATS[w]))
+            bar.update()
 
     from benchmarks.report import write_report
     from benchmarks.targets import check, load_fidelity

@@ -14,6 +14,8 @@ import sys
 import time
 from pathlib import Path
 
+from runtime.artifact import ArtifactError, read_manifest
+
 from . import report as rep
 from .datasets import DataUnavailable
 from .suite import ArtifactEncoder, SentenceTransformerEncoder, random_error_spread, run_suite
@@ -73,8 +75,10 @@ def main(argv: list[str] | None = None) -> int:
     except argparse.ArgumentTypeError as exc:
         parser.error(str(exc))
     for label, path in artifacts:
-        if not (path / "embedder.json").is_file():
-            print(f"error: {label}: {path} is not an artifact folder (no embedder.json)", file=sys.stderr)
+        try:
+            read_manifest(path)
+        except ArtifactError as exc:
+            print(f"error: {label}: {exc}", file=sys.stderr)
             return 2
     labels = [lab for lab, _ in artifacts]
     baseline = args.baseline or ("fp32" if "fp32" in labels else labels[0])
