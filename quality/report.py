@@ -20,7 +20,7 @@ import numpy as np
 from runtime.cpu import cpu_name
 
 from .suite import RunResult, fidelity
-from .tasks import Task
+from .task_types import Task
 
 TARGETS: dict[str, float] = {"q8_0": 0.1, "q4_0": 0.5, "e4_a8_f4_p4": 0.5}
 # sentence-transformers and the fp32 artifact run the same weights: their scores must agree this well.

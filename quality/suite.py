@@ -25,7 +25,7 @@ from runtime.vectors import finish, l2_normalize, row_cosines
 
 from . import metrics
 from .prompts import resolve_prompt_name
-from .tasks import Task
+from .task_types import Task
 
 
 class Encoder(Protocol):

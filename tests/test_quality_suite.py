@@ -65,6 +65,59 @@ def test_default_preset_is_within_budget():
     assert PRESETS["default"]["n_experiments"] == 50 and PRESETS["default"]["n_bootstrap"] == 10
 
 
+def test_adding_a_task_is_one_definition():
+    """One decorated builder registers a task: it shows up in TASK_NAMES, PRESETS, build_tasks and the CLI."""
+    from quality import datasets as ds
+    from quality.cli import build_parser
+    from quality.tasks import STSTask, task, unregister
+
+    words = ["cat", "dog", "car", "bus", "sun", "moon"]
+
+    @task("TinyWordPairs", sizes={"default": {"tiny_words": 6}, "smoke": {"tiny_words": 4}})
+    def _tiny(size, seed):
+        texts = words[: size["tiny_words"]]
+        return STSTask(name="TinyWordPairs", type="STS", languages=["eng-Latn"], seed=seed, description="toy",
+                       source=ds.Source("", "", "", "", ""), texts=texts,
+                       pairs=[(i, i + 1, float(i)) for i in range(len(texts) - 1)])
+
+    try:
+        assert list(TASK_NAMES)[-1] == "TinyWordPairs" and len(TASK_NAMES) == 11
+        assert PRESETS["smoke"]["tiny_words"] == 4 and PRESETS["default"]["tiny_words"] == 6
+        (smoke,) = build_tasks("smoke", names=["TinyWordPairs"])
+        assert smoke.texts == words[:4] and smoke.sizes() == {"texts": 4, "pairs": 3}
+        assert build_tasks("default", names=["TinyWordPairs"])[0].texts == words
+        assert [t.name for t in build_tasks("smoke", names=["TinyWordPairs", "SimLex999"])] == \
+            ["TinyWordPairs", "SimLex999"]
+        assert "TinyWordPairs" in build_parser().format_help()
+    finally:
+        unregister("TinyWordPairs")
+    assert "TinyWordPairs" not in TASK_NAMES and "tiny_words" not in PRESETS["smoke"]
+    assert list(TASK_NAMES) == [t.name for t in build_tasks("smoke")]
+
+
+def test_registry_refuses_inconsistent_definitions():
+    from quality.registry import TaskSpec, add, unregister
+    from quality.tasks import build_tasks, task
+
+    with pytest.raises(ValueError, match="already registered"):
+        task("SimLex999", sizes={"smoke": {}})(lambda size, seed: None)
+    # a protocol size shared between tasks has one value per preset
+    with pytest.raises(ValueError, match="n_experiments=3"):
+        task("Other", sizes={"smoke": {"n_experiments": 7}})(lambda size, seed: None)
+    assert "Other" not in TASK_NAMES
+    # a builder must make exactly the tasks it is registered for, and have sizes for the preset asked
+    add(TaskSpec(("Wrong",), lambda size, seed: build_tasks("smoke", names=["SimLex999"]), {"smoke": {}}))
+    try:
+        with pytest.raises(RuntimeError, match="made tasks \\['SimLex999'\\]"):
+            build_tasks("smoke", names=["Wrong"])
+        with pytest.raises(ValueError, match="no sizes for preset 'default'"):
+            build_tasks("default", names=["Wrong"])
+    finally:
+        unregister("Wrong")
+    with pytest.raises(ValueError, match="unknown preset"):
+        build_tasks("huge")
+
+
 def test_suite_scores_and_prompts_on_tiny_model(tiny_run, smoke_tasks):
     assert tiny_run.dims == (64, 32, 16)
     for t in smoke_tasks:
