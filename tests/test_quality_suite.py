@@ -184,6 +184,33 @@ def test_report_pass_and_miss(tiny_run, smoke_tasks, tmp_path):
     assert "q8_0 0.06-0.22, q4_0 0.36-0.77, e4_a8_f4_p4 0.35-0.73 points of MTEB Mean (Task)" in md
 
 
+def test_markdown_sections_in_order(tiny_run, smoke_tasks):
+    from quality.report import MARKDOWN_SECTIONS, render_markdown
+    from quality.suite import random_error_spread
+
+    q4 = _fake_variant(tiny_run, "q4_0", {smoke_tasks[0].name: 1.0})
+    q4.random_error = random_error_spread(smoke_tasks, tiny_run, q4, trials=2)
+    st = copy.deepcopy(tiny_run)
+    st.label, st.info = "sentence-transformers", {**st.info, "kind": "sentence-transformers"}
+    report = build_report(smoke_tasks, [tiny_run, q4], baseline="fp32", reference=st,
+                          meta={"preset": "smoke", "suite_wall_seconds": 5.0})
+    md = render_markdown(report)
+    assert md.startswith("# EmbeddingGemma-300m quality report\n\nCreated ") and md.endswith(" as written anyway.\n")
+    assert [line for line in md.splitlines() if line.startswith("## ")] == [
+        "## Verdict", "## Scores per task (64 dims)", "## Noise check: drop vs random error of the same size",
+        "## Size and speed", "## Fidelity vs fp32", "## sentence-transformers (torch) vs the fp32 artifact",
+        "## Main score by Matryoshka dimension", "## Run time", "## Tasks", "## Protocol"]
+    assert len(MARKDOWN_SECTIONS) == 11   # the title block and the ten headed sections
+    # optional sections drop out whole: no noise check, fidelity, cross-check, dims or command time
+    bare = copy.deepcopy(report)
+    bare.update(reference=None, fidelity={})
+    bare["meta"].pop("suite_wall_seconds")
+    for r in bare["runs"]:
+        r["random_error"], r["dims"] = None, r["dims"][:1]
+    assert [line for line in render_markdown(bare).splitlines() if line.startswith("## ")] == [
+        "## Verdict", "## Scores per task (64 dims)", "## Size and speed", "## Run time", "## Tasks", "## Protocol"]
+
+
 def test_standard_errors_of_drops(tiny_run, smoke_tasks, tmp_path):
     import numpy as np
 
