@@ -52,8 +52,7 @@ def _systems(args) -> list[dict]:
 
 
 def _run_one(system: dict, workload, threads: int, repeats: int) -> dict:
-    # The texts travel in the spec: a worker that built them itself would load the 33 MB
-    # tokenizer.json with `tokenizers` (~400 MB peak) and that would swamp its peak RSS.
+    # The texts travel in the spec: loading tokenizer.json in the worker would swamp its peak RSS (docs/notes/bench.md).
     spec = {"system": system["system"], "path": system["path"], "threads": threads, "workload": workload.name,
             "texts": list(workload.texts), "batch_size": workload.batch_size, "repeats": repeats}
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
@@ -80,9 +79,8 @@ def summarise(systems, raw, token_counts) -> dict:
             else:
                 t = statistics.median(times)
                 entry.update(seconds=t, texts_per_s=token_counts[w]["texts"] / t, tokens_per_s=token_counts[w]["tokens"] / t,
-                             # On a shared host whose speed switches between states, each system's best
-                             # repeat (its least-disturbed moment) varied by 3 % between runs where the
-                             # medians moved by up to 2x (README, Benchmarks); reported beside them.
+                             # The best repeat (least-disturbed moment) is steadier than the median on a
+                             # host whose speed changes (docs/notes/bench.md); reported beside it.
                              best_tokens_per_s=token_counts[w]["tokens"] / min(times))
             per[w] = entry
         summary[s["name"]] = {"system": s["system"], "variant": s["variant"], "size_mb": s["size_mb"],

@@ -185,8 +185,8 @@ def clustering_v_measure(x: np.ndarray, labels: Sequence, *, n_bootstrap: int = 
 
     cluster_size is mteb's ``max_documents_per_cluster`` (default 16,384). On a corpus of a few hundred
     texts that repeats each text many times, which is what mteb does, and it matters: k-means on a
-    bootstrap of corpus size lands in a different local optimum from one bootstrap to the next (per-
-    bootstrap V-measure spread ~28 points on TwoNewsgroupsClustering vs ~2 with 16,384).
+    bootstrap of corpus size lands in a different local optimum from one bootstrap to the next
+    (docs/notes/quality.md, finding 1, has the spread of both).
     """
     import warnings
 
@@ -202,9 +202,8 @@ def clustering_v_measure(x: np.ndarray, labels: Sequence, *, n_bootstrap: int = 
     scores = []
     for _ in range(n_bootstrap):
         idx = rng.choices(range(n), k=cluster_size)
-        # One BLAS/OpenMP thread: k-means on a few hundred points is ~40x slower when its threads fight
-        # the embedding model's (or another job's) for the cores, and the result no longer depends on
-        # the machine's thread count.
+        # One BLAS/OpenMP thread: k-means threads fighting the model's for the cores are far slower
+        # (docs/notes/quality.md), and the result stops depending on the machine's thread count.
         with warnings.catch_warnings(), threadpool_limits(limits=1):
             warnings.simplefilter("ignore")  # sklearn's memory-leak note for MKL on Windows, etc.
             assignment = model.fit_predict(x[idx])

@@ -94,7 +94,7 @@ class ArtifactEncoder:
             sizes = {p.name: p.stat().st_size for p in self.path.iterdir() if p.is_file()}
         return {"kind": self.kind, "path": str(self.path), "variant": self.embedder.variant,
                 "size_bytes": int(sum(sizes.values())),
-                # the graph and weights alone: the tokenizer (33 MB) is the same in every variant
+                # the graph and weights alone: the tokenizer is the same in every variant
                 "model_bytes": int(sum(v for k, v in sizes.items() if not k.startswith("tokenizer"))),
                 "load_seconds": round(self.load_seconds, 3), "threads": self.threads,
                 "quantization": m.get("quantization"), "accuracy_level": accuracy_levels(m.get("quantization")),

@@ -51,7 +51,7 @@ def test_subsamples_are_fixed_by_the_seed():
 
 
 def test_default_preset_is_within_budget():
-    # ~240k tokens per variant (5 minutes of fp32 at ~820 tokens/s): bound the number of texts embedded.
+    # ~240k tokens per variant (docs/notes/quality.md): bound the number of texts embedded.
     tasks = build_tasks("default")
     n_texts = sum(len(g.texts) for t in tasks for g in t.groups())
     assert 5000 < n_texts < 6000
@@ -61,7 +61,7 @@ def test_default_preset_is_within_budget():
     assert sizes["RTReviewPlotReranking"]["queries"] == PRESETS["default"]["rt_rerank_queries"] == 600
     assert sizes["ConventionPartyClassification"]["test"] == 2 * PRESETS["default"]["party_test_per_label"] == 500
     assert sizes["RTSentimentClassification"]["test"] == 2 * PRESETS["default"]["cls_test_per_label"] == 1000
-    # mteb's 10 bootstraps (more cost k-means fits, not resolution: NOTES-quality); 50 experiments
+    # mteb's 10 bootstraps (more cost k-means fits, not resolution: docs/notes/quality.md); 50 experiments
     assert PRESETS["default"]["n_experiments"] == 50 and PRESETS["default"]["n_bootstrap"] == 10
 
 
