@@ -96,8 +96,8 @@ def summarise(systems, raw, token_counts) -> dict:
     return summary
 
 
-def main(argv=None) -> int:
-    """Console entry point."""
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line interface."""
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks", formatter_class=argparse.RawDescriptionHelpFormatter,
         description=__doc__.split("\n\n")[0],
@@ -105,37 +105,54 @@ def main(argv=None) -> int:
                "--torch ~/.cache/embeddinggemma-300m --out bench-results")
     parser.add_argument("--artifacts", nargs="*", default=[], metavar="NAME=DIR", help="artifact folders to measure")
     parser.add_argument("--torch", metavar="CHECKPOINT", help="also measure sentence-transformers on torch (fp32)")
-    parser.add_argument("--workloads", default=",".join(WORKLOADS), help=f"comma-separated subset of {','.join(WORKLOADS)}")
+    parser.add_argument("--workloads", default=",".join(WORKLOADS),
+                        help=f"comma-separated subset of {','.join(WORKLOADS)}")
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="threads per system (default: all cores)")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; medians are taken (default 3)")
     parser.add_argument("--repeats", type=int, help="timed repeats per process (default: short 5, medium 3, long 1)")
     parser.add_argument("--fidelity", metavar="JSON", help="output of `python -m quant.fidelity --json`: decides which "
                         "variants meet their fidelity target for the speed verdicts")
     parser.add_argument("--out", required=True, help="folder for results.json, results.md and results.png")
-    args = parser.parse_args(argv)
+    return parser
 
+
+def _build_workloads(systems: list[dict], torch_path: str | None, workloads: list[str]):
+    """The named workloads, cut with the first system's tokenizer, and their text and token counts."""
+    from benchmarks.workloads import build_workloads
+    from tokenizers import Tokenizer
+
+    onnx_paths = [s["path"] for s in systems if s["system"] == "onnx"]
+    tokenizer = str(Path(onnx_paths[0] if onnx_paths else torch_path) / "tokenizer.json")
+    tok = Tokenizer.from_file(tokenizer)
+    built = build_workloads(tokenizer, workloads)
+    token_counts = {w: {"texts": len(built[w].texts), "tokens": sum(len(tok.encode(t).ids) for t in built[w].texts)}
+                    for w in workloads}
+    return built, token_counts
+
+
+def _measure(systems: list[dict], workloads: list[str], built: dict, args) -> dict:
+    """{system: {workload: [one fresh process's measurement per round]}}, rounds interleaving the systems."""
+    raw = {s["name"]: {w: [] for w in workloads} for s in systems}
+    jobs = [(r, w, s) for r in range(args.rounds) for w in workloads for s in systems]
+    with progress_bar(len(jobs), "measuring", unit="run") as bar:
+        for r, w, s in jobs:
+            raw[s["name"]][w].append(_run_one(s, built[w], args.threads, args.repeats or REPEATS[w]))
+            bar.update()
+    return raw
+
+
+def main(argv=None) -> int:
+    """Console entry point."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
     workloads = [w.strip() for w in args.workloads.split(",") if w.strip()]
     unknown = set(workloads) - set(WORKLOADS)
     if unknown:
         parser.error(f"unknown workload(s) {sorted(unknown)}; choose from {', '.join(WORKLOADS)}")
     systems = _systems(args)
-    onnx_paths = [s["path"] for s in systems if s["system"] == "onnx"]
-    tokenizer = str(Path(onnx_paths[0] if onnx_paths else args.torch) / "tokenizer.json")
-
-    from benchmarks.workloads import build_workloads
-    from tokenizers import Tokenizer
-
-    tok = Tokenizer.from_file(tokenizer)
-    built = build_workloads(tokenizer, workloads)
-    token_counts = {w: {"texts": len(built[w].texts), "tokens": sum(len(tok.encode(t).ids) for t in built[w].texts)}
-                    for w in workloads}
-    raw = {s["name"]: {w: [] for w in workloads} for s in systems}
-    jobs = [(r, w, s) for r in range(args.rounds) for w in workloads for s in systems]
+    built, token_counts = _build_workloads(systems, args.torch, workloads)
     started = time.time()
-    with progress_bar(len(jobs), "measuring", unit="run") as bar:
-        for r, w, s in jobs:
-            raw[s["name"]][w].append(_run_one(s, built[w], args.threads, args.repeats or REPEATS[w]))
-            bar.update()
+    raw = _measure(systems, workloads, built, args)
 
     from benchmarks.report import write_report
     from benchmarks.targets import check, load_fidelity
@@ -152,4 +169,3 @@ def main(argv=None) -> int:
     out = write_report(Path(args.out), meta, summary, raw)
     print(out.read_text())
     return 0
-
