@@ -34,11 +34,14 @@ class Encoder(Protocol):
     prompts: dict[str, str]
     dims: tuple[int, ...]
 
-    def encode(self, texts: list[str], prompt_name: str | None) -> np.ndarray: ...
+    def encode(self, texts: list[str], prompt_name: str | None) -> np.ndarray:
+        """Unit-length float32 rows [n, largest dim] of ``texts`` with the named prompt."""
 
-    def count_tokens(self, texts: list[str], prompt_name: str | None) -> list[int]: ...
+    def count_tokens(self, texts: list[str], prompt_name: str | None) -> list[int]:
+        """Tokens the model sees per text, prompt included."""
 
-    def describe(self) -> dict: ...
+    def describe(self) -> dict:
+        """What the report says about the model (kind, variant, size, load time, ...)."""
 
 
 class ArtifactEncoder:
@@ -168,10 +171,12 @@ class RunResult:
 
     @property
     def total_tokens(self) -> int:
+        """Tokens embedded over all tasks."""
         return int(sum(self.tokens.values()))
 
     @property
     def total_embed_seconds(self) -> float:
+        """Seconds spent in ``encode`` over all tasks."""
         return float(sum(self.embed_seconds.values()))
 
     def summary(self) -> dict:

@@ -93,9 +93,11 @@ class STSTask(Task):
         self.unit_name = "pairs"
 
     def groups(self):
+        """One group: the distinct texts of the pairs, no prompt type."""
         return [TextGroup("texts", self.texts, None)]
 
     def evaluate(self, emb):
+        """Spearman's rho of the pairs' cosines with the human scores."""
         e = emb["texts"]
         i = [p[0] for p in self.pairs]
         j = [p[1] for p in self.pairs]
@@ -103,12 +105,14 @@ class STSTask(Task):
         return {"main_score": 100 * rho, "cosine_spearman": rho}
 
     def drop_detail(self, base, other):
-        # Spearman's rho is not a mean over pairs: bootstrap the pairs for the SE; no per-unit breakdown.
+        """Standard error of the drop only: Spearman's rho is not a mean over pairs, so the pairs are
+        bootstrapped and there is no per-unit breakdown."""
         i, j = [p[0] for p in self.pairs], [p[1] for p in self.pairs]
         cos = [row_cosines(e["texts"][i], e["texts"][j]) for e in (base, other)]
         return {"se": 100 * metrics.spearman_difference_standard_error([p[2] for p in self.pairs], *cos)}
 
     def sizes(self):
+        """Texts and pairs."""
         return {"texts": len(self.texts), "pairs": len(self.pairs)}
 
 
@@ -125,6 +129,7 @@ class RetrievalTask(Task):
         self.unit_name = "queries"
 
     def groups(self):
+        """Queries (query side) and the corpus (document side)."""
         return [TextGroup("queries", self.queries, "query"), TextGroup("corpus", self.corpus, "document")]
 
     def _relevance_and_scores(self, emb):
@@ -136,9 +141,11 @@ class RetrievalTask(Task):
         return rel, scores
 
     def unit_scores(self, emb):
+        """nDCG@10 of each query, in points."""
         return 100 * metrics.ndcg_per_query(*self._relevance_and_scores(emb), k=10)
 
     def evaluate(self, emb):
+        """nDCG@10 over the whole corpus, with recall@10 beside it."""
         rel, scores = self._relevance_and_scores(emb)
         ndcg = metrics.ndcg_at_k(rel, scores, k=10)
         # recall@10 as a secondary number: easier to read than nDCG for one-relevant-document queries
@@ -147,6 +154,7 @@ class RetrievalTask(Task):
         return {"main_score": 100 * ndcg, "ndcg_at_10": ndcg, "recall_at_10": recall}
 
     def sizes(self):
+        """Queries and corpus documents."""
         return {"queries": len(self.queries), "corpus": len(self.corpus)}
 
 
@@ -164,6 +172,7 @@ class RerankingTask(Task):
         self.unit_name = "queries"
 
     def groups(self):
+        """Queries (query side) and the candidate documents (document side)."""
         return [TextGroup("queries", self.queries, "query"), TextGroup("corpus", self.corpus, "document")]
 
     def _ranked(self, emb):
@@ -172,13 +181,16 @@ class RerankingTask(Task):
         return rels, [sims[q, cands] for q, cands in enumerate(self.candidates)]
 
     def unit_scores(self, emb):
+        """Average precision of each query's candidate ranking, in points."""
         return 100 * metrics.average_precisions(*self._ranked(emb))
 
     def evaluate(self, emb):
+        """Mean average precision over the queries' candidate lists."""
         m = metrics.mean_average_precision(*self._ranked(emb))
         return {"main_score": 100 * m, "map_at_1000": m}
 
     def sizes(self):
+        """Queries, corpus documents and candidates per query."""
         return {"queries": len(self.queries), "corpus": len(self.corpus),
                 "candidates_per_query": len(self.candidates[0]) if self.candidates else 0}
 
@@ -203,6 +215,7 @@ class ClassificationTask(Task):
         self._used = sorted({i for exp in self._experiments for i in exp})
 
     def groups(self):
+        """The training texts some experiment uses, and the test texts."""
         return [TextGroup("train", [self.train_texts[i] for i in self._used], None),
                 TextGroup("test", self.test_texts, None)]
 
@@ -213,16 +226,19 @@ class ClassificationTask(Task):
         return pool
 
     def unit_scores(self, emb):
+        """Per test text, the share of experiments that label it correctly, in points."""
         return 100 * metrics.classification_correct(self._pool(emb), self.train_labels, emb["test"], self.test_labels,
                                                     experiments=self._experiments, seed=42)
 
     def evaluate(self, emb):
+        """Mean accuracy of the experiments' classifiers on the test set."""
         pool = self._pool(emb)
         acc, per = metrics.classification_accuracy(pool, self.train_labels, emb["test"], self.test_labels,
                                                    experiments=self._experiments, seed=42)
         return {"main_score": 100 * acc, "accuracy": acc, "accuracy_per_experiment": per}
 
     def sizes(self):
+        """Pool, embedded training texts, test texts, labels and the protocol's settings."""
         return {"train_pool": len(self.train_texts), "train_embedded": len(self._used),
                 "test": len(self.test_texts), "labels": len(set(self.train_labels)),
                 "samples_per_label": self.samples_per_label, "n_experiments": self.n_experiments}
@@ -242,17 +258,20 @@ class ClusteringTask(Task):
         self.unit_name = "k-means bootstraps"
 
     def groups(self):
+        """One group: the texts to cluster."""
         return [TextGroup("texts", self.texts, None)]
 
     def evaluate(self, emb):
+        """Mean V-measure over the k-means bootstraps."""
         v, per = metrics.clustering_v_measure(emb["texts"], self.labels, n_bootstrap=self.n_bootstrap,
                                               cluster_size=self.cluster_size, seed=42)
         return {"main_score": 100 * v, "v_measure": v, "v_measure_per_bootstrap": per}
 
     def unit_scores(self, emb):
-        # The bootstraps are the units: each is one k-means run, paired across models by its seed.
+        """V-measure of each bootstrap, in points: each is one k-means run, paired across models by its seed."""
         return 100 * np.asarray(self.evaluate(emb)["v_measure_per_bootstrap"])
 
     def sizes(self):
+        """Texts, clusters and the bootstrap settings."""
         return {"texts": len(self.texts), "clusters": len(set(self.labels)), "bootstraps": self.n_bootstrap,
                 "bootstrap_size": self.cluster_size}
