@@ -16,10 +16,9 @@ import sys
 import time
 from pathlib import Path
 
-from tqdm.auto import tqdm
-
 from benchmarks.workloads import NAMES as WORKLOADS
-from runtime.artifact import accuracy_levels
+from runtime.artifact import ArtifactError, accuracy_levels, read_manifest
+from runtime.progress import progress_bar
 
 ROOT = Path(__file__).resolve().parents[1]
 REPEATS = {"short": 5, "medium": 3, "long": 1, "latency": 1}
@@ -31,10 +30,10 @@ def _systems(args) -> list[dict]:
         name, _, path = item.partition("=")
         if not path:
             name, path = Path(item).name, item
-        manifest = Path(path) / "embedder.json"
-        if not manifest.is_file():
-            raise SystemExit(f"error: {path!r} is not an artifact folder (no embedder.json)")
-        m = json.loads(manifest.read_text())
+        try:
+            m = read_manifest(path)
+        except ArtifactError as exc:
+            raise SystemExit(f"error: {name}: {exc}") from None
         systems.append({"name": name, "system": "onnx", "path": str(Path(path).resolve()),
                         "size_mb": sum(f["size"] for f in m["files"].values()) / 1e6,
                         "variant": m.get("variant"), "accuracy_level": accuracy_levels(m.get("quantization"))})
@@ -53,8 +52,7 @@ def _systems(args) -> list[dict]:
 
 
 def _run_one(system: dict, workload, threads: int, repeats: int) -> dict:
-    # The texts travel in the spec: a worker that built them itself would load the 33 MB
-    # tokenizer.json with `tokenizers` (~400 MB peak) and that would swamp its peak RSS.
+    # The texts travel in the spec: loading tokenizer.json in the worker would swamp its peak RSS (docs/notes/bench.md).
     spec = {"system": system["system"], "path": system["path"], "threads": threads, "workload": workload.name,
             "texts": list(workload.texts), "batch_size": workload.batch_size, "repeats": repeats}
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
@@ -81,9 +79,8 @@ def summarise(systems, raw, token_counts) -> dict:
             else:
                 t = statistics.median(times)
                 entry.update(seconds=t, texts_per_s=token_counts[w]["texts"] / t, tokens_per_s=token_counts[w]["tokens"] / t,
-                             # On a shared host whose speed switches between states, each system's best
-                             # repeat (its least-disturbed moment) varied by 3 % between runs where the
-                             # medians moved by up to 2x (README, Benchmarks); reported beside them.
+                             # The best repeat (least-disturbed moment) is steadier than the median on a
+                             # host whose speed changes (docs/notes/bench.md); reported beside it.
                              best_tokens_per_s=token_counts[w]["tokens"] / min(times))
             per[w] = entry
         summary[s["name"]] = {"system": s["system"], "variant": s["variant"], "size_mb": s["size_mb"],
@@ -99,8 +96,8 @@ def summarise(systems, raw, token_counts) -> dict:
     return summary
 
 
-def main(argv=None) -> int:
-    """Console entry point."""
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line interface."""
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks", formatter_class=argparse.RawDescriptionHelpFormatter,
         description=__doc__.split("\n\n")[0],
@@ -108,35 +105,54 @@ def main(argv=None) -> int:
                "--torch ~/.cache/embeddinggemma-300m --out bench-results")
     parser.add_argument("--artifacts", nargs="*", default=[], metavar="NAME=DIR", help="artifact folders to measure")
     parser.add_argument("--torch", metavar="CHECKPOINT", help="also measure sentence-transformers on torch (fp32)")
-    parser.add_argument("--workloads", default=",".join(WORKLOADS), help=f"comma-separated subset of {','.join(WORKLOADS)}")
+    parser.add_argument("--workloads", default=",".join(WORKLOADS),
+                        help=f"comma-separated subset of {','.join(WORKLOADS)}")
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="threads per system (default: all cores)")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; medians are taken (default 3)")
     parser.add_argument("--repeats", type=int, help="timed repeats per process (default: short 5, medium 3, long 1)")
     parser.add_argument("--fidelity", metavar="JSON", help="output of `python -m quant.fidelity --json`: decides which "
                         "variants meet their fidelity target for the speed verdicts")
     parser.add_argument("--out", required=True, help="folder for results.json, results.md and results.png")
-    args = parser.parse_args(argv)
+    return parser
 
+
+def _build_workloads(systems: list[dict], torch_path: str | None, workloads: list[str]):
+    """The named workloads, cut with the first system's tokenizer, and their text and token counts."""
+    from benchmarks.workloads import build_workloads
+    from tokenizers import Tokenizer
+
+    onnx_paths = [s["path"] for s in systems if s["system"] == "onnx"]
+    tokenizer = str(Path(onnx_paths[0] if onnx_paths else torch_path) / "tokenizer.json")
+    tok = Tokenizer.from_file(tokenizer)
+    built = build_workloads(tokenizer, workloads)
+    token_counts = {w: {"texts": len(built[w].texts), "tokens": sum(len(tok.encode(t).ids) for t in built[w].texts)}
+                    for w in workloads}
+    return built, token_counts
+
+
+def _measure(systems: list[dict], workloads: list[str], built: dict, args) -> dict:
+    """{system: {workload: [one fresh process's measurement per round]}}, rounds interleaving the systems."""
+    raw = {s["name"]: {w: [] for w in workloads} for s in systems}
+    jobs = [(r, w, s) for r in range(args.rounds) for w in workloads for s in systems]
+    with progress_bar(len(jobs), "measuring", unit="run") as bar:
+        for r, w, s in jobs:
+            raw[s["name"]][w].append(_run_one(s, built[w], args.threads, args.repeats or REPEATS[w]))
+            bar.update()
+    return raw
+
+
+def main(argv=None) -> int:
+    """Console entry point."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
     workloads = [w.strip() for w in args.workloads.split(",") if w.strip()]
     unknown = set(workloads) - set(WORKLOADS)
     if unknown:
         parser.error(f"unknown workload(s) {sorted(unknown)}; choose from {', '.join(WORKLOADS)}")
     systems = _systems(args)
-    onnx_paths = [s["path"] for s in systems if s["system"] == "onnx"]
-    tokenizer = str(Path(onnx_paths[0] if onnx_paths else args.torch) / "tokenizer.json")
-
-    from benchmarks.workloads import build_workloads
-    from tokenizers import Tokenizer
-
-    tok = Tokenizer.from_file(tokenizer)
-    built = build_workloads(tokenizer, workloads)
-    token_counts = {w: {"texts": len(built[w].texts), "tokens": sum(len(tok.encode(t).ids) for t in built[w].texts)}
-                    for w in workloads}
-    raw = {s["name"]: {w: [] for w in workloads} for s in systems}
-    jobs = [(r, w, s) for r in range(args.rounds) for w in workloads for s in systems]
+    built, token_counts = _build_workloads(systems, args.torch, workloads)
     started = time.time()
-    for r, w, s in tqdm(jobs, desc="measuring", unit="run"):
-        raw[s["name"]][w].append(_run_one(s, built[w], args.threads, args.repeats or REPEATS[w]))
+    raw = _measure(systems, workloads, built, args)
 
     from benchmarks.report import write_report
     from benchmarks.targets import check, load_fidelity
@@ -153,4 +169,3 @@ def main(argv=None) -> int:
     out = write_report(Path(args.out), meta, summary, raw)
     print(out.read_text())
     return 0
-

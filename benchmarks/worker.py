@@ -53,8 +53,8 @@ def measure(spec: dict) -> dict:
 
 def peak_rss_mb() -> float:
     """This process's peak resident memory in MB. Linux: VmHWM, which starts afresh at exec;
-    ``ru_maxrss`` is carried over from the parent across fork + exec, so a worker started by a
-    runner that had loaded a tokenizer reported the runner's 941 MB for every system."""
+    ``ru_maxrss`` is carried over from the parent across fork + exec, so a worker would report the
+    runner's peak instead of its own (docs/notes/bench.md)."""
     try:
         with open("/proc/self/status", encoding="ascii") as status:
             for line in status:

@@ -20,6 +20,8 @@ _SENTENCE_END = re.compile(r"(?<=[.!?。！？])\s+|\n+")
 
 @dataclass(frozen=True)
 class Workload:
+    """One fixed set of texts and the batch size they are embedded with."""
+
     name: str
     texts: tuple[str, ...]
     batch_size: int

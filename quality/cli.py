@@ -13,10 +13,13 @@ import gc
 import sys
 import time
 from pathlib import Path
+from typing import Iterator
+
+from runtime.artifact import ArtifactError, read_manifest
 
 from . import report as rep
 from .datasets import DataUnavailable
-from .suite import ArtifactEncoder, SentenceTransformerEncoder, random_error_spread, run_suite
+from .suite import ArtifactEncoder, RunResult, SentenceTransformerEncoder, random_error_spread, run_suite
 from .tasks import PRESETS, TASK_NAMES, build_tasks
 
 
@@ -72,17 +75,11 @@ def main(argv: list[str] | None = None) -> int:
         artifacts = _parse_artifacts(args.artifacts)
     except argparse.ArgumentTypeError as exc:
         parser.error(str(exc))
-    for label, path in artifacts:
-        if not (path / "embedder.json").is_file():
-            print(f"error: {label}: {path} is not an artifact folder (no embedder.json)", file=sys.stderr)
-            return 2
     labels = [lab for lab, _ in artifacts]
     baseline = args.baseline or ("fp32" if "fp32" in labels else labels[0])
-    if baseline not in labels:
-        print(f"error: --baseline {baseline!r} is not one of {labels}", file=sys.stderr)
-        return 2
-    if args.reference_st is not None and not (args.reference_st / "modules.json").is_file():
-        print(f"error: --reference-st {args.reference_st} is not a sentence-transformers checkpoint", file=sys.stderr)
+    problem = _input_problem(args, artifacts, baseline)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
         return 2
     log = None if args.quiet else (lambda m: print(m, file=sys.stderr, flush=True))
     say = log or (lambda m: None)
@@ -95,34 +92,71 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     say(f"{len(tasks)} tasks built in {time.perf_counter() - started:.1f} s")
 
+    meta = {"preset": args.preset, "seed": args.seed, "threads": args.threads, "batch_size": args.batch_size}
+    results = []
+    for result in _run_artifacts(args, tasks, artifacts, baseline, log):
+        results.append(result)
+        _write(tasks, results, baseline, None, meta, args.out, started)
+    reference = None if args.reference_st is None else _run_reference(args, tasks, results[0], log)
+    report = _write(tasks, results, baseline, reference, meta, args.out, started)
+    say(f"report written to {args.out} ({time.perf_counter() - started:.0f} s in all)")
+    return _exit_status(report)
+
+
+def _input_problem(args, artifacts: list[tuple[str, Path]], baseline: str) -> str | None:
+    """What makes the inputs unusable (a folder that is not an artifact, an unknown baseline, a
+    reference that is not a sentence-transformers checkpoint), or None."""
+    for label, path in artifacts:
+        try:
+            read_manifest(path)
+        except ArtifactError as exc:
+            return f"{label}: {exc}"
+    labels = [lab for lab, _ in artifacts]
+    if baseline not in labels:
+        return f"--baseline {baseline!r} is not one of {labels}"
+    if args.reference_st is not None and not (args.reference_st / "modules.json").is_file():
+        return f"--reference-st {args.reference_st} is not a sentence-transformers checkpoint"
+    return None
+
+
+def _run_artifacts(args, tasks, artifacts, baseline, log) -> Iterator[RunResult]:
+    """Run the suite on each artifact, baseline first, one model in memory at a time; yields each
+    result as it finishes (with its random-error noise floor against the baseline)."""
+    say = log or (lambda m: None)
     # The baseline runs first so every other variant can be compared with it as soon as it finishes.
     order = sorted(artifacts, key=lambda a: a[0] != baseline)
-    results, reference = [], None
-    meta = {"preset": args.preset, "seed": args.seed, "threads": args.threads, "batch_size": args.batch_size}
+    base = None
     for label, path in order:
         encoder = ArtifactEncoder(path, threads=args.threads, verify=not args.no_verify, batch_size=args.batch_size)
         say(f"[{label}] loaded {path} (variant {encoder.embedder.variant}) in {encoder.load_seconds:.1f} s")
-        results.append(run_suite(encoder, tasks, label=label, log=log))
+        result = run_suite(encoder, tasks, label=label, log=log)
         del encoder  # one model in memory at a time; nothing but the task data carries over
         gc.collect()
-        if label != baseline:
+        if base is None:
+            base = result
+        else:
             t0 = time.perf_counter()
-            results[-1].random_error = random_error_spread(tasks, results[0], results[-1], trials=args.noise_trials)
+            result.random_error = random_error_spread(tasks, base, result, trials=args.noise_trials)
             say(f"[{label}] random-error noise floor in {time.perf_counter() - t0:.0f} s")
-        say(f"[{label}] done in {results[-1].wall_seconds:.0f} s")
-        _write(tasks, results, baseline, reference, meta, args.out, started)
-    if args.reference_st is not None:
-        dims = results[0].dims
-        encoder = SentenceTransformerEncoder(args.reference_st, dims=dims, threads=args.threads,
-                                             batch_size=args.batch_size)
-        say(f"[sentence-transformers] loaded {args.reference_st} in {encoder.load_seconds:.1f} s")
-        reference = run_suite(encoder, tasks, label="sentence-transformers", log=log)
-        del encoder
-        gc.collect()
-        reference.random_error = random_error_spread(tasks, results[0], reference, trials=args.noise_trials)
-    report = _write(tasks, results, baseline, reference, meta, args.out, started)
-    say(f"report written to {args.out} ({time.perf_counter() - started:.0f} s in all)")
+        say(f"[{label}] done in {result.wall_seconds:.0f} s")
+        yield result
 
+
+def _run_reference(args, tasks, base: RunResult, log) -> RunResult:
+    """Run sentence-transformers (torch) on the reference checkpoint at the baseline's dims."""
+    say = log or (lambda m: None)
+    encoder = SentenceTransformerEncoder(args.reference_st, dims=base.dims, threads=args.threads,
+                                         batch_size=args.batch_size)
+    say(f"[sentence-transformers] loaded {args.reference_st} in {encoder.load_seconds:.1f} s")
+    reference = run_suite(encoder, tasks, label="sentence-transformers", log=log)
+    del encoder
+    gc.collect()
+    reference.random_error = random_error_spread(tasks, base, reference, trials=args.noise_trials)
+    return reference
+
+
+def _exit_status(report: dict) -> int:
+    """1 when a variant misses its target or sentence-transformers disagrees with the baseline, else 0."""
     failed = any(v["meets_target"] is False for v in report["verdicts"].values())
     if report["reference"] is not None and not report["reference"]["all_agree"]:
         failed = True

@@ -12,26 +12,16 @@ from typing import Sequence
 
 import numpy as np
 
-
-def normalize_rows(x: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit L2 norm (zero rows stay zero)."""
-    x = np.asarray(x, dtype=np.float32)
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+from runtime.vectors import cosine_matrix, finish, row_cosines
 
 
 def truncate_dim(x: np.ndarray, dim: int) -> np.ndarray:
-    """Matryoshka truncation: the first ``dim`` values of each row, re-normalised."""
-    return normalize_rows(np.asarray(x)[:, :dim])
+    """Matryoshka truncation: the first ``dim`` values of each row, re-normalised (``runtime.vectors.finish``)."""
+    return finish(x, dim)
 
 
-def cosine_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Cosine similarity of every row of ``a`` with every row of ``b``."""
-    return normalize_rows(a) @ normalize_rows(b).T
-
-
-def paired_cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Cosine similarity of row i of ``a`` with row i of ``b``."""
-    return np.sum(normalize_rows(a) * normalize_rows(b), axis=1)
+#: Cosine of row i of ``a`` with row i of ``b``: the suite's name for ``runtime.vectors.row_cosines``.
+paired_cosine = row_cosines
 
 
 # ---- STS ------------------------------------------------------------------------------------------
@@ -41,7 +31,7 @@ def cosine_spearman(emb1: np.ndarray, emb2: np.ndarray, gold: Sequence[float]) -
     pair (row i of emb1 with row i of emb2) and the human score of that pair."""
     from scipy.stats import spearmanr
 
-    cos = paired_cosine(emb1, emb2)
+    cos = row_cosines(emb1, emb2)
     return float(spearmanr(np.asarray(gold, dtype=np.float64), cos.astype(np.float64)).statistic)
 
 
@@ -195,8 +185,8 @@ def clustering_v_measure(x: np.ndarray, labels: Sequence, *, n_bootstrap: int = 
 
     cluster_size is mteb's ``max_documents_per_cluster`` (default 16,384). On a corpus of a few hundred
     texts that repeats each text many times, which is what mteb does, and it matters: k-means on a
-    bootstrap of corpus size lands in a different local optimum from one bootstrap to the next (per-
-    bootstrap V-measure spread ~28 points on TwoNewsgroupsClustering vs ~2 with 16,384).
+    bootstrap of corpus size lands in a different local optimum from one bootstrap to the next
+    (docs/notes/quality.md, finding 1, has the spread of both).
     """
     import warnings
 
@@ -212,9 +202,8 @@ def clustering_v_measure(x: np.ndarray, labels: Sequence, *, n_bootstrap: int = 
     scores = []
     for _ in range(n_bootstrap):
         idx = rng.choices(range(n), k=cluster_size)
-        # One BLAS/OpenMP thread: k-means on a few hundred points is ~40x slower when its threads fight
-        # the embedding model's (or another job's) for the cores, and the result no longer depends on
-        # the machine's thread count.
+        # One BLAS/OpenMP thread: k-means threads fighting the model's for the cores are far slower
+        # (docs/notes/quality.md), and the result stops depending on the machine's thread count.
         with warnings.catch_warnings(), threadpool_limits(limits=1):
             warnings.simplefilter("ignore")  # sklearn's memory-leak note for MKL on Windows, etc.
             assignment = model.fit_predict(x[idx])

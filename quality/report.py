@@ -12,15 +12,16 @@ import datetime as _dt
 import json
 import os
 import platform
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
 from runtime.cpu import cpu_name
 
 from .suite import RunResult, fidelity
-from .tasks import Task
+from .task_types import Task
 
 TARGETS: dict[str, float] = {"q8_0": 0.1, "q4_0": 0.5, "e4_a8_f4_p4": 0.5}
 # sentence-transformers and the fp32 artifact run the same weights: their scores must agree this well.
@@ -53,72 +54,11 @@ def build_report(tasks: Sequence[Task], results: Sequence[RunResult], *, baselin
     if baseline not in by_label:
         raise ValueError(f"baseline {baseline!r} is not among the results ({', '.join(by_label)})")
     base = by_label[baseline]
-    task_names = [t.name for t in tasks]
-    by_task = {t.name: t for t in tasks}
-
-    comparison = []
-    for r in results:
-        if r.label == baseline:
-            continue
-        tgt = target_for(r.label, r.info.get("variant"))
-        for name in task_names:
-            score, ref = r.main_score(name), base.main_score(name)
-            drop = ref - score
-            # 1e-9 points only absorbs float rounding in the subtraction (0.1 is not exact in binary);
-            # it is six orders of magnitude below the smallest score change the tasks can show.
-            status = "no target" if tgt is None else ("PASS" if drop <= tgt + 1e-9 else "MISS")
-            noise = (r.random_error or {}).get(name)
-            detail = _drop_detail(by_task[name], base, r)
-            se = None if detail is None else detail["se"]
-            units = {k: v for k, v in (detail or {}).items() if k != "se"} or None
-            comparison.append({"variant": r.label, "task": name, "score": score, "baseline": ref,
-                               "drop": drop, "target": tgt, "status": status, "drop_se": se,
-                               # how the drop is made up: units changed, the largest single unit's share
-                               "units": units,
-                               # does the task's data settle PASS/MISS? the target lies outside drop +- 2 SE
-                               "resolved": None if se is None or tgt is None else abs(drop - tgt) > 2 * se,
-                               "random_error_mean": noise["mean"] if noise else None,
-                               "random_error_std": noise["std"] if noise else None,
-                               # outside mean +- 2 sd of same-size random error: the error's direction matters
-                               "beyond_random_error": (abs(drop - noise["mean"]) > 2 * noise["std"]) if noise else None})
-
-    verdicts = {}
-    for r in results:
-        if r.label == baseline:
-            continue
-        rows = [c for c in comparison if c["variant"] == r.label]
-        misses = [c for c in rows if c["status"] == "MISS"]
-        verdicts[r.label] = {"target": rows[0]["target"] if rows else None, "tasks": len(rows),
-                             "misses": [{"task": c["task"], "drop": c["drop"], "drop_se": c["drop_se"],
-                                         "resolved": c["resolved"], "units": c["units"],
-                                         "beyond_random_error": c["beyond_random_error"]} for c in misses],
-                             "unresolved_passes": [c["task"] for c in rows
-                                                   if c["status"] == "PASS" and c["resolved"] is False],
-                             "worst_drop": max(c["drop"] for c in rows) if rows else None,
-                             "mean_drop": float(np.mean([c["drop"] for c in rows])) if rows else None,
-                             "meets_target": (not misses) if rows and rows[0]["target"] is not None else None}
-
-    fid = {r.label: fidelity(base, r) for r in results if r.label != baseline}
-    ref_block = None
+    others = [r for r in results if r.label != baseline]
+    comparison = [row for r in others for row in _comparison_rows(tasks, base, r)]
+    fid = {r.label: fidelity(base, r) for r in others}
     if reference is not None:
         fid[reference.label] = fidelity(base, reference)
-        rows = []
-        for name in task_names:
-            st, art = reference.main_score(name), base.main_score(name)
-            rows.append({"task": name, "sentence_transformers": st, "artifact": art, "diff": art - st,
-                         "agrees": abs(art - st) <= ST_AGREEMENT_POINTS + 1e-9})
-        ref_block = {"label": reference.label, "tolerance": ST_AGREEMENT_POINTS, "rows": rows,
-                     "all_agree": all(r["agrees"] for r in rows),
-                     "max_abs_diff": max(abs(r["diff"]) for r in rows)}
-
-    tokens_by_task = base.tokens
-    task_info = []
-    for t in tasks:
-        info = t.info()
-        info["tokens"] = tokens_by_task.get(t.name)
-        info["prompts_used"] = base.prompts_used.get(t.name)
-        task_info.append(info)
-
     runs = [r.summary() for r in results] + ([reference.summary()] if reference is not None else [])
     return {
         "title": "EmbeddingGemma-300m quality report",
@@ -126,9 +66,75 @@ def build_report(tasks: Sequence[Task], results: Sequence[RunResult], *, baselin
         "meta": {"platform": platform.platform(), "cpu": cpu_name(), "python": platform.python_version(),
                  "cpu_count": os.cpu_count(), **(meta or {})},
         "targets": TARGETS, "st_agreement_points": ST_AGREEMENT_POINTS,
-        "baseline": baseline, "tasks": task_info, "runs": runs, "comparison": comparison,
-        "verdicts": verdicts, "fidelity": fid, "reference": ref_block,
+        "baseline": baseline, "tasks": _task_info(tasks, base), "runs": runs, "comparison": comparison,
+        "verdicts": {r.label: _verdict([c for c in comparison if c["variant"] == r.label]) for r in others},
+        "fidelity": fid,
+        "reference": None if reference is None else _reference_block([t.name for t in tasks], base, reference),
     }
+
+
+def _comparison_rows(tasks: Sequence[Task], base: RunResult, other: RunResult) -> list[dict]:
+    """Per task: ``other``'s score, its drop vs ``base``, PASS/MISS, the drop's standard error and units,
+    and where the drop lies against same-size random error."""
+    tgt = target_for(other.label, other.info.get("variant"))
+    rows = []
+    for task in tasks:
+        name = task.name
+        score, ref = other.main_score(name), base.main_score(name)
+        drop = ref - score
+        # 1e-9 points only absorbs float rounding in the subtraction (0.1 is not exact in binary);
+        # it is six orders of magnitude below the smallest score change the tasks can show.
+        status = "no target" if tgt is None else ("PASS" if drop <= tgt + 1e-9 else "MISS")
+        noise = (other.random_error or {}).get(name)
+        detail = _drop_detail(task, base, other)
+        se = None if detail is None else detail["se"]
+        units = {k: v for k, v in (detail or {}).items() if k != "se"} or None
+        rows.append({"variant": other.label, "task": name, "score": score, "baseline": ref,
+                     "drop": drop, "target": tgt, "status": status, "drop_se": se,
+                     # how the drop is made up: units changed, the largest single unit's share
+                     "units": units,
+                     # does the task's data settle PASS/MISS? the target lies outside drop +- 2 SE
+                     "resolved": None if se is None or tgt is None else abs(drop - tgt) > 2 * se,
+                     "random_error_mean": noise["mean"] if noise else None,
+                     "random_error_std": noise["std"] if noise else None,
+                     # outside mean +- 2 sd of same-size random error: the error's direction matters
+                     "beyond_random_error": (abs(drop - noise["mean"]) > 2 * noise["std"]) if noise else None})
+    return rows
+
+
+def _verdict(rows: list[dict]) -> dict:
+    """One variant's verdict from its comparison rows: target, misses, unsettled passes, worst and mean drop."""
+    misses = [c for c in rows if c["status"] == "MISS"]
+    return {"target": rows[0]["target"] if rows else None, "tasks": len(rows),
+            "misses": [{"task": c["task"], "drop": c["drop"], "drop_se": c["drop_se"],
+                        "resolved": c["resolved"], "units": c["units"],
+                        "beyond_random_error": c["beyond_random_error"]} for c in misses],
+            "unresolved_passes": [c["task"] for c in rows if c["status"] == "PASS" and c["resolved"] is False],
+            "worst_drop": max(c["drop"] for c in rows) if rows else None,
+            "mean_drop": float(np.mean([c["drop"] for c in rows])) if rows else None,
+            "meets_target": (not misses) if rows and rows[0]["target"] is not None else None}
+
+
+def _reference_block(task_names: list[str], base: RunResult, reference: RunResult) -> dict:
+    """sentence-transformers vs the baseline artifact per task, and whether they agree to the tolerance."""
+    rows = []
+    for name in task_names:
+        st, art = reference.main_score(name), base.main_score(name)
+        rows.append({"task": name, "sentence_transformers": st, "artifact": art, "diff": art - st,
+                     "agrees": abs(art - st) <= ST_AGREEMENT_POINTS + 1e-9})
+    return {"label": reference.label, "tolerance": ST_AGREEMENT_POINTS, "rows": rows,
+            "all_agree": all(r["agrees"] for r in rows), "max_abs_diff": max(abs(r["diff"]) for r in rows)}
+
+
+def _task_info(tasks: Sequence[Task], base: RunResult) -> list[dict]:
+    """Each task's description, with the tokens and prompts of the baseline's run."""
+    out = []
+    for t in tasks:
+        info = t.info()
+        info["tokens"] = base.tokens.get(t.name)
+        info["prompts_used"] = base.prompts_used.get(t.name)
+        out.append(info)
+    return out
 
 
 def _drop_detail(task: Task, base: RunResult, other: RunResult) -> dict | None:
@@ -177,74 +183,117 @@ def _fmt_drop(d: float) -> str:
     return f"{change:+.2f}"
 
 
-def render_markdown(report: dict) -> str:
-    """The report as Markdown (tables + links to the PNG plots)."""
-    base = report["baseline"]
-    runs = {r["label"]: r for r in report["runs"]}
-    variants = [r["label"] for r in report["runs"] if r["label"] != base and r.get("kind") != "sentence-transformers"]
-    ref = report.get("reference")
-    tasks = report["tasks"]
-    full_dim = runs[base]["dims"][0]
-    L: list[str] = []
-    add = L.append
-    add(f"# {report['title']}\n")
-    m = report["meta"]
-    add(f"Created {report['created']} on {m.get('platform')}, {m.get('cpu', 'CPU not recorded')} "
-        f"({m.get('cpu_count')} CPUs), Python {m.get('python')}; "
-        f"preset `{m.get('preset')}`, seed {m.get('seed')}, onnxruntime threads {m.get('threads') or 'all'}. "
-        f"Main scores are on the 0-100 scale at the full dimension ({full_dim}); the drop is fp32 minus the "
-        f"variant (shown as the change, negative = worse). Targets: "
-        + ", ".join(f"{k} drop ≤ {v} points" for k, v in report["targets"].items()) + " on every task.\n")
+@dataclass(frozen=True)
+class _Doc:
+    """What every report section reads: the report and the names derived from it once."""
 
-    add("## Verdict\n")
-    for v in variants:
-        vd = report["verdicts"][v]
-        if vd["target"] is None:
-            add(f"- **{v}**: no target defined for this variant (worst drop {vd['worst_drop']:.2f} points).")
-        elif vd["meets_target"]:
-            add(f"- **{v}**: PASS on all {vd['tasks']} tasks (drop ≤ {vd['target']} points; worst drop "
-                f"{vd['worst_drop']:.2f}, mean drop {vd['mean_drop']:.2f}).")
-        else:
-            miss = "; ".join(f"{x['task']} drop {x['drop']:.2f} > {vd['target']}" for x in vd["misses"])
-            add(f"- **{v}**: MISS on {len(vd['misses'])} of {vd['tasks']} tasks ({miss}). "
-                f"The target of ≤ {vd['target']} points is not met.")
-            close = [x["task"] for x in vd["misses"] if x.get("resolved") is False]
-            if close:
-                add(f"  Of these, {', '.join(close)} {'is' if len(close) == 1 else 'are'} within two standard "
-                    "errors of the target: the task's data cannot tell whether the variant meets it (the miss "
-                    "stands as measured).")
-            inside = [x["task"] for x in vd["misses"] if x["beyond_random_error"] is False]
-            if inside:
-                add(f"  Of these, {', '.join(inside)} {'is' if len(inside) == 1 else 'are'} within two standard "
-                    "deviations of what random error of the same size does to the score (see the noise check "
-                    "below): the task cannot resolve a difference this small, which does not make it a pass.")
-            made_up = [t for t in (_units_sentence(x) for x in vd["misses"]) if t]
-            if made_up:
-                add("  How these drops are made up: " + "; ".join(made_up) + ".")
-        if vd["target"] is not None and vd.get("unresolved_passes"):
-            tasks_ = vd["unresolved_passes"]
-            add(f"  Passes within two standard errors of the target (the data cannot confirm them either): "
-                f"{', '.join(tasks_)}.")
-    add("- For scale (not a target): " + model_card_context())
+    report: dict
+    base: str                   # the baseline's label
+    runs: dict[str, dict]       # label -> run summary
+    variants: list[str]         # the compared artifact variants (not the baseline, not sentence-transformers)
+    ref: dict | None            # the sentence-transformers cross-check, when run
+    tasks: list[dict]
+    full_dim: int
+
+    @classmethod
+    def of(cls, report: dict) -> "_Doc":
+        """The section inputs of ``report``."""
+        base = report["baseline"]
+        runs = {r["label"]: r for r in report["runs"]}
+        variants = [r["label"] for r in report["runs"]
+                    if r["label"] != base and r.get("kind") != "sentence-transformers"]
+        return cls(report, base, runs, variants, report.get("reference"), report["tasks"], runs[base]["dims"][0])
+
+
+def render_markdown(report: dict) -> str:
+    """The report as Markdown (tables + links to the PNG plots): one function per section, in order."""
+    doc = _Doc.of(report)
+    lines = [line for section in MARKDOWN_SECTIONS for line in section(doc)]
+    return "\n".join(lines) + "\n"
+
+
+def _table_row(cells) -> str:
+    return "| " + " | ".join(cells) + " |"
+
+
+def _header_section(doc: _Doc) -> list[str]:
+    """Title, and where, how and against which targets the suite ran."""
+    report, m = doc.report, doc.report["meta"]
+    return [f"# {report['title']}\n",
+            f"Created {report['created']} on {m.get('platform')}, {m.get('cpu', 'CPU not recorded')} "
+            f"({m.get('cpu_count')} CPUs), Python {m.get('python')}; "
+            f"preset `{m.get('preset')}`, seed {m.get('seed')}, onnxruntime threads {m.get('threads') or 'all'}. "
+            f"Main scores are on the 0-100 scale at the full dimension ({doc.full_dim}); the drop is fp32 minus the "
+            f"variant (shown as the change, negative = worse). Targets: "
+            + ", ".join(f"{k} drop ≤ {v} points" for k, v in report["targets"].items()) + " on every task.\n"]
+
+
+def _verdict_section(doc: _Doc) -> list[str]:
+    """PASS / MISS per variant, the model card's losses for scale, and the sentence-transformers check."""
+    out = ["## Verdict\n"]
+    for v in doc.variants:
+        out += _variant_verdict(v, doc.report["verdicts"][v])
+    out.append("- For scale (not a target): " + model_card_context())
+    ref = doc.ref
     if ref:
         if ref["all_agree"]:
-            add(f"- **sentence-transformers (torch) vs the {base} artifact**: agree within {ref['tolerance']} points "
-                f"on every task (largest difference {ref['max_abs_diff']:.3f}).")
+            out.append(f"- **sentence-transformers (torch) vs the {doc.base} artifact**: agree within "
+                       f"{ref['tolerance']} points on every task (largest difference {ref['max_abs_diff']:.3f}).")
         else:
             bad = [r for r in ref["rows"] if not r["agrees"]]
-            add(f"- **sentence-transformers (torch) vs the {base} artifact**: DISAGREE on {len(bad)} task(s) "
-                f"(largest difference {ref['max_abs_diff']:.3f} > {ref['tolerance']}): "
-                + ", ".join(r["task"] for r in bad) + ".")
-    add("")
+            out.append(f"- **sentence-transformers (torch) vs the {doc.base} artifact**: DISAGREE on {len(bad)} "
+                       f"task(s) (largest difference {ref['max_abs_diff']:.3f} > {ref['tolerance']}): "
+                       + ", ".join(r["task"] for r in bad) + ".")
+    out.append("")
+    return out
 
-    add(f"## Scores per task ({full_dim} dims)\n")
+
+def _variant_verdict(v: str, vd: dict) -> list[str]:
+    """One variant's verdict bullet, with what the data can and cannot settle about its misses."""
+    if vd["target"] is None:
+        out = [f"- **{v}**: no target defined for this variant (worst drop {vd['worst_drop']:.2f} points)."]
+    elif vd["meets_target"]:
+        out = [f"- **{v}**: PASS on all {vd['tasks']} tasks (drop ≤ {vd['target']} points; worst drop "
+               f"{vd['worst_drop']:.2f}, mean drop {vd['mean_drop']:.2f})."]
+    else:
+        out = _miss_lines(v, vd)
+    if vd["target"] is not None and vd.get("unresolved_passes"):
+        out.append(f"  Passes within two standard errors of the target (the data cannot confirm them either): "
+                   f"{', '.join(vd['unresolved_passes'])}.")
+    return out
+
+
+def _miss_lines(v: str, vd: dict) -> list[str]:
+    """The MISS bullet of a variant and its notes: unsettled misses, misses inside the noise, their units."""
+    misses = vd["misses"]
+    miss = "; ".join(f"{x['task']} drop {x['drop']:.2f} > {vd['target']}" for x in misses)
+    out = [f"- **{v}**: MISS on {len(misses)} of {vd['tasks']} tasks ({miss}). "
+           f"The target of ≤ {vd['target']} points is not met."]
+    close = [x["task"] for x in misses if x.get("resolved") is False]
+    if close:
+        out.append(f"  Of these, {', '.join(close)} {'is' if len(close) == 1 else 'are'} within two standard "
+                   "errors of the target: the task's data cannot tell whether the variant meets it (the miss "
+                   "stands as measured).")
+    inside = [x["task"] for x in misses if x["beyond_random_error"] is False]
+    if inside:
+        out.append(f"  Of these, {', '.join(inside)} {'is' if len(inside) == 1 else 'are'} within two standard "
+                   "deviations of what random error of the same size does to the score (see the noise check "
+                   "below): the task cannot resolve a difference this small, which does not make it a pass.")
+    made_up = [t for t in (_units_sentence(x) for x in misses) if t]
+    if made_up:
+        out.append("  How these drops are made up: " + "; ".join(made_up) + ".")
+    return out
+
+
+def _scores_section(doc: _Doc) -> list[str]:
+    """Per task: the baseline's score and each variant's score, change ± SE and status."""
+    base, runs, variants, ref = doc.base, doc.runs, doc.variants, doc.ref
     head = ["task", "type", "metric", base] + [f"{v} (change ± SE, status)" for v in variants]
     if ref:
         head.append(f"{ref['label']} (torch)")
-    add("| " + " | ".join(head) + " |")
-    add("|" + "---|" * len(head))
-    comp = {(c["variant"], c["task"]): c for c in report["comparison"]}
-    for t in tasks:
+    out = [f"## Scores per task ({doc.full_dim} dims)\n", _table_row(head), "|" + "---|" * len(head)]
+    comp = {(c["variant"], c["task"]): c for c in doc.report["comparison"]}
+    for t in doc.tasks:
         name = t["name"]
         row = [name, t["type"], t["main_score"], f"{runs[base]['scores'][name]:.2f}"]
         for v in variants:
@@ -254,139 +303,185 @@ def render_markdown(report: dict) -> str:
             row.append(f"{c['score']:.2f} ({_fmt_drop(c['drop'])}{se}, {status})")
         if ref:
             row.append(f"{runs[ref['label']]['scores'][name]:.2f}")
-        add("| " + " | ".join(row) + " |")
+        out.append(_table_row(row))
     mean_row = ["**mean**", "", "", f"{runs[base]['mean_main_score']:.2f}"]
     mean_row += [f"{runs[v]['mean_main_score']:.2f}" for v in variants]
     if ref:
         mean_row.append(f"{runs[ref['label']]['mean_main_score']:.2f}")
-    add("| " + " | ".join(mean_row) + " |\n")
-    if any(c.get("drop_se") is not None for c in report["comparison"]):
-        add("± SE is the standard error of the change due to which queries, test texts, word pairs or k-means "
-            "bootstraps the task samples (paired: the same units for both models; per-unit scores for "
-            "retrieval, reranking, classification and clustering, a bootstrap over pairs for STS). A verdict "
-            "whose target lies within two standard errors of the change is not settled by this data; "
-            "PASS/MISS is still decided by the change alone.\n")
-    add("![scores per task](scores.png)\n")
+    out.append(_table_row(mean_row) + "\n")
+    if any(c.get("drop_se") is not None for c in doc.report["comparison"]):
+        out.append("± SE is the standard error of the change due to which queries, test texts, word pairs or "
+                   "k-means bootstraps the task samples (paired: the same units for both models; per-unit scores "
+                   "for retrieval, reranking, classification and clustering, a bootstrap over pairs for STS). A "
+                   "verdict whose target lies within two standard errors of the change is not settled by this "
+                   "data; PASS/MISS is still decided by the change alone.\n")
+    out.append("![scores per task](scores.png)\n")
+    return out
 
-    noisy = [r for r in report["runs"] if r["label"] != base and r.get("random_error")]
-    if noisy:
-        add("## Noise check: drop vs random error of the same size\n")
-        add("Each text's baseline embedding is turned by the same angle that separates it from the variant's, "
-            "towards a random direction, and scored like a variant (trials: "
-            f"{len(next(iter(noisy[0]['random_error'].values()))['drops'])}). A drop outside mean ± 2 sd of these "
-            "random-error drops comes from the direction of the variant's error; inside it, the task's protocol "
-            "cannot tell the variant from any equally large error. PASS/MISS above is decided by the target "
-            "alone.\n")
-        head = ["task"] + [f"{r['label']}: drop / random-error drop (mean ± sd)" for r in noisy]
-        add("| " + " | ".join(head) + " |")
-        add("|" + "---|" * len(head))
-        for t in tasks:
-            cells = [t["name"]]
-            for r in noisy:
-                n = r["random_error"][t["name"]]
-                drop = runs[base]["scores"][t["name"]] - r["scores"][t["name"]]
-                flag = "" if abs(drop - n["mean"]) <= 2 * n["std"] else " ◆"
-                cells.append(f"{drop:+.2f} / {n['mean']:+.2f} ± {n['std']:.2f}{flag}")
-            add("| " + " | ".join(cells) + " |")
-        add("\n◆ = outside mean ± 2 sd of the random-error drops.\n")
 
-    add("## Size and speed\n")
-    add("| variant | kind | folder MB | graph+weights MB | MatMulNBits accuracy level | load s | embedding s | "
-        "tokens | tokens/s | mean score |")
-    add("|---|---|---|---|---|---|---|---|---|---|")
-    for r in report["runs"]:
-        add(f"| {r['label']} | {r.get('kind')} | {_mb(r.get('size_bytes'))} | {_mb(r.get('model_bytes'))} | "
-            f"{r.get('accuracy_level', '–')} | {r.get('load_seconds', 0):.1f} | {r['embed_seconds']:.0f} | "
-            f"{r['tokens']:,} | {r['tokens_per_second'] or 0:.0f} | {r['mean_main_score']:.2f} |")
-    add("\nSpeed is the whole suite's tokens over the time spent inside `encode` (length-grouped batches of "
-        "up to 32 texts), with the thread count above. The accuracy level is baked into a variant by the CPU "
-        "that built it (level 4 rounds activations to int8 blocks, which moves its scores).\n")
-    add("![size vs speed vs score](size_speed_score.png)\n")
+def _noise_section(doc: _Doc) -> list[str]:
+    """Each variant's drop beside the drops of same-size random error (when the noise check ran)."""
+    noisy = [r for r in doc.report["runs"] if r["label"] != doc.base and r.get("random_error")]
+    if not noisy:
+        return []
+    trials = len(next(iter(noisy[0]["random_error"].values()))["drops"])
+    head = ["task"] + [f"{r['label']}: drop / random-error drop (mean ± sd)" for r in noisy]
+    out = ["## Noise check: drop vs random error of the same size\n",
+           "Each text's baseline embedding is turned by the same angle that separates it from the variant's, "
+           "towards a random direction, and scored like a variant (trials: "
+           f"{trials}). A drop outside mean ± 2 sd of these "
+           "random-error drops comes from the direction of the variant's error; inside it, the task's protocol "
+           "cannot tell the variant from any equally large error. PASS/MISS above is decided by the target "
+           "alone.\n",
+           _table_row(head), "|" + "---|" * len(head)]
+    for t in doc.tasks:
+        cells = [t["name"]]
+        for r in noisy:
+            n = r["random_error"][t["name"]]
+            drop = doc.runs[doc.base]["scores"][t["name"]] - r["scores"][t["name"]]
+            flag = "" if abs(drop - n["mean"]) <= 2 * n["std"] else " ◆"
+            cells.append(f"{drop:+.2f} / {n['mean']:+.2f} ± {n['std']:.2f}{flag}")
+        out.append(_table_row(cells))
+    out.append("\n◆ = outside mean ± 2 sd of the random-error drops.\n")
+    return out
 
-    if report["fidelity"]:
-        add(f"## Fidelity vs {base}\n")
-        n_texts = next(iter(next(iter(report["fidelity"].values())).values()))["texts"]
-        add(f"Every embedded task text ({n_texts:,} texts, each with its task's prompt): cosine between the variant's and the baseline's embedding, and "
-            "the share of each text's 10 nearest neighbours (within its task's text group) that stay among the "
-            "10 nearest.\n")
-        add("| variant | dim | cos mean | cos min | cos 1st pct | top-10 overlap mean | top-10 overlap min |")
-        add("|---|---|---|---|---|---|---|")
-        for v, per_dim in report["fidelity"].items():
-            for d, f in per_dim.items():
-                add(f"| {v} | {d} | {f['cos_mean']:.5f} | {f['cos_min']:.5f} | {f['cos_p01']:.5f} | "
-                    f"{f['top10_overlap_mean']:.3f} | {f['top10_overlap_min']:.2f} |")
-        add("")
 
-    if ref:
-        add(f"## sentence-transformers (torch) vs the {base} artifact\n")
-        add("| task | sentence-transformers | artifact | difference | within 0.1 |")
-        add("|---|---|---|---|---|")
-        for r in ref["rows"]:
-            add(f"| {r['task']} | {r['sentence_transformers']:.3f} | {r['artifact']:.3f} | {r['diff']:+.3f} | "
-                f"{'yes' if r['agrees'] else '**NO**'} |")
-        add("")
+def _size_speed_section(doc: _Doc) -> list[str]:
+    """Size on disk, accuracy level, load time, embedding speed and mean score per run."""
+    out = ["## Size and speed\n",
+           "| variant | kind | folder MB | graph+weights MB | MatMulNBits accuracy level | load s | embedding s | "
+           "tokens | tokens/s | mean score |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in doc.report["runs"]:
+        out.append(f"| {r['label']} | {r.get('kind')} | {_mb(r.get('size_bytes'))} | {_mb(r.get('model_bytes'))} | "
+                   f"{r.get('accuracy_level', '–')} | {r.get('load_seconds', 0):.1f} | {r['embed_seconds']:.0f} | "
+                   f"{r['tokens']:,} | {r['tokens_per_second'] or 0:.0f} | {r['mean_main_score']:.2f} |")
+    out += ["\nSpeed is the whole suite's tokens over the time spent inside `encode` (length-grouped batches of "
+            "up to 32 texts), with the thread count above. The accuracy level is baked into a variant by the CPU "
+            "that built it (level 4 rounds activations to int8 blocks, which moves its scores).\n",
+            "![size vs speed vs score](size_speed_score.png)\n"]
+    return out
 
-    dims = runs[base]["dims"]
-    if len(dims) > 1:
-        add("## Main score by Matryoshka dimension\n")
-        add("| task | variant | " + " | ".join(str(d) for d in dims) + " |")
-        add("|---|---|" + "---|" * len(dims))
-        for t in tasks:
-            for r in report["runs"]:
-                if not all(str(d) in r["scores_by_dim"] for d in dims):
-                    continue
-                add(f"| {t['name']} | {r['label']} | " +
-                    " | ".join(f"{r['scores_by_dim'][str(d)][t['name']]:.2f}" for d in dims) + " |")
-        add("\nThe targets apply to the full dimension; smaller dims are shown for information.\n")
 
-    add("## Run time\n")
-    total = m.get("suite_wall_seconds")
-    add("| run | wall s (embedding + scoring) | of which embedding s | tokens | tokens/s |")
-    add("|---|---|---|---|---|")
-    for r in report["runs"]:
-        add(f"| {r['label']} | {r['wall_seconds']:.0f} | {r['embed_seconds']:.0f} | {r['tokens']:,} | "
-            f"{r['tokens_per_second'] or 0:.0f} |")
+def _fidelity_section(doc: _Doc) -> list[str]:
+    """Cosine to the baseline's embeddings and top-10 neighbour overlap, per variant and dim."""
+    fidelity = doc.report["fidelity"]
+    if not fidelity:
+        return []
+    n_texts = next(iter(next(iter(fidelity.values())).values()))["texts"]
+    out = [f"## Fidelity vs {doc.base}\n",
+           f"Every embedded task text ({n_texts:,} texts, each with its task's prompt): cosine between the variant's "
+           "and the baseline's embedding, and the share of each text's 10 nearest neighbours (within its task's "
+           "text group) that stay among the 10 nearest.\n",
+           "| variant | dim | cos mean | cos min | cos 1st pct | top-10 overlap mean | top-10 overlap min |",
+           "|---|---|---|---|---|---|---|"]
+    for v, per_dim in fidelity.items():
+        for d, f in per_dim.items():
+            out.append(f"| {v} | {d} | {f['cos_mean']:.5f} | {f['cos_min']:.5f} | {f['cos_p01']:.5f} | "
+                       f"{f['top10_overlap_mean']:.3f} | {f['top10_overlap_min']:.2f} |")
+    out.append("")
+    return out
+
+
+def _reference_section(doc: _Doc) -> list[str]:
+    """sentence-transformers' score beside the baseline artifact's, per task (when run)."""
+    if not doc.ref:
+        return []
+    out = [f"## sentence-transformers (torch) vs the {doc.base} artifact\n",
+           "| task | sentence-transformers | artifact | difference | within 0.1 |",
+           "|---|---|---|---|---|"]
+    for r in doc.ref["rows"]:
+        out.append(f"| {r['task']} | {r['sentence_transformers']:.3f} | {r['artifact']:.3f} | {r['diff']:+.3f} | "
+                   f"{'yes' if r['agrees'] else '**NO**'} |")
+    out.append("")
+    return out
+
+
+def _matryoshka_section(doc: _Doc) -> list[str]:
+    """Main score per task, run and Matryoshka dim (when more than one dim was scored)."""
+    dims = doc.runs[doc.base]["dims"]
+    if len(dims) <= 1:
+        return []
+    out = ["## Main score by Matryoshka dimension\n",
+           "| task | variant | " + " | ".join(str(d) for d in dims) + " |",
+           "|---|---|" + "---|" * len(dims)]
+    for t in doc.tasks:
+        for r in doc.report["runs"]:
+            if not all(str(d) in r["scores_by_dim"] for d in dims):
+                continue
+            out.append(f"| {t['name']} | {r['label']} | " +
+                       " | ".join(f"{r['scores_by_dim'][str(d)][t['name']]:.2f}" for d in dims) + " |")
+    out.append("\nThe targets apply to the full dimension; smaller dims are shown for information.\n")
+    return out
+
+
+def _run_time_section(doc: _Doc) -> list[str]:
+    """Wall and embedding time per run, and the whole command's."""
+    out = ["## Run time\n",
+           "| run | wall s (embedding + scoring) | of which embedding s | tokens | tokens/s |",
+           "|---|---|---|---|---|"]
+    for r in doc.report["runs"]:
+        out.append(f"| {r['label']} | {r['wall_seconds']:.0f} | {r['embed_seconds']:.0f} | {r['tokens']:,} | "
+                   f"{r['tokens_per_second'] or 0:.0f} |")
+    total = doc.report["meta"].get("suite_wall_seconds")
     if total is not None:
-        add(f"\nWhole command: {total:.0f} s ({total / 60:.1f} min) including task building, model loading and "
-            "the report.\n")
-    add("## Tasks\n")
-    add("| task | type | language | data | tokens / variant | prompt(s) | source (package file) | licence |")
-    add("|---|---|---|---|---|---|---|---|")
-    for t in tasks:
+        out.append(f"\nWhole command: {total:.0f} s ({total / 60:.1f} min) including task building, model loading "
+                   "and the report.\n")
+    return out
+
+
+def _tasks_section(doc: _Doc) -> list[str]:
+    """What each task is: data, sizes, tokens, prompts, source and licences."""
+    out = ["## Tasks\n",
+           "| task | type | language | data | tokens / variant | prompt(s) | source (package file) | licence |",
+           "|---|---|---|---|---|---|---|---|"]
+    for t in doc.tasks:
         sizes = ", ".join(f"{k} {v}" for k, v in t["sizes"].items())
         prompts = ", ".join(f"{k}: `{v}`" for k, v in (t["prompts_used"] or {}).items())
         src = t["source"]
-        add(f"| {t['name']} | {t['type']} | {', '.join(t['languages'])} | {t['description']}; {sizes} | "
-            f"{t['tokens'] or 0:,} | {prompts} | {src['description']} (`{src['file']}`) | "
-            f"package: {src['package_licence']}; data: {src['data_licence']} |")
-    total_tokens = sum(t["tokens"] or 0 for t in tasks)
-    add(f"\nTotal per variant: {total_tokens:,} tokens. The data are read from the installed packages at run "
-        "time (nothing is copied into the repository); every subsample is drawn with a fixed seed.\n")
+        out.append(f"| {t['name']} | {t['type']} | {', '.join(t['languages'])} | {t['description']}; {sizes} | "
+                   f"{t['tokens'] or 0:,} | {prompts} | {src['description']} (`{src['file']}`) | "
+                   f"package: {src['package_licence']}; data: {src['data_licence']} |")
+    total_tokens = sum(t["tokens"] or 0 for t in doc.tasks)
+    out.append(f"\nTotal per variant: {total_tokens:,} tokens. The data are read from the installed packages at run "
+               "time (nothing is copied into the repository); every subsample is drawn with a fixed seed.\n")
+    return out
 
-    add("## Protocol\n")
-    add("- Prompts are resolved as mteb does (task name + prompt type, task name, task type + prompt type, task "
-        "type, prompt type): retrieval queries `Retrieval-query`, retrieval documents `Retrieval-document`, STS "
-        "`STS`, classification `Classification`, clustering `Clustering`, reranking queries *and* candidates "
-        "`Reranking` (mteb's task-type key outranks the `document` prompt type).")
-    add("- STS: Spearman correlation of cosine similarity with the human scores (`cosine_spearman`).")
-    add("- Retrieval: nDCG@10 with linear gains over the whole corpus (trec_eval's definition). Reranking: mean "
-        "average precision over each query's candidate list (`map_at_1000`).")
-    cls = next((t["sizes"] for t in tasks if t["type"] == "Classification"), None)
-    clu = next((t["sizes"] for t in tasks if t["type"] == "Clustering"), None)
+
+def _protocol_section(doc: _Doc) -> list[str]:
+    """How prompts are chosen and each task type is scored, with the sizes this run used."""
+    out = ["## Protocol\n",
+           "- Prompts are resolved as mteb does (task name + prompt type, task name, task type + prompt type, task "
+           "type, prompt type): retrieval queries `Retrieval-query`, retrieval documents `Retrieval-document`, STS "
+           "`STS`, classification `Classification`, clustering `Clustering`, reranking queries *and* candidates "
+           "`Reranking` (mteb's task-type key outranks the `document` prompt type).",
+           "- STS: Spearman correlation of cosine similarity with the human scores (`cosine_spearman`).",
+           "- Retrieval: nDCG@10 with linear gains over the whole corpus (trec_eval's definition). Reranking: mean "
+           "average precision over each query's candidate list (`map_at_1000`)."]
+    cls = next((t["sizes"] for t in doc.tasks if t["type"] == "Classification"), None)
+    clu = next((t["sizes"] for t in doc.tasks if t["type"] == "Clustering"), None)
     if cls:
-        add(f"- Classification: mteb's protocol: {cls['n_experiments']} experiments (mteb's default is 10; more "
-            "average out the few-shot classifiers' own variance), each trains "
-            f"`LogisticRegression(max_iter=100, random_state=42)` on the first {cls['samples_per_label']} examples "
-            "per label of the training pool after mteb's cumulative `RandomState(42)` shuffle, and scores "
-            "accuracy on the whole test set; the mean is reported.")
+        out.append(f"- Classification: mteb's protocol: {cls['n_experiments']} experiments (mteb's default is 10; "
+                   "more average out the few-shot classifiers' own variance), each trains "
+                   f"`LogisticRegression(max_iter=100, random_state=42)` on the first {cls['samples_per_label']} "
+                   "examples per label of the training pool after mteb's cumulative `RandomState(42)` shuffle, and "
+                   "scores accuracy on the whole test set; the mean is reported.")
     if clu:
-        add(f"- Clustering: mteb's bootstrap protocol: {clu['bootstraps']} samples of {clu['bootstrap_size']:,} "
-            "texts drawn with replacement (`random.Random(42)`; mteb's `max_documents_per_cluster`), "
-            "`MiniBatchKMeans(k = labels, batch_size=512, n_init=1, random_state=42)`, V-measure, mean.")
-    add("- Precision: one test text of 400 is 0.25 points of accuracy, and mteb's 10 k-means bootstraps of a "
-        "two-cluster corpus vary by 7-10 points each; the ± SE beside each change measures this per task. "
-        "The targets are applied as written anyway.")
-    return "\n".join(L) + "\n"
+        out.append(f"- Clustering: mteb's bootstrap protocol: {clu['bootstraps']} samples of "
+                   f"{clu['bootstrap_size']:,} texts drawn with replacement (`random.Random(42)`; mteb's "
+                   "`max_documents_per_cluster`), `MiniBatchKMeans(k = labels, batch_size=512, n_init=1, "
+                   "random_state=42)`, V-measure, mean.")
+    out.append("- Precision: one test text of 400 is 0.25 points of accuracy, and mteb's 10 k-means bootstraps of a "
+               "two-cluster corpus vary by 7-10 points each; the ± SE beside each change measures this per task. "
+               "The targets are applied as written anyway.")
+    return out
+
+
+#: The report's sections in order; each takes the :class:`_Doc` and returns its lines (none to skip).
+MARKDOWN_SECTIONS: tuple[Callable[[_Doc], list[str]], ...] = (
+    _header_section, _verdict_section, _scores_section, _noise_section, _size_speed_section, _fidelity_section,
+    _reference_section, _matryoshka_section, _run_time_section, _tasks_section, _protocol_section,
+)
 
 
 # ---- plots ---------------------------------------------------------------------------------------

@@ -12,7 +12,6 @@ fidelity checks cost no extra model runs.
 """
 from __future__ import annotations
 
-import re
 import sys
 import time
 import warnings
@@ -22,9 +21,11 @@ from typing import Callable, Protocol, Sequence
 
 import numpy as np
 
+from runtime.vectors import finish, l2_normalize, row_cosines
+
 from . import metrics
 from .prompts import resolve_prompt_name
-from .tasks import Task
+from .task_types import Task
 
 
 class Encoder(Protocol):
@@ -33,11 +34,14 @@ class Encoder(Protocol):
     prompts: dict[str, str]
     dims: tuple[int, ...]
 
-    def encode(self, texts: list[str], prompt_name: str | None) -> np.ndarray: ...
+    def encode(self, texts: list[str], prompt_name: str | None) -> np.ndarray:
+        """Unit-length float32 rows [n, largest dim] of ``texts`` with the named prompt."""
 
-    def count_tokens(self, texts: list[str], prompt_name: str | None) -> list[int]: ...
+    def count_tokens(self, texts: list[str], prompt_name: str | None) -> list[int]:
+        """Tokens the model sees per text, prompt included."""
 
-    def describe(self) -> dict: ...
+    def describe(self) -> dict:
+        """What the report says about the model (kind, variant, size, load time, ...)."""
 
 
 class ArtifactEncoder:
@@ -72,8 +76,7 @@ class ArtifactEncoder:
             out = self.embedder.encode(list(texts), prompt_name=prompt_name, batch_size=self.batch_size)
         for w in caught:
             if issubclass(w.category, TruncationWarning):
-                m = re.match(r"(\d+) of", str(w.message))
-                self.truncated += int(m.group(1)) if m else 1
+                self.truncated += len(w.message.indices)
             else:
                 warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
         return out
@@ -94,7 +97,7 @@ class ArtifactEncoder:
             sizes = {p.name: p.stat().st_size for p in self.path.iterdir() if p.is_file()}
         return {"kind": self.kind, "path": str(self.path), "variant": self.embedder.variant,
                 "size_bytes": int(sum(sizes.values())),
-                # the graph and weights alone: the tokenizer (33 MB) is the same in every variant
+                # the graph and weights alone: the tokenizer is the same in every variant
                 "model_bytes": int(sum(v for k, v in sizes.items() if not k.startswith("tokenizer"))),
                 "load_seconds": round(self.load_seconds, 3), "threads": self.threads,
                 "quantization": m.get("quantization"), "accuracy_level": accuracy_levels(m.get("quantization")),
@@ -168,10 +171,12 @@ class RunResult:
 
     @property
     def total_tokens(self) -> int:
+        """Tokens embedded over all tasks."""
         return int(sum(self.tokens.values()))
 
     @property
     def total_embed_seconds(self) -> float:
+        """Seconds spent in ``encode`` over all tasks."""
         return float(sum(self.embed_seconds.values()))
 
     def summary(self) -> dict:
@@ -219,7 +224,7 @@ def run_suite(encoder: Encoder, tasks: Sequence[Task], *, label: str,
             emb[group.key] = np.asarray(encoder.encode(group.texts, name), dtype=np.float32)
             secs += time.perf_counter() - t0
             result.embeddings[(task.name, group.key)] = emb[group.key]
-        result.scores[task.name] = {d: task.evaluate({k: metrics.truncate_dim(v, d) for k, v in emb.items()})
+        result.scores[task.name] = {d: task.evaluate({k: finish(v, d) for k, v in emb.items()})
                                     for d in dims}
         result.prompts_used[task.name] = used
         result.tokens[task.name] = tokens
@@ -245,8 +250,8 @@ def fidelity(reference: RunResult, other: RunResult, *, k: int = 10) -> dict:
         for key, ref in reference.embeddings.items():
             if key not in other.embeddings:
                 continue
-            a, b = metrics.truncate_dim(ref, d), metrics.truncate_dim(other.embeddings[key], d)
-            cos = metrics.paired_cosine(a, b)
+            a, b = finish(ref, d), finish(other.embeddings[key], d)
+            cos = row_cosines(a, b)
             cos_all.append(cos)
             entry = per_task.setdefault(key[0], {"cos": [], "overlap": []})
             entry["cos"].append(cos)
@@ -289,12 +294,12 @@ def random_error_spread(tasks: Sequence[Task], reference: RunResult, other: RunR
         for _ in range(trials):
             emb = {}
             for group in task.groups():
-                a = metrics.normalize_rows(reference.embeddings[(task.name, group.key)])
-                b = metrics.normalize_rows(other.embeddings[(task.name, group.key)])
+                a = l2_normalize(reference.embeddings[(task.name, group.key)])
+                b = l2_normalize(other.embeddings[(task.name, group.key)])
                 cos = np.clip(np.sum(a * b, axis=1, keepdims=True), -1.0, 1.0)
                 r = rng.standard_normal(a.shape).astype(np.float32)
                 r -= np.sum(r * a, axis=1, keepdims=True) * a      # orthogonal to the reference row
-                r = metrics.normalize_rows(r)
+                r = l2_normalize(r)
                 emb[group.key] = cos * a + np.sqrt(1.0 - cos**2) * r  # same angle, random direction
             drops.append(base - task.evaluate(emb)["main_score"])
         out[task.name] = {"drops": [float(d) for d in drops], "mean": float(np.mean(drops)),

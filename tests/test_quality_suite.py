@@ -51,7 +51,7 @@ def test_subsamples_are_fixed_by_the_seed():
 
 
 def test_default_preset_is_within_budget():
-    # ~240k tokens per variant (5 minutes of fp32 at ~820 tokens/s): bound the number of texts embedded.
+    # ~240k tokens per variant (docs/notes/quality.md): bound the number of texts embedded.
     tasks = build_tasks("default")
     n_texts = sum(len(g.texts) for t in tasks for g in t.groups())
     assert 5000 < n_texts < 6000
@@ -61,8 +61,61 @@ def test_default_preset_is_within_budget():
     assert sizes["RTReviewPlotReranking"]["queries"] == PRESETS["default"]["rt_rerank_queries"] == 600
     assert sizes["ConventionPartyClassification"]["test"] == 2 * PRESETS["default"]["party_test_per_label"] == 500
     assert sizes["RTSentimentClassification"]["test"] == 2 * PRESETS["default"]["cls_test_per_label"] == 1000
-    # mteb's 10 bootstraps (more cost k-means fits, not resolution: NOTES-quality); 50 experiments
+    # mteb's 10 bootstraps (more cost k-means fits, not resolution: docs/notes/quality.md); 50 experiments
     assert PRESETS["default"]["n_experiments"] == 50 and PRESETS["default"]["n_bootstrap"] == 10
+
+
+def test_adding_a_task_is_one_definition():
+    """One decorated builder registers a task: it shows up in TASK_NAMES, PRESETS, build_tasks and the CLI."""
+    from quality import datasets as ds
+    from quality.cli import build_parser
+    from quality.tasks import STSTask, task, unregister
+
+    words = ["cat", "dog", "car", "bus", "sun", "moon"]
+
+    @task("TinyWordPairs", sizes={"default": {"tiny_words": 6}, "smoke": {"tiny_words": 4}})
+    def _tiny(size, seed):
+        texts = words[: size["tiny_words"]]
+        return STSTask(name="TinyWordPairs", type="STS", languages=["eng-Latn"], seed=seed, description="toy",
+                       source=ds.Source("", "", "", "", ""), texts=texts,
+                       pairs=[(i, i + 1, float(i)) for i in range(len(texts) - 1)])
+
+    try:
+        assert list(TASK_NAMES)[-1] == "TinyWordPairs" and len(TASK_NAMES) == 11
+        assert PRESETS["smoke"]["tiny_words"] == 4 and PRESETS["default"]["tiny_words"] == 6
+        (smoke,) = build_tasks("smoke", names=["TinyWordPairs"])
+        assert smoke.texts == words[:4] and smoke.sizes() == {"texts": 4, "pairs": 3}
+        assert build_tasks("default", names=["TinyWordPairs"])[0].texts == words
+        assert [t.name for t in build_tasks("smoke", names=["TinyWordPairs", "SimLex999"])] == \
+            ["TinyWordPairs", "SimLex999"]
+        assert "TinyWordPairs" in build_parser().format_help()
+    finally:
+        unregister("TinyWordPairs")
+    assert "TinyWordPairs" not in TASK_NAMES and "tiny_words" not in PRESETS["smoke"]
+    assert list(TASK_NAMES) == [t.name for t in build_tasks("smoke")]
+
+
+def test_registry_refuses_inconsistent_definitions():
+    from quality.registry import TaskSpec, add, unregister
+    from quality.tasks import build_tasks, task
+
+    with pytest.raises(ValueError, match="already registered"):
+        task("SimLex999", sizes={"smoke": {}})(lambda size, seed: None)
+    # a protocol size shared between tasks has one value per preset
+    with pytest.raises(ValueError, match="n_experiments=3"):
+        task("Other", sizes={"smoke": {"n_experiments": 7}})(lambda size, seed: None)
+    assert "Other" not in TASK_NAMES
+    # a builder must make exactly the tasks it is registered for, and have sizes for the preset asked
+    add(TaskSpec(("Wrong",), lambda size, seed: build_tasks("smoke", names=["SimLex999"]), {"smoke": {}}))
+    try:
+        with pytest.raises(RuntimeError, match="made tasks \\['SimLex999'\\]"):
+            build_tasks("smoke", names=["Wrong"])
+        with pytest.raises(ValueError, match="no sizes for preset 'default'"):
+            build_tasks("default", names=["Wrong"])
+    finally:
+        unregister("Wrong")
+    with pytest.raises(ValueError, match="unknown preset"):
+        build_tasks("huge")
 
 
 def test_suite_scores_and_prompts_on_tiny_model(tiny_run, smoke_tasks):
@@ -79,6 +132,28 @@ def test_suite_scores_and_prompts_on_tiny_model(tiny_run, smoke_tasks):
     assert used["RTSentimentClassification"] == {"train": "Classification", "test": "Classification"}
     assert used["ChineseNovelClustering"] == {"texts": "Clustering"}
     assert tiny_run.total_tokens > 0 and tiny_run.total_embed_seconds > 0
+
+
+def test_truncated_texts_are_counted_from_the_warning_data(tiny_artifact, monkeypatch):
+    import warnings
+
+    from runtime import TruncationWarning
+
+    enc = ArtifactEncoder(tiny_artifact, threads=1, verify=False)
+    long = "word " * (4 * enc.embedder.max_seq_length)
+    enc.encode([long, "short", long], None)
+    assert enc.truncated == 2 and enc.describe()["truncated_texts"] == 2
+
+    # The count comes from the warning's indices, not its wording; other warnings pass through.
+    def fake_encode(texts, **kwargs):
+        warnings.warn(TruncationWarning("some texts were cut", indices=(0, 2, 5), total=6, limit=64))
+        warnings.warn("unrelated", UserWarning)
+        return enc.embedder.__class__.encode(enc.embedder, texts, **kwargs)
+
+    monkeypatch.setattr(enc.embedder, "encode", fake_encode)
+    with pytest.warns(UserWarning, match="unrelated"):
+        enc.encode(["short"] * 6, None)
+    assert enc.truncated == 2 + 3
 
 
 def _fake_variant(run, label, drops):
@@ -107,6 +182,33 @@ def test_report_pass_and_miss(tiny_run, smoke_tasks, tmp_path):
     assert "**q8_0**: PASS on all 10 tasks" in md
     # the model card's QAT losses, for scale: 61.15 - 60.93 and 69.67 - 69.49 / 68.76 - 68.70
     assert "q8_0 0.06-0.22, q4_0 0.36-0.77, e4_a8_f4_p4 0.35-0.73 points of MTEB Mean (Task)" in md
+
+
+def test_markdown_sections_in_order(tiny_run, smoke_tasks):
+    from quality.report import MARKDOWN_SECTIONS, render_markdown
+    from quality.suite import random_error_spread
+
+    q4 = _fake_variant(tiny_run, "q4_0", {smoke_tasks[0].name: 1.0})
+    q4.random_error = random_error_spread(smoke_tasks, tiny_run, q4, trials=2)
+    st = copy.deepcopy(tiny_run)
+    st.label, st.info = "sentence-transformers", {**st.info, "kind": "sentence-transformers"}
+    report = build_report(smoke_tasks, [tiny_run, q4], baseline="fp32", reference=st,
+                          meta={"preset": "smoke", "suite_wall_seconds": 5.0})
+    md = render_markdown(report)
+    assert md.startswith("# EmbeddingGemma-300m quality report\n\nCreated ") and md.endswith(" as written anyway.\n")
+    assert [line for line in md.splitlines() if line.startswith("## ")] == [
+        "## Verdict", "## Scores per task (64 dims)", "## Noise check: drop vs random error of the same size",
+        "## Size and speed", "## Fidelity vs fp32", "## sentence-transformers (torch) vs the fp32 artifact",
+        "## Main score by Matryoshka dimension", "## Run time", "## Tasks", "## Protocol"]
+    assert len(MARKDOWN_SECTIONS) == 11   # the title block and the ten headed sections
+    # optional sections drop out whole: no noise check, fidelity, cross-check, dims or command time
+    bare = copy.deepcopy(report)
+    bare.update(reference=None, fidelity={})
+    bare["meta"].pop("suite_wall_seconds")
+    for r in bare["runs"]:
+        r["random_error"], r["dims"] = None, r["dims"][:1]
+    assert [line for line in render_markdown(bare).splitlines() if line.startswith("## ")] == [
+        "## Verdict", "## Scores per task (64 dims)", "## Size and speed", "## Run time", "## Tasks", "## Protocol"]
 
 
 def test_standard_errors_of_drops(tiny_run, smoke_tasks, tmp_path):
