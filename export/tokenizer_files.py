@@ -41,11 +41,11 @@ def ship_sentencepiece(checkpoint: Path, stage: Path, hf_tokenizer, max_length: 
     section = {"model_file": "tokenizer.model", "added_tokens_file": "added_tokens.json",
                "bos_id": int(hf_tokenizer.bos_token_id), "eos_id": int(hf_tokenizer.eos_token_id)}
     shutil.copyfile(source, stage / section["model_file"])
-    (stage / section["added_tokens_file"]).write_text(
-        json.dumps({t.content: int(i) for i, t in sorted(added.items())}, ensure_ascii=False), encoding="utf-8")
+    added_tokens = {t.content: int(i) for i, t in sorted(added.items())}
+    (stage / section["added_tokens_file"]).write_text(json.dumps(added_tokens, ensure_ascii=False), encoding="utf-8")
     reference = HFTokenizer(stage / "tokenizer.json", max_length)
-    candidate = SentencePieceTokenizer(stage / section["model_file"], stage / section["added_tokens_file"],
-                                       section["bos_id"], section["eos_id"], max_length)
+    candidate = SentencePieceTokenizer(stage / section["model_file"], added_tokens, section["bos_id"],
+                                       section["eos_id"], max_length)
     if reference.encode_batch(CHECK_STRINGS) != candidate.encode_batch(CHECK_STRINGS):
         log.warning("sentencepiece ids differ from tokenizer.json's on the check strings; shipping tokenizer.json only")
         for name in (section["model_file"], section["added_tokens_file"]):

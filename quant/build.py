@@ -25,11 +25,13 @@ from runtime.progress import progress_bar
 from . import graph as G
 from . import int8_path as I8
 from .calibration import ActivationStats, collect_statistics, load_calibration_texts
+from .formats import matmulnbits_format
 from .manifest import GraphSummary, decoded_at_load, variant_manifest
 from .quantizer import METHODS, SiteQuantizer, kept_fp32, on_integer_path
 from .recipe import Recipe
 from .self_check import SelfCheck
 from .source import Fp32Source, QuantInputError, open_fp32_artifact, tokenizer_files
+from .targets import Target, check_host_can_build, get_target
 
 log = logging.getLogger("quant")
 
@@ -45,16 +47,19 @@ class BuildOptions:
     """How the variants of one run are built (the command line's options).
 
     method: ``rtn`` (ggml round-to-nearest, bit-exact to gguf) or ``gptq`` (calibrated; values still
-    decode exactly as the format says). accuracy_level: MatMulNBits level 0-4, or "auto" to time the
-    built model at levels 0 and 4 on this CPU (``quant.level_probe``). int8_activation_bits: 7, 8 or
-    "auto" (integer-path recipes; ``quant.int8_path.ACTIVATION_BITS``). threads: onnxruntime threads
-    for calibration, timing and the self-check. check: run the self-check. verify_input: hash the
-    fp32 artifact's files. calibration_texts: instead of the packaged ones. force: replace outputs.
+    decode exactly as the format says). target: the device class (``quant.targets``) whose choices
+    the artifact bakes in. accuracy_level: MatMulNBits level 0-4 for every bit width, or "auto" to
+    time the built model at levels 0 and 4 on this CPU (``quant.level_probe``); None: the target's.
+    int8_activation_bits: 7, 8 or "auto" (this CPU's flags; integer-path recipes,
+    ``quant.int8_path.ACTIVATION_BITS``); None: the target's. threads: onnxruntime threads for
+    calibration, timing and the self-check. check: run the self-check. verify_input: hash the fp32
+    artifact's files. calibration_texts: instead of the packaged ones. force: replace outputs.
     """
 
     method: str = DEFAULT_METHOD
-    accuracy_level: int | str = "auto"
-    int8_activation_bits: int | str = "auto"
+    target: str = "host"
+    accuracy_level: int | str | None = None
+    int8_activation_bits: int | str | None = None
     threads: int | None = None
     progress: bool = True
     check: bool = True
@@ -66,24 +71,36 @@ class BuildOptions:
         """Raise ``QuantInputError`` naming a bad option and what is allowed."""
         if self.method not in METHODS:
             raise QuantInputError(f"unknown --method {self.method!r}; choose one of {', '.join(METHODS)}")
-        if self.accuracy_level != "auto" and self.accuracy_level not in ACCURACY_LEVELS:
+        if self.accuracy_level not in (None, "auto", *ACCURACY_LEVELS):
             raise QuantInputError(f"--accuracy-level must be 0, 1, 2, 3, 4 or auto (onnxruntime MatMulNBits), "
                                   f"got {self.accuracy_level!r}")
-        if self.int8_activation_bits != "auto" and self.int8_activation_bits not in I8.ACTIVATION_BITS:
+        if self.int8_activation_bits not in (None, "auto", *I8.ACTIVATION_BITS):
             raise QuantInputError(f"--int8-activation-bits must be 7, 8 or auto, got {self.int8_activation_bits!r}")
         if self.threads is not None and self.threads < 1:
             raise QuantInputError(f"--threads must be >= 1, got {self.threads}")
+        check_host_can_build(get_target(self.target))
 
+    def levels(self, target: Target) -> tuple[dict[int, int] | None, dict[str, str]]:
+        """MatMulNBits level per bit width (None: time them on this CPU) and the manifest's note."""
+        if self.accuracy_level == "auto" or (self.accuracy_level is None and target.levels is None):
+            return None, {}
+        if self.accuracy_level is not None:
+            return {4: int(self.accuracy_level), 8: int(self.accuracy_level)}, {"all": f"given: {self.accuracy_level}"}
+        return dict(target.levels), {matmulnbits_format(bits).name: f"target {target.name}: {level}"
+                                     for bits, level in target.levels.items()}
 
-def activation_bits(choice: int | str) -> tuple[int, str]:
-    """The integer path's activation code width and why: ``auto`` is 8 on CPUs with int8 dot products
-    (VNNI / Arm dotprod), where it is exact, else 7; an explicit 7 or 8 is taken as given."""
-    from runtime.cpu import has_int8_dot
+    def activation_bits(self, target: Target) -> tuple[int, str]:
+        """The integer path's activation code width and why: given, the target's, or this CPU's (8 where
+        it has int8 dot products, on which 8-bit codes are exact, else 7)."""
+        choice = self.int8_activation_bits
+        if choice is None and target.activation_bits is not None:
+            return target.activation_bits, f"target {target.name}: {target.activation_bits}"
+        if choice in (None, "auto"):
+            from runtime.cpu import has_int8_dot
 
-    if choice == "auto":
-        dot = has_int8_dot()
-        return (8 if dot else 7), f"auto: the building CPU {'has' if dot else 'lacks'} int8 dot products"
-    return int(choice), f"given: {choice}"
+            dot = has_int8_dot()
+            return (8 if dot else 7), f"auto: the building CPU {'has' if dot else 'lacks'} int8 dot products"
+        return int(choice), f"given: {choice}"
 
 
 def build_variants(fp32_dir: str | Path, targets: list[tuple[Recipe, str | Path]],
@@ -133,19 +150,21 @@ def _calibrate(src: Fp32Source, recipes: list[Recipe], options: BuildOptions) ->
 def _build_one(src: Fp32Source, recipe: Recipe, out: Path, quantizer: SiteQuantizer, stats: ActivationStats | None,
                check: SelfCheck | None, options: BuildOptions) -> Path:
     """One variant: graph, accuracy levels, tokenizer files, manifest, self-check; atomically at ``out``."""
-    auto_level = options.accuracy_level == "auto"
-    # auto: written at level 0, then timed at both levels per bit width once written
-    level = 0 if auto_level else int(options.accuracy_level)
-    summary = GraphSummary(levels={4: level, 8: level}, level_notes={"all": f"given: {options.accuracy_level}"})
-    act_bits = activation_bits(options.int8_activation_bits) if recipe.integer else None
+    target = get_target(options.target)
+    levels, notes = options.levels(target)
+    # timed levels: written at level 0, then timed at both levels per bit width once written
+    summary = GraphSummary(levels=levels or {4: 0, 8: 0}, level_notes=notes,
+                           decode_all_matmuls=target.decode_all_matmuls)
+    act_bits = options.activation_bits(target) if recipe.integer else None
     with staged_output(out, force=options.force) as stage:
         model_path = stage / src.manifest["model_file"]
-        vocab = _write_graph(src, recipe, model_path, quantizer, summary, level, act_bits, options.progress)
-        if auto_level:
+        vocab = _write_graph(src, recipe, model_path, quantizer, summary, act_bits, options.progress)
+        if levels is None:
             _choose_levels(model_path, recipe, vocab, options.threads, summary)
         for name in tokenizer_files(src.manifest):
             shutil.copy2(src.folder / name, stage / name)
         manifest = variant_manifest(src, recipe, options.method, summary, stats.info if stats else None)
+        manifest["target"] = _target_entry(target, summary, act_bits)
         _describe_extras(manifest["quantization"], recipe, quantizer, summary, act_bits)
         log.info("hashing files and writing the manifest")
         write_manifest(stage, manifest)
@@ -155,7 +174,7 @@ def _build_one(src: Fp32Source, recipe: Recipe, out: Path, quantizer: SiteQuanti
 
 
 def _write_graph(src: Fp32Source, recipe: Recipe, model_path: Path, quantizer: SiteQuantizer, summary: GraphSummary,
-                 level: int, act_bits: tuple[int, str] | None, progress: bool) -> int:
+                 act_bits: tuple[int, str] | None, progress: bool) -> int:
     """Quantize every site of ``recipe`` into the fp32 graph and save it with one weights file;
     records counts, methods and opsets in ``summary``; returns the vocabulary size."""
     model = src.graph()
@@ -173,8 +192,9 @@ def _write_graph(src: Fp32Source, recipe: Recipe, model_path: Path, quantizer: S
                 continue
             fmt = recipe.format_of(site.group)
             qw, used = quantizer.get(site, fmt)
-            G.replace_site(model, site, qw, accuracy_level=level,
-                           decode_at_load=site.op == "MatMul" and decoded_at_load(site.group, fmt))
+            G.replace_site(model, site, qw, accuracy_level=summary.levels.get(fmt.bits, 0),
+                           decode_at_load=site.op == "MatMul" and (summary.decode_all_matmuls
+                                                                   or decoded_at_load(site.group, fmt)))
             del qw
             summary.counts[site.group] += 1
             summary.methods[site.group] = used
@@ -240,3 +260,15 @@ def _describe_extras(quantization: dict, recipe: Recipe, quantizer: SiteQuantize
             "needs_int8_dot_products": act_bits[0] == 8,
             "why": "8-bit activation codes times 8-bit weights saturate in the u8 x s8 kernel of x86 CPUs "
                    "without VNNI; the runtime refuses such an artifact there"}
+
+
+def _target_entry(target: Target, summary: GraphSummary, act_bits: tuple[int, str] | None) -> dict:
+    """The manifest's ``target``: the device class, and for ``host`` the machine it was built on."""
+    from runtime.cpu import cpu_name, has_int8_dot, machine_arch
+
+    entry = target.describe()
+    if target.arch is None:   # host: the artifact assumes this machine
+        entry.update(arch=machine_arch(), cpu=cpu_name())
+        if act_bits is not None and act_bits[0] == 8 and has_int8_dot():
+            entry["cpu_flags"] = ["avx512_vnni|avx_vnni|amx_int8|asimddp"]
+    return entry

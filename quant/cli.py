@@ -29,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for docs and tests)."""
     from .build import DEFAULT_METHOD
     from .quantizer import METHODS
+    from .targets import TARGETS
 
     parser = argparse.ArgumentParser(
         prog="embeddinggemma-quant", epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -47,16 +48,19 @@ def build_parser() -> argparse.ArgumentParser:
                         help="how stored values are chosen, same formats either way: gptq = calibrated error feedback "
                              "(after activation-aware scales for 4-bit attention and feed-forward; a few minutes), "
                              f"rtn = ggml round-to-nearest, bit-exact to gguf (default: {DEFAULT_METHOD})")
-    parser.add_argument("--accuracy-level", type=_accuracy_level, default="auto", metavar="N|auto",
-                        help="MatMulNBits accuracy_level 0-4 for every block-quantized matmul; 4 also quantizes "
-                             "activations to int8 per block of 32 (like llama.cpp), which costs accuracy; which is "
-                             "faster depends on the CPU; auto (default) times each built model at levels 0 and 4 on "
-                             "THIS machine per bit width (~15 s each) and keeps 4 only if it is >= 5%% faster, so "
-                             "build on the kind of CPU you deploy to")
-    parser.add_argument("--int8-activation-bits", default="auto", choices=("auto", "7", "8"),
-                        help="integer-path recipes (w8a8): activation code width; 8 is exact only on CPUs with VNNI "
-                             "or Arm dot products (elsewhere the runtime refuses the artifact), 7 runs exactly "
-                             "everywhere at some accuracy cost; auto (default) = 8 if THIS CPU has them, else 7")
+    parser.add_argument("--target", default="host", metavar="NAME",
+                        help="the device class the artifact is built for; it fixes the CPU-dependent choices "
+                             "below (default: host). " + "; ".join(f"{t.name}: {t.summary}" for t in TARGETS.values()))
+    parser.add_argument("--accuracy-level", type=_accuracy_level, default=None, metavar="N|auto",
+                        help="override the target's MatMulNBits accuracy_level 0-4 for every block-quantized matmul; "
+                             "4 also quantizes activations to int8 per block of 32 (like llama.cpp), which costs "
+                             "accuracy; auto times each built model at levels 0 and 4 on THIS machine per bit width "
+                             "(seconds each) and keeps 4 only if it is >= 5%% faster (what --target host does)")
+    parser.add_argument("--int8-activation-bits", default=None, choices=("auto", "7", "8"),
+                        help="override the target's activation code width for integer-path recipes (w8a8): 8 is "
+                             "exact only on CPUs with VNNI or Arm dot products (elsewhere the runtime refuses the "
+                             "artifact), 7 runs exactly everywhere at some accuracy cost; auto = 8 if THIS CPU has "
+                             "them, else 7 (what --target host does)")
     parser.add_argument("--threads", type=int, default=None,
                         help="onnxruntime threads for calibration, timing and the self-check (default: all cores)")
     parser.add_argument("--no-check", action="store_true",
@@ -88,9 +92,10 @@ def main(argv: list[str] | None = None) -> int:
         out = Path(args.out)
         targets = [(r, out / r.name) if all_variants else (r, out) for r in recipes]
         bits = args.int8_activation_bits
-        options = BuildOptions(method=args.method, accuracy_level=args.accuracy_level,
-                               int8_activation_bits=bits if bits == "auto" else int(bits), threads=args.threads,
-                               progress=not args.quiet, check=not args.no_check, force=args.force)
+        options = BuildOptions(method=args.method, target=args.target, accuracy_level=args.accuracy_level,
+                               int8_activation_bits=bits if bits in (None, "auto") else int(bits),
+                               threads=args.threads, progress=not args.quiet, check=not args.no_check,
+                               force=args.force)
         written = build_variants(args.source, targets, options)
     except (RecipeError, QuantInputError, OutputExistsError, GraphError) as exc:
         print(f"error: {exc}", file=sys.stderr)

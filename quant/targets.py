@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from runtime.cpu import version_tuple
+
 from .source import QuantInputError
 
 
@@ -42,7 +44,7 @@ class Target:
 
 
 TARGETS: dict[str, Target] = {t.name: t for t in (
-    Target("host", "this machine: accuracy levels timed here, int8 activation width from its flags (default)",
+    Target("host", "the building machine: accuracy levels timed here, int8 activation width from its flags",
            levels=None, activation_bits=None, arch=None),
     # No VNNI: level 4 is no faster for Q4_0 and costs accuracy; Q8_0 at level 0 decodes every weight
     # on every call (several times slower on single texts), so 8-bit blocks keep level 4.
@@ -78,17 +80,7 @@ def check_host_can_build(target: Target) -> None:
     import onnxruntime
 
     need = target.requires.get("onnxruntime")
-    if need and _version(onnxruntime.__version__) < _version(need):
+    if need and version_tuple(onnxruntime.__version__) < version_tuple(need):
         raise QuantInputError(f"--target {target.name} needs onnxruntime >= {need} (8-bit MatMulNBits), this "
                               f"machine has {onnxruntime.__version__}: pip install -U 'onnxruntime>={need}'")
 
-
-def _version(text: str) -> tuple[int, ...]:
-    """Numeric release parts of a version string ("1.23.2" -> (1, 23, 2))."""
-    parts = []
-    for piece in text.split("+")[0].split("."):
-        digits = "".join(ch for ch in piece if ch.isdigit())
-        if not digits:
-            break
-        parts.append(int(digits))
-    return tuple(parts)

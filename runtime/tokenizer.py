@@ -41,15 +41,16 @@ class HFTokenizer:
 
 
 class SentencePieceTokenizer:
-    """The ``sentencepiece`` backend (tokenizer.model + added_tokens.json), ids identical to tokenizer.json's."""
+    """The ``sentencepiece`` backend (tokenizer.model + the checkpoint's added tokens), ids identical to
+    tokenizer.json's."""
 
     name = "sentencepiece"
 
-    def __init__(self, model_path: Path, added_tokens_path: Path, bos_id: int, eos_id: int, max_length: int):
+    def __init__(self, model_path: Path, added_tokens: dict[str, int], bos_id: int, eos_id: int, max_length: int):
         import sentencepiece
 
         self._sp = sentencepiece.SentencePieceProcessor(model_file=str(model_path))
-        self._added: dict[str, int] = json.loads(added_tokens_path.read_text(encoding="utf-8"))
+        self._added = dict(added_tokens)
         # Longest first: Python's alternation is leftmost-first, so this gives leftmost-longest.
         literals = sorted(self._added, key=len, reverse=True)
         self._split = re.compile("|".join(map(re.escape, literals))) if literals else None
@@ -90,20 +91,31 @@ BACKENDS = ("auto", "sentencepiece", "tokenizers")
 
 
 def load_tokenizer(folder: Path, manifest: dict, backend: str = "auto"):
-    """The requested backend; ``auto`` prefers sentencepiece when installed and shipped in the artifact."""
+    """The requested backend; ``auto`` prefers sentencepiece when installed and shipped in the artifact.
+
+    The sentencepiece section names the model file and the added tokens, as a file
+    (``added_tokens_file``) or inline (``added_tokens``, the mobile folder's one-tokenizer-file form).
+    """
     if backend not in BACKENDS:
         raise ValueError(f"unknown tokenizer backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     max_length = int(manifest["max_seq_length"])
     sp = manifest.get("sentencepiece")
+    hf_file = manifest.get("tokenizer_file")
     if backend in ("auto", "sentencepiece") and sp:
         try:
-            return SentencePieceTokenizer(folder / sp["model_file"], folder / sp["added_tokens_file"],
-                                          int(sp["bos_id"]), int(sp["eos_id"]), max_length)
+            added = sp.get("added_tokens")
+            if added is None:
+                added = json.loads((folder / sp["added_tokens_file"]).read_text(encoding="utf-8"))
+            return SentencePieceTokenizer(folder / sp["model_file"], added, int(sp["bos_id"]), int(sp["eos_id"]),
+                                          max_length)
         except ImportError:
-            if backend == "sentencepiece":
-                raise ImportError("tokenizer='sentencepiece' needs the sentencepiece package: "
-                                  "pip install 'embeddinggemma-onnx[sentencepiece]'") from None
+            if backend == "sentencepiece" or not hf_file:
+                raise ImportError("this artifact's tokenizer needs the sentencepiece package: "
+                                  "pip install sentencepiece") from None
     elif backend == "sentencepiece":
         raise ValueError("this artifact ships no sentencepiece model (its checkpoint had no tokenizer.model); "
                          "use tokenizer='tokenizers' or 'auto'")
-    return HFTokenizer(folder / manifest["tokenizer_file"], max_length)
+    if not hf_file:
+        raise ValueError("this artifact ships only the sentencepiece tokenizer (tokenizer.model); "
+                         "use tokenizer='sentencepiece' or 'auto'")
+    return HFTokenizer(folder / hf_file, max_length)

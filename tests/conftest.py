@@ -82,3 +82,16 @@ def real_st(real_checkpoint):
     from sentence_transformers import SentenceTransformer
 
     return SentenceTransformer(str(real_checkpoint), device="cpu")
+
+
+@pytest.fixture(scope="session")
+def rtn_variants(real_artifact, tmp_path_factory) -> dict[str, Path]:
+    """Real q8_0 and q4_0 by round-to-nearest at accuracy level 0 (quick, and independent of this CPU)."""
+    from quant.build import BuildOptions, build_variants
+    from quant.recipe import parse_recipe
+
+    parent = tmp_path_factory.mktemp("real-quant")
+    targets = [(parse_recipe(v), parent / v) for v in ("q8_0", "q4_0")]
+    build_variants(real_artifact, targets, BuildOptions(method="rtn", accuracy_level=0, progress=False,
+                                                        verify_input=False))
+    return {v: parent / v for v in ("q8_0", "q4_0")}

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from quant.build import build_variants
+from quant.build import BuildOptions, build_variants
 from quant.fidelity import TARGETS, load_texts, measure
 from quant.recipe import parse_recipe
 from runtime.artifact import read_manifest
@@ -17,14 +17,6 @@ from runtime.artifact import read_manifest
 pytestmark = pytest.mark.real_model
 MB = 1e6
 MAX_MODEL_MB = {"q8_0": 340, "q4_0": 200}
-
-
-@pytest.fixture(scope="module")
-def rtn_variants(real_artifact, tmp_path_factory):
-    parent = tmp_path_factory.mktemp("real-quant")
-    targets = [(parse_recipe(v), parent / v) for v in ("q8_0", "q4_0")]
-    build_variants(real_artifact, targets, method="rtn", progress=False, verify_input=False)
-    return {v: parent / v for v in ("q8_0", "q4_0")}
 
 
 @pytest.mark.parametrize("variant", ["q8_0", "q4_0"])
@@ -51,7 +43,8 @@ def w8a8(real_artifact, tmp_path_factory):
     """The speed-first variant as `--variant all` builds it: GPTQ weights, calibrated smoothing,
     activation width chosen for this CPU."""
     out = tmp_path_factory.mktemp("real-w8a8") / "w8a8"
-    build_variants(real_artifact, [(parse_recipe("w8a8"), out)], method="gptq", progress=False, verify_input=False)
+    build_variants(real_artifact, [(parse_recipe("w8a8"), out)],
+                   BuildOptions(method="gptq", progress=False, verify_input=False))
     return out
 
 

@@ -470,3 +470,93 @@ def test_sentencepiece_files_are_carried_over(tiny_artifact, tmp_path):
     for name in ("tokenizer.model", "added_tokens.json"):
         assert (out / name).read_bytes() == (src / name).read_bytes()
         assert m["files"][name]["sha256"] == sha256_file(src / name)
+
+
+# ---------------------------------------------------------------------------------------------
+# device targets: the CPU-dependent choices fixed for a device class, recorded in the manifest
+
+
+def _levels(folder: Path) -> dict[int, set[int]]:
+    model = onnx.load(str(folder / "model.onnx"), load_external_data=False)
+    out: dict[int, set[int]] = {}
+    for node in model.graph.node:
+        if node.op_type == "MatMulNBits":
+            a = {x.name: x.i for x in node.attribute}
+            out.setdefault(a["bits"], set()).add(a["accuracy_level"])
+    return out
+
+
+def test_targets_fix_levels_and_activation_bits_and_record_them(tiny_artifact, tmp_path):
+    parent = tmp_path / "x86-avx2"
+    assert run_cli("--in", tiny_artifact, "--variant", "all", "--target", "x86-avx2", "--method", "rtn",
+                   "--out", parent, "-q", "--threads", "1", "--no-check") == 0
+    assert _levels(parent / "e4_a8_f4_p4") == {8: {4}, 4: {0}}        # Q8_0 at level 4, Q4_0 exact
+    m = read_manifest(parent / "w8a8")
+    assert m["target"]["name"] == "x86-avx2" and m["target"]["arch"] == "x86_64"
+    assert m["quantization"]["int8_path"]["activation_bits"] == 7        # no VNNI: 7-bit codes
+    assert not m["quantization"]["int8_path"]["needs_int8_dot_products"]
+    q = read_manifest(parent / "e4_a8_f4_p4")["quantization"]
+    assert q["accuracy_level_choice"] == {"Q4_0": "target x86-avx2: 0", "Q8_0": "target x86-avx2: 4"}
+    assert q["groups"]["attention"]["accuracy_level"] == 4 and q["groups"]["feed_forward"]["accuracy_level"] == 0
+
+    arm = tmp_path / "arm64"
+    assert run_cli("--in", tiny_artifact, "--variant", "q4_0", "--target", "arm64", "--method", "rtn",
+                   "--out", arm, "-q", "--threads", "1", "--no-check") == 0
+    assert _levels(arm) == {4: {4}}
+    assert read_manifest(arm)["target"]["requires"] == {"onnxruntime": "1.23"}
+
+    # an explicit level overrides the target's
+    given = tmp_path / "arm64-level0"
+    assert run_cli("--in", tiny_artifact, "--variant", "q4_0", "--target", "arm64", "--accuracy-level", "0",
+                   "--method", "rtn", "--out", given, "-q", "--no-check") == 0
+    assert _levels(given) == {4: {0}} and read_manifest(given)["target"]["name"] == "arm64"
+
+
+def test_wasm_target_decodes_every_matmul_at_load(tiny_artifact, tmp_path):
+    out = tmp_path / "wasm"
+    assert run_cli("--in", tiny_artifact, "--variant", "q4_0", "--target", "wasm", "--method", "rtn",
+                   "--out", out, "-q", "--threads", "1") == 0
+    assert _levels(out) == {}                                           # no MatMulNBits at all
+    groups = read_manifest(out)["quantization"]["groups"]
+    assert all(groups[g]["op"] == G.DECODED_MATMUL_OP for g in ("attention", "feed_forward", "projection"))
+    assert (out / "model.onnx.data").stat().st_size < 0.3 * (tiny_artifact / "model.onnx.data").stat().st_size
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref = Embedder(tiny_artifact, threads=1).encode(TEXTS)
+        got = Embedder(out, threads=1).encode(TEXTS)
+    assert np.sum(ref * got, axis=1).min() >= MIN_COSINE["q4_0"]
+
+
+def test_target_errors(tiny_artifact, tmp_path, capsys, monkeypatch):
+    assert run_cli("--in", tiny_artifact, "--variant", "q4_0", "--target", "riscv", "--out", tmp_path / "x") == 2
+    err = capsys.readouterr().err
+    assert "unknown --target 'riscv'; choose one of host, x86-avx2, x86-vnni, arm64, wasm" in err
+    import onnxruntime
+
+    monkeypatch.setattr(onnxruntime, "__version__", "1.20.1")
+    assert run_cli("--in", tiny_artifact, "--variant", "q4_0", "--target", "arm64", "--out", tmp_path / "x") == 2
+    assert "--target arm64 needs onnxruntime >= 1.23 (8-bit MatMulNBits), this machine has 1.20.1" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_runtime_warns_for_another_cpu_class_and_refuses_an_old_onnxruntime(tmp_path, monkeypatch):
+    import onnxruntime
+
+    from runtime import cpu
+    from runtime.artifact import ArtifactError
+
+    arm = {"target": {"name": "arm64", "arch": "aarch64", "requires": {"onnxruntime": "1.23"}}}
+    monkeypatch.setattr(cpu, "machine_arch", lambda machine=None: "x86_64")
+    with pytest.warns(RuntimeWarning, match="built for --target arm64 \\(aarch64\\) but this machine is x86_64"):
+        cpu.check_artifact(tmp_path, arm)
+    vnni = {"target": {"name": "x86-vnni", "arch": "x86_64", "cpu_flags": ["avx2", "avx512_vnni|avx_vnni"]}}
+    monkeypatch.setattr(cpu, "cpu_flags", lambda cpuinfo=None: {"avx2", "fma"})
+    with pytest.warns(RuntimeWarning, match="this CPU lacks avx512_vnni\\|avx_vnni"):
+        cpu.check_artifact(tmp_path, vnni)
+    monkeypatch.setattr(cpu, "cpu_flags", lambda cpuinfo=None: {"avx2", "avx_vnni"})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        cpu.check_artifact(tmp_path, vnni)                              # a match: silent
+    monkeypatch.setattr(onnxruntime, "__version__", "1.22.0")
+    with pytest.raises(ArtifactError, match="needs onnxruntime >= 1.23; this environment has 1.22.0"):
+        cpu.check_artifact(tmp_path, arm)

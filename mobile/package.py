@@ -1,0 +1,120 @@
+"""Artifact folder -> mobile folder: ORT-format model, required-operators config, one tokenizer file.
+
+The ORT format (onnxruntime's flatbuffer model format) is what onnxruntime-android, onnxruntime-objc /
+onnxruntime-c and reduced (minimal) onnxruntime builds load; the conversion applies the graph
+optimizations once, for the target platform, so a phone does no optimization work at load. The
+operator list (``required_operators.config``) is onnxruntime's input for a reduced build that holds
+only the kernels this model needs.
+"""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from runtime.artifact import ArtifactError, read_manifest, staged_output, verify_files, write_manifest
+
+MODEL_FILE = "model.ort"
+OPERATORS_FILE = "required_operators.config"
+#: The tokenizer file a mobile folder ships: the sentencepiece model (4.7 MB, tens of MB resident)
+#: over tokenizer.json (33 MB, hundreds of MB resident) wherever the artifact has it (docs/devices.md).
+TOKENIZERS = ("auto", "sentencepiece", "tokenizers")
+PLATFORMS = ("arm", "amd64")
+
+
+class MobileInputError(ValueError):
+    """The input is not an artifact this command can package, or an option is invalid."""
+
+
+def package_for_mobile(source: str | Path, out: str | Path, *, tokenizer: str = "auto", platform: str = "arm",
+                       fold_constants: bool = True, force: bool = False, verify: bool = True) -> Path:
+    """Write the mobile folder of the artifact at ``source`` to ``out`` (atomically) and return ``out``.
+
+    tokenizer: which one file to ship (``auto``: sentencepiece when the artifact has it). platform:
+    the CPU family onnxruntime optimizes for (``arm`` for phones). fold_constants: decode weights
+    that the graph decodes at load (Q8_0 heads) once now, as float32 in the file; False keeps them
+    packed (smaller file, decoded on every call by a reduced build).
+    """
+    import onnxruntime as ort
+
+    source = Path(source)
+    manifest = _checked_source(source, verify)
+    if tokenizer not in TOKENIZERS:
+        raise MobileInputError(f"unknown --tokenizer {tokenizer!r}; choose one of {', '.join(TOKENIZERS)}")
+    if platform not in PLATFORMS:
+        raise MobileInputError(f"unknown --platform {platform!r}; choose one of {', '.join(PLATFORMS)}")
+    sp = manifest.get("sentencepiece")
+    use_sp = tokenizer == "sentencepiece" or (tokenizer == "auto" and sp is not None)
+    if use_sp and not sp:
+        raise MobileInputError(f"{source} ships no sentencepiece model (its checkpoint had no tokenizer.model); "
+                               "use --tokenizer tokenizers")
+    with staged_output(out, force=force) as stage:
+        _convert(source / manifest["model_file"], stage / MODEL_FILE, platform, fold_constants)
+        _operator_config(stage)
+        mobile = {k: v for k, v in manifest.items() if k not in ("files", "format", "format_version", "quant_check")}
+        mobile["model_file"] = MODEL_FILE
+        if use_sp:
+            shutil.copy2(source / sp["model_file"], stage / sp["model_file"])
+            added = (source / sp["added_tokens_file"]).read_text(encoding="utf-8") if "added_tokens_file" in sp else None
+            mobile["sentencepiece"] = _inline_added_tokens(sp, added)
+            mobile.pop("tokenizer_file", None)
+        else:
+            shutil.copy2(source / manifest["tokenizer_file"], stage / manifest["tokenizer_file"])
+            mobile.pop("sentencepiece", None)
+        mobile["mobile"] = {"model_format": "ORT", "optimization": "Fixed (applied at conversion)",
+                            "platform": platform, "constants_folded": fold_constants,
+                            "converted_with": {"onnxruntime": ort.__version__},
+                            "required_operators": OPERATORS_FILE,
+                            "source_model_sha256": manifest["files"][manifest["model_file"]]["sha256"]}
+        write_manifest(stage, mobile)
+    return Path(out)
+
+
+def _operator_config(stage: Path) -> None:
+    """``required_operators.config`` of the staged model (onnxruntime's own writer), naming the model
+    file as it will be called rather than by its staging path."""
+    import contextlib
+    import io
+
+    from onnxruntime.tools.ort_format_model import create_config_from_models
+
+    with contextlib.redirect_stdout(io.StringIO()):   # the writer prints where it wrote
+        create_config_from_models([stage / MODEL_FILE], stage / OPERATORS_FILE, enable_type_reduction=False)
+    path = stage / OPERATORS_FILE
+    path.write_text(path.read_text(encoding="utf-8").replace(str(stage / MODEL_FILE), MODEL_FILE), encoding="utf-8")
+
+
+def _checked_source(source: Path, verify: bool) -> dict:
+    try:
+        manifest = read_manifest(source)
+        verify_files(source, manifest, check_hashes=verify)
+    except ArtifactError as exc:
+        raise MobileInputError(f"--in {str(source)!r} is not an artifact folder: {exc}") from None
+    if manifest.get("mobile"):
+        raise MobileInputError(f"--in {str(source)!r} is already a mobile folder; package the artifact it came from")
+    return manifest
+
+
+def _convert(model: Path, target: Path, platform: str, fold_constants: bool) -> None:
+    """Optimize the ONNX model for ``platform`` and save it in ORT format: what onnxruntime's
+    ``convert_onnx_models_to_ort --optimization_style Fixed --target_platform ...`` does (level
+    "all", no x86-only NCHWc layouts for arm), plus the choice of folding decoded weights."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.optimized_model_filepath = str(target)
+    so.add_session_config_entry("session.save_model_format", "ORT")
+    so.add_session_config_entry("session.qdqisint8allowed", "1" if platform == "arm" else "0")
+    disabled = ([] if platform == "amd64" else ["NchwcTransformer"]) + ([] if fold_constants else ["ConstantFolding"])
+    ort.InferenceSession(str(model), sess_options=so, providers=["CPUExecutionProvider"],
+                         disabled_optimizers=disabled)
+
+
+def _inline_added_tokens(section: dict, added_json: str | None) -> dict:
+    """The sentencepiece section with the added tokens in the manifest instead of a second file."""
+    import json
+
+    out = {k: v for k, v in section.items() if k != "added_tokens_file"}
+    if added_json is not None:
+        out["added_tokens"] = json.loads(added_json)
+    return out
