@@ -87,7 +87,7 @@ def summarise(systems, raw, token_counts) -> dict:
                               "accuracy_level": s.get("accuracy_level", "–"), "workloads": per}
     fp32 = next((s["name"] for s in systems if s["system"] == "onnx" and s["variant"] == "fp32"), None)
     torch_name = next((s["name"] for s in systems if s["system"] == "torch"), None)
-    for name, entry in summary.items():
+    for entry in summary.values():
         for w, e in entry["workloads"].items():
             for ref, key in ((fp32, "vs_fp32_onnx"), (torch_name, "vs_torch")):
                 if ref and "tokens_per_s" in e:
@@ -135,7 +135,7 @@ def _measure(systems: list[dict], workloads: list[str], built: dict, args) -> di
     raw = {s["name"]: {w: [] for w in workloads} for s in systems}
     jobs = [(r, w, s) for r in range(args.rounds) for w in workloads for s in systems]
     with progress_bar(len(jobs), "measuring", unit="run") as bar:
-        for r, w, s in jobs:
+        for _round, w, s in jobs:
             raw[s["name"]][w].append(_run_one(s, built[w], args.threads, args.repeats or REPEATS[w]))
             bar.update()
     return raw

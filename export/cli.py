@@ -37,7 +37,7 @@ def _dims(value: str) -> tuple[int, ...]:
     try:
         dims = tuple(int(v) for v in value.split(","))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers like 768,512,256,128, got {value!r}")
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers like 768,512,256,128, got {value!r}") from None
     if not dims or any(d <= 0 for d in dims):
         raise argparse.ArgumentTypeError(f"dims must be positive integers, got {value!r}")
     return dims

@@ -47,7 +47,7 @@ class EmbedderEncoder(AbsEncoder):
         # prompt type, a task name nor a compound of them) with a warning; do the same.
         prompts, invalid = self.validate_task_to_prompt_name(dict(self.model.prompts), raise_for_invalid_keys=False)
         if invalid:
-            warnings.warn("ignoring prompts mteb cannot use: " + "; ".join(invalid))
+            warnings.warn("ignoring prompts mteb cannot use: " + "; ".join(invalid), stacklevel=2)
         self.model_prompts = prompts
         m = self.model.manifest
         sha = (m.get("files", {}).get(m.get("model_file", "model.onnx"), {}) or {}).get("sha256", "")

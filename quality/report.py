@@ -529,7 +529,7 @@ def plot_scores(report: dict, path: Path) -> None:
     # points and would flatten every other bar (whiskers beyond the frame are cut).
     lim = [min(shown + [0.0]) - 0.5, max(shown + list(report["targets"].values())) + 0.5]
     ax2.set_ylim(*lim)
-    for tgt, style in sorted({v: None for v in report["targets"].values()}.items()):
+    for tgt in sorted(set(report["targets"].values())):
         ax2.axhline(tgt, linestyle="--", linewidth=1, color="gray")
         ax2.text(len(tasks) - 0.5, tgt, f" target {tgt}", va="bottom", ha="right", fontsize=8, color="gray")
     ax2.axhline(0, color="black", linewidth=0.8)

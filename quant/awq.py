@@ -134,7 +134,7 @@ def plan(model, sites, hessians: dict, rows: dict, read_weight, groups: set[str]
             fold.column_divisors[target] = s[: by_name[target].n]
             cache.pop(target, None)
 
-    for prefix, p in sorted(layers.items()):
+    for _prefix, p in sorted(layers.items()):
         # outputs of v and up are folded into first, so the q/k/v and gate/up searches see them
         if "down_proj" in p and "up_proj" in p:
             down, up = p["down_proj"], p["up_proj"]

@@ -274,13 +274,15 @@ def refit_block_scales(w: np.ndarray, codes: np.ndarray, d16: np.ndarray, hessia
         old = out[s:e].astype(np.float64)
         new = np.where(empty | ~np.isfinite(d), old, d).astype(np.float16)
         new = np.where(np.isfinite(new), new, out[s:e])
-        # the quadratic without its constant w H w^T: enough to compare two sets of scales
-        def cost(dd):
-            dd = dd.astype(np.float64)
-            return np.einsum("rb,rbc,rc->r", dd, m, dd) - 2 * np.einsum("rb,rb->r", r, dd)
-        better = cost(new) < cost(old)
+        better = _scale_cost(new, m, r) < _scale_cost(old, m, r)
         out[s:e][better] = new[better]
     return out
+
+
+def _scale_cost(d: np.ndarray, m: np.ndarray, r: np.ndarray) -> np.ndarray:
+    """The refit's quadratic without its constant ``w H w^T``: enough to compare two sets of scales."""
+    d = d.astype(np.float64)
+    return np.einsum("rb,rbc,rc->r", d, m, d) - 2 * np.einsum("rb,rb->r", r, d)
 
 
 def gptq_quantize_per_channel(w: np.ndarray, factor: GptqFactor, scales: np.ndarray, qmax: int = 127,

@@ -42,6 +42,7 @@ log = logging.getLogger("serve")
 # Names that mean "the default model" unless a served model is called that. OpenAI's API requires a
 # model name, so clients written for it always send one; these let them send the obvious one.
 DEFAULT_ALIASES = ("default", "embeddinggemma", "embeddinggemma-300m", "google/embeddinggemma-300m")
+DEFAULT_LIMITS = ServerLimits()
 
 
 class EmbeddingRequest(BaseModel):
@@ -89,7 +90,7 @@ def create_app(
     models: Mapping[str, Embedder | str | os.PathLike],
     default: str | None = None,
     *,
-    limits: ServerLimits = ServerLimits(),
+    limits: ServerLimits = DEFAULT_LIMITS,
     aliases: tuple[str, ...] = DEFAULT_ALIASES,
     default_prompt_name: str | None = None,
     threads: int | None = None,

@@ -146,8 +146,8 @@ def test_truncated_texts_are_counted_from_the_warning_data(tiny_artifact, monkey
 
     # The count comes from the warning's indices, not its wording; other warnings pass through.
     def fake_encode(texts, **kwargs):
-        warnings.warn(TruncationWarning("some texts were cut", indices=(0, 2, 5), total=6, limit=64))
-        warnings.warn("unrelated", UserWarning)
+        warnings.warn(TruncationWarning("some texts were cut", indices=(0, 2, 5), total=6, limit=64), stacklevel=1)
+        warnings.warn("unrelated", UserWarning, stacklevel=1)
         return enc.embedder.__class__.encode(enc.embedder, texts, **kwargs)
 
     monkeypatch.setattr(enc.embedder, "encode", fake_encode)
