@@ -207,9 +207,24 @@ def _gptq_pass(W: np.ndarray, fmt: BlockFormat, f: GptqFactor, batch: int) -> tu
     n, k = W.shape
     nb = k // BLOCK_SIZE
     d16 = search_scales(W.reshape(n, nb, BLOCK_SIZE), fmt, f.diag.reshape(nb, BLOCK_SIZE))
-    W = W[:, f.perm]
+
+    def column(j: int, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        scale = d16[:, f.perm[j] // BLOCK_SIZE].astype(np.float32)
+        with np.errstate(divide="ignore"):
+            inv = np.where(scale == 0, np.float32(0), np.float32(1) / scale)
+        y = x * inv
+        return np.clip(np.floor(np.abs(y) + np.float32(0.5)) * np.sign(y), fmt.qmin, fmt.qmax), scale
+
+    return _error_feedback(W[:, f.perm], f, batch, column), d16
+
+
+def _error_feedback(W: np.ndarray, f: GptqFactor, batch: int, column) -> np.ndarray:
+    """GPTQ's loop: the columns of ``W`` [N, K] (in processing order; updated in place) one at a time,
+    each quantized by ``column(j, x) -> (codes, scales)`` and its rounding error fed into the columns
+    not yet quantized through ``f.u``, lazily in batches of ``batch`` columns. Returns int8 codes in
+    the original column order."""
+    n, k = W.shape
     u = f.u
-    lo, hi = fmt.qmin, fmt.qmax
     codes = np.empty((n, k), np.int8)   # in processing order
     for b0 in range(0, k, batch):
         b1 = min(k, b0 + batch)
@@ -217,12 +232,8 @@ def _gptq_pass(W: np.ndarray, fmt: BlockFormat, f: GptqFactor, batch: int) -> tu
         err1 = np.zeros_like(w1)
         for i in range(b1 - b0):
             j = b0 + i
-            scale = d16[:, f.perm[j] // BLOCK_SIZE].astype(np.float32)
-            with np.errstate(divide="ignore"):
-                inv = np.where(scale == 0, np.float32(0), np.float32(1) / scale)
             x = w1[:, i]
-            y = x * inv
-            q = np.clip(np.floor(np.abs(y) + np.float32(0.5)) * np.sign(y), lo, hi)
+            q, scale = column(j, x)
             codes[:, j] = q
             e = (x - q * scale) / u[j, j]
             w1[:, i + 1:] -= np.outer(e, u[j, j + 1:b1])
@@ -230,7 +241,7 @@ def _gptq_pass(W: np.ndarray, fmt: BlockFormat, f: GptqFactor, batch: int) -> tu
         W[:, b1:] -= err1 @ u[b0:b1, b1:]
     unperm = np.empty_like(codes)
     unperm[:, f.perm] = codes
-    return unperm, d16
+    return unperm
 
 
 def refit_block_scales(w: np.ndarray, codes: np.ndarray, d16: np.ndarray, hessian: np.ndarray,
@@ -293,29 +304,13 @@ def gptq_quantize_per_channel(w: np.ndarray, factor: GptqFactor, scales: np.ndar
     ``code * scale``. Same error feedback as ``gptq_quantize``; the scales are chosen up front, so
     every column uses its row's scale. Returns int8 codes [N_out, K_in].
     """
-    n, k = w.shape
+    k = w.shape[1]
     if factor.u.shape != (k, k):
         raise ValueError(f"Hessian factor has shape {factor.u.shape}, expected {(k, k)}")
     W = np.array(w, np.float32, copy=True)
     W[:, factor.dead] = 0.0
-    W = W[:, factor.perm]
     scale = np.asarray(scales, np.float32)
     with np.errstate(divide="ignore"):
         inv = np.where(scale == 0, np.float32(0), np.float32(1) / scale)
-    u = factor.u
-    codes = np.empty((n, k), np.int8)
-    for b0 in range(0, k, batch):
-        b1 = min(k, b0 + batch)
-        w1 = W[:, b0:b1].copy()
-        err1 = np.zeros_like(w1)
-        for i in range(b1 - b0):
-            j = b0 + i
-            q = np.clip(np.rint(w1[:, i] * inv), -qmax, qmax)
-            codes[:, j] = q
-            e = (w1[:, i] - q * scale) / u[j, j]
-            w1[:, i + 1:] -= np.outer(e, u[j, j + 1:b1])
-            err1[:, i] = e
-        W[:, b1:] -= err1 @ u[b0:b1, b1:]
-    unperm = np.empty_like(codes)
-    unperm[:, factor.perm] = codes
-    return unperm
+    return _error_feedback(W[:, factor.perm], factor, batch,
+                           lambda j, x: (np.clip(np.rint(x * inv), -qmax, qmax), scale))
