@@ -153,8 +153,7 @@ def _build_one(src: Fp32Source, recipe: Recipe, out: Path, quantizer: SiteQuanti
     target = get_target(options.target)
     levels, notes = options.levels(target)
     # timed levels: written at level 0, then timed at both levels per bit width once written
-    summary = GraphSummary(levels=levels or {4: 0, 8: 0}, level_notes=notes,
-                           decode_all_matmuls=target.decode_all_matmuls)
+    summary = GraphSummary(levels=levels or {4: 0, 8: 0}, level_notes=notes)
     act_bits = options.activation_bits(target) if recipe.integer else None
     with staged_output(out, force=options.force) as stage:
         model_path = stage / src.manifest["model_file"]
@@ -193,8 +192,7 @@ def _write_graph(src: Fp32Source, recipe: Recipe, model_path: Path, quantizer: S
             fmt = recipe.format_of(site.group)
             qw, used = quantizer.get(site, fmt)
             G.replace_site(model, site, qw, accuracy_level=summary.levels.get(fmt.bits, 0),
-                           decode_at_load=site.op == "MatMul" and (summary.decode_all_matmuls
-                                                                   or decoded_at_load(site.group, fmt)))
+                           decode_at_load=site.op == "MatMul" and decoded_at_load(site.group, fmt))
             del qw
             summary.counts[site.group] += 1
             summary.methods[site.group] = used

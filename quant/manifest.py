@@ -39,7 +39,6 @@ class GraphSummary:
     opsets: dict[str, int] = field(default_factory=dict)
     levels: dict[int, int] = field(default_factory=dict)        # MatMulNBits bits -> accuracy_level
     level_notes: dict[str, str] = field(default_factory=dict)
-    decode_all_matmuls: bool = False                             # the target decodes every matmul at load
 
 
 def variant_manifest(src: Fp32Source, recipe: Recipe, method: str, summary: GraphSummary,
@@ -86,7 +85,7 @@ def _group_entry(recipe: Recipe, group: str, method: str, summary: GraphSummary)
     if group == "embeddings":
         op = G.EMBEDDING_LOOKUP_OP
     else:
-        op = G.DECODED_MATMUL_OP if summary.decode_all_matmuls or decoded_at_load(group, fmt) else "MatMulNBits"
+        op = G.DECODED_MATMUL_OP if decoded_at_load(group, fmt) else "MatMulNBits"
     entry = {"format": fmt.name, "bits": fmt.bits, "op": op, "tensors": summary.counts[group],
              "method": summary.methods.get(group, method)}
     if op == "MatMulNBits":

@@ -26,7 +26,6 @@ class Target:
     activation_bits: int | None           # integer-path code width; None: from this CPU's flags
     arch: str | None                      # "x86_64", "aarch64", "wasm"; None: this machine's
     cpu_flags: tuple[str, ...] = ()       # flags (as /proc/cpuinfo spells them) the choices assume
-    decode_all_matmuls: bool = False      # every block-quantized matmul decoded at session load
     requires: dict[str, str] = field(default_factory=dict)   # package -> minimum version at run time
 
     def describe(self) -> dict:
@@ -36,8 +35,6 @@ class Target:
             out["arch"] = self.arch
         if self.cpu_flags:
             out["cpu_flags"] = list(self.cpu_flags)
-        if self.decode_all_matmuls:
-            out["matmuls"] = "decoded once at session load (float32 MatMul)"
         if self.requires:
             out["requires"] = dict(self.requires)
         return out
@@ -58,10 +55,10 @@ TARGETS: dict[str, Target] = {t.name: t for t in (
     # saturate, so 8-bit activation codes are exact; 8-bit MatMulNBits needs onnxruntime >= 1.23 there.
     Target("arm64", "64-bit Arm: phones (Android, iOS), Apple silicon, Graviton, Raspberry Pi 4/5",
            levels={4: 4, 8: 4}, activation_bits=8, arch="aarch64", requires={"onnxruntime": "1.23"}),
-    # wasm: MatMulNBits has no quantized kernel and unpacks the weights on every call, so every
-    # block-quantized matmul is decoded once when the session loads; the download stays small.
-    Target("wasm", "browsers (onnxruntime-web, WebAssembly): small download, float32 matmuls after load",
-           levels={4: 0, 8: 0}, activation_bits=7, arch="wasm", decode_all_matmuls=True),
+    # wasm: MatMulNBits has no quantized kernel (it unpacks the weights on every call, at any level),
+    # so the exact level 0; the integer path (w8a8) is the fast form there (docs/web.md).
+    Target("wasm", "browsers (onnxruntime-web, WebAssembly); pick w8a8 there, block formats run slowly in wasm",
+           levels={4: 0, 8: 0}, activation_bits=7, arch="wasm"),
 )}
 
 

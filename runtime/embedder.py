@@ -5,6 +5,7 @@ Depends on onnxruntime, tokenizers and numpy only.
 from __future__ import annotations
 
 import os
+import sys
 import warnings
 from pathlib import Path
 from typing import Sequence
@@ -38,6 +39,20 @@ def runtime_session_options(threads: int | None = None, low_memory: bool = True,
         options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     return options
+
+
+def release_freed_heap() -> None:
+    """Hand memory freed while the session loaded back to the operating system (glibc's
+    ``malloc_trim``; nothing elsewhere). Folding weights decoded at load frees every intermediate
+    tensor, but glibc keeps the freed heap, which can be several times the weights (docs/notes/devices.md)."""
+    if sys.platform != "linux":
+        return
+    import ctypes
+
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):   # musl and other C libraries: no malloc_trim
+        pass
 
 
 class TruncationWarning(UserWarning):
@@ -119,6 +134,7 @@ class Embedder:
             )
         except Exception as exc:  # onnxruntime raises its own opaque exception types
             raise ArtifactError(f"onnxruntime could not load {self.path / m['model_file']}: {exc}") from exc
+        release_freed_heap()
         self._output_name = m["onnx"]["outputs"][0]["name"]
 
     def __repr__(self) -> str:

@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 
 from runtime import Embedder
-from quant.fidelity import DEFAULT_TEXTS, load_texts
+from quant.fidelity import DEFAULT_TEXTS
 from runtime.artifact import MANIFEST_NAME, sha256_file
 
 pytestmark = pytest.mark.real_model
 
-PARITY_TEXTS = load_texts(DEFAULT_TEXTS)
+PARITY_TEXTS = json.loads(DEFAULT_TEXTS.read_text(encoding="utf-8"))   # records: id, lang, kind, text
 MIN_COSINE = 0.99999
 CARD_QUERY = "Which planet is known as the Red Planet?"
 CARD_DOCS = [
