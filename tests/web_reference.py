@@ -1,0 +1,120 @@
+"""Reference vectors from the Python runtime for the web embedder's parity tests (web/test/ and
+web/browser-test/): the same texts and options, run through ``runtime.Embedder``, written as JSON
+the JavaScript tests read. Option names are the JavaScript ones (``promptName``, ``titles``...).
+
+Usage as a script: ``python tests/web_reference.py OUT.json NAME=ARTIFACT_DIR [NAME=DIR ...]``.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from runtime import Embedder  # noqa: E402
+from runtime.batching import length_batches  # noqa: E402
+from runtime.embedder import TruncationWarning  # noqa: E402
+
+TEXTS = [
+    "Hi",
+    "The quick brown fox jumps over the lazy dog.",
+    "Which planet is known as the Red Planet?",
+    "def encode(texts): return [t.lower() for t in texts]",
+    "Le renard brun rapide saute par-dessus le chien paresseux.",
+    "敏捷的棕色狐狸跳过了懒狗。",
+    "Emoji 🎉🚀 and numbers 12345",
+    "",
+    "  leading and trailing spaces, tabs\tand\nnewlines  ",
+    "Mars Venus Jupiter Saturn " * 6,
+]
+# Python option name -> JavaScript option name
+JS_NAMES = {"prompt_name": "promptName", "prompt": "prompt", "titles": "titles", "dim": "dim",
+            "normalize": "normalize", "batch_size": "batchSize", "truncate": "truncate"}
+
+
+def long_text(words: int) -> str:
+    """A varied text of about ``words`` words (more tokens than words)."""
+    base = ("The browser runs the same artifact as the laptop: onnxruntime-web reads model.onnx and its "
+            "external weights, tokenizers.js reads tokenizer.json, and the vectors agree. ").split()
+    return " ".join(f"{base[i % len(base)]}{'' if i % 7 else ' ' + str(i)}" for i in range(words))
+
+
+def cases(emb: Embedder) -> list[dict]:
+    """Calls that cover prompts, titles, dims, normalize, batching and truncation for this model."""
+    dims = emb.dims
+    over = long_text(emb.max_seq_length + 50)  # always past the maximum length
+    medium = long_text(min(450, emb.max_seq_length // 2))  # past the 257-token window on the real model
+    mixed = [TEXTS[i % len(TEXTS)] * (1 + i % 4) for i in range(20)] + [medium]
+    out = [
+        dict(name="queries", texts=TEXTS[:4], options=dict(prompt_name="query")),
+        dict(name="documents with titles", texts=TEXTS[1:5], options=dict(prompt_name="document", titles=["Mars", None, "", "Code"])),
+        dict(name="titles pick the document prompt", texts=TEXTS[2:4], options=dict(titles=["Planets", "Python"])),
+        dict(name="single string, STS, second dim", texts=TEXTS[1], options=dict(prompt_name="STS", dim=dims[1])),
+        dict(name="literal prompt", texts=TEXTS[4:7], options=dict(prompt="custom prefix: ")),
+        dict(name="no prompt, unnormalised, smallest dim", texts=TEXTS, options=dict(normalize=False, dim=dims[-1])),
+        dict(name="mixed lengths in small batches", texts=mixed, options=dict(prompt_name="document", batch_size=4)),
+    ]
+    if emb.max_seq_length <= 512:  # the real model's 2,048 tokens would make the browser tier slow
+        out.append(dict(name="truncated at the maximum length", texts=[TEXTS[0], over, TEXTS[2]], options=dict(prompt_name="query")))
+    return out
+
+
+def run_case(emb: Embedder, case: dict) -> dict:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        vectors = emb.encode(case["texts"], **case["options"])
+    cut = [w.message for w in caught if isinstance(w.message, TruncationWarning)]
+    texts = case["texts"]
+    return dict(
+        name=case["name"],
+        texts=texts,
+        options={JS_NAMES[k]: v for k, v in case["options"].items()},
+        vectors=np.atleast_2d(vectors).astype(float).round(8).tolist(),
+        single=isinstance(texts, str),
+        truncated=list(cut[0].indices) if cut else [],
+        prompted=emb.prompted(texts, case["options"].get("prompt_name"), prompt=case["options"].get("prompt"),
+                              titles=case["options"].get("titles")),
+    )
+
+
+def batching_cases() -> list[dict]:
+    """The length-grouping rule on fixed random lengths, for a JavaScript mirror to reproduce."""
+    rng = np.random.default_rng(0)
+    out = []
+    for rows, tokens in ((4, 8192), (32, 8192), (64, 300), (8, 100)):
+        lengths = [int(x) for x in rng.integers(1, 90, size=50)] + [30, 30, 30, 200]
+        out.append(dict(lengths=lengths, maxRows=rows, maxTokens=tokens,
+                        batches=[b.tolist() for b in length_batches(lengths, max_rows=rows, max_tokens=tokens)]))
+    return out
+
+
+def reference(name: str, artifact: Path) -> dict:
+    """Everything the JavaScript tests compare for one artifact folder."""
+    emb = Embedder(artifact, threads=2)
+    count_texts = TEXTS + [long_text(emb.max_seq_length + 50)]
+    return dict(
+        name=name, dir=str(artifact), variant=emb.variant, dims=list(emb.dims), max_seq_length=emb.max_seq_length,
+        cases=[run_case(emb, c) for c in cases(emb)],
+        token_counts=dict(texts=count_texts, promptName="query",
+                          truncated=emb.count_tokens(count_texts, "query"),
+                          full=emb.count_tokens(count_texts, "query", truncate=False)),
+    )
+
+
+def write_reference(out: Path, artifacts: dict[str, Path]) -> Path:
+    """Write one JSON file with the references of every named artifact and the batching cases."""
+    data = dict(artifacts=[reference(n, Path(d)) for n, d in artifacts.items()], batching=batching_cases())
+    Path(out).write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
+    return Path(out)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) < 3 or any("=" not in a for a in sys.argv[2:]):
+        sys.exit("usage: python tests/web_reference.py OUT.json NAME=ARTIFACT_DIR [NAME=DIR ...]")
+    print(write_reference(Path(sys.argv[1]), dict(a.split("=", 1) for a in sys.argv[2:])))
