@@ -7,6 +7,11 @@ onnxruntime-web's wasm MatMulNBits has no int8-activation kernel: it runs ``accu
 such artifacts the reference holds two comparisons: against the Python runtime on the artifact as
 shipped (cosine floor ``LEVEL4_MIN_COSINE``: the native int8 rounding is the whole difference), and
 against the Python runtime on the same weights at level 0 (``MIN_COSINE``: the same arithmetic).
+Integer-path artifacts (w8a8: activations rounded to int8 codes per token before every integer
+matmul) get ``ACTIVATION_CODES_MIN_COSINE``: wasm's float32 kernels differ from native AVX-512 ones
+in the last bits, and an activation sitting on a rounding boundary then gets the neighbouring code;
+on the real w8a8 the two runtimes land 0.9998-0.9999 apart while each is equally close to fp32
+(docs/notes/web.md).
 
 Usage as a script: ``python tests/web_reference.py OUT.json NAME=ARTIFACT_DIR [NAME=DIR ...]``.
 """
@@ -36,6 +41,9 @@ MIN_COSINE = 0.9999
 #: ... and against the Python runtime on an artifact whose MatMulNBits run at accuracy_level 4 natively
 #: (measured on the tiny model: min 0.99955; the real q8_0/q4_0 are in docs/notes/web.md).
 LEVEL4_MIN_COSINE = 0.999
+#: ... and on an integer-path artifact (int8 activation codes), where both runtimes do the same integer
+#: arithmetic on codes that flip at rounding boundaries (measured on the real w8a8: min 0.99978).
+ACTIVATION_CODES_MIN_COSINE = 0.9995
 
 TEXTS = [
     "Hi",
@@ -66,7 +74,8 @@ def cases(emb: Embedder) -> list[dict]:
     dims = emb.dims
     over = long_text(emb.max_seq_length + 50)  # always past the maximum length
     medium = long_text(min(450, emb.max_seq_length // 2))  # past the 257-token window on the real model
-    mixed = [TEXTS[i % len(TEXTS)] * (1 + i % 4) for i in range(20)] + [medium]
+    rows = 20 if emb.max_seq_length <= 512 else 10  # fewer on the real model: the browser tier's time
+    mixed = [TEXTS[i % len(TEXTS)] * (1 + i % 4) for i in range(rows)] + [medium]
     out = [
         dict(name="queries", texts=TEXTS[:4], options=dict(prompt_name="query")),
         dict(name="documents with titles", texts=TEXTS[1:5], options=dict(prompt_name="document", titles=["Mars", None, "", "Code"])),
@@ -148,6 +157,10 @@ def references(name: str, artifact: Path, scratch: Path) -> list[dict]:
     """One reference per comparison for ``artifact``: as shipped, plus level-0 arithmetic when it has
     MatMulNBits at a level wasm does not implement."""
     levels = matmulnbits_levels(artifact)
+    manifest = json.loads((Path(artifact) / MANIFEST_NAME).read_text(encoding="utf-8"))
+    if (manifest.get("quantization") or {}).get("int8_path"):
+        return [reference(name, artifact, min_cosine=ACTIVATION_CODES_MIN_COSINE,
+                          note="int8 activation codes: wasm and native float32 kernels round a few boundary activations to neighbouring codes")]
     if not levels - {0}:
         return [reference(name, artifact)]
     shipped = reference(name, artifact, min_cosine=LEVEL4_MIN_COSINE,

@@ -31,6 +31,7 @@ function parseArgs(argv) {
     else if (a === "--python") opts.python = argv[++i];
     else if (a === "--out") opts.out = argv[++i];
     else if (a === "--loads") opts.loads = Number(argv[++i]);
+    else if (a === "--page-params") opts.pageParams = argv[++i]; // e.g. "proxy=0&verify=0"
     else throw new Error(`unknown argument ${a}`);
   }
   if (!opts.artifacts.length) opts.artifacts.push(path.join(REPO, "artifacts"));
@@ -63,13 +64,13 @@ function rendererMemory(browserPid) {
   return { rendererPeakMB: peak / 1024, rendererRssMB: rss / 1024, allProcessesRssMB: total / 1024 };
 }
 
-async function browserRun(server, name, texts, loads) {
+async function browserRun(server, name, texts, loads, pageParams = "") {
   let result = null;
   for (let load = 1; load <= loads; load++) {
     const browser = await launch();
     try {
       const context = await browser.newContext();
-      const { page, state, logs } = await openDemo(context, `${server.url}demo/?variant=${encodeURIComponent(name)}&threads=${THREADS}&index=0`);
+      const { page, state, logs } = await openDemo(context, `${server.url}demo/?variant=${encodeURIComponent(name)}&threads=${THREADS}&index=0${pageParams ? `&${pageParams}` : ""}`);
       if (state !== "ready") throw new Error(`${name} did not load: ${await page.textContent("#error")}\n${logs.join("\n")}`);
       const timings = await page.evaluate(() => demo.timings);
       if (load < loads) continue; // warm-up load
@@ -121,7 +122,7 @@ async function main() {
     for (const [i, a] of artifacts.entries()) {
       const native = JSON.parse(execFileSync(opts.python, [path.join(WEB, "bench/native.py"), "--artifact", a.dir, "--texts", textsFile, "--threads", String(THREADS), ...(i === 0 ? ["--write-texts"] : [])], { encoding: "utf8" }).trim().split("\n").pop());
       const texts = JSON.parse(readFileSync(textsFile, "utf8"));
-      const web = await browserRun(server, server.artifacts[i].name, texts, opts.loads);
+      const web = await browserRun(server, server.artifacts[i].name, texts, opts.loads, opts.pageParams);
       const info = server.artifacts[i];
       const row = { name: info.name, downloadMB: info.downloadBytes / 1e6, native, web, queryRatio: web.queryP50Ms / native.query_p50_ms, load: os.loadavg()[0] };
       rows.push(row);
@@ -132,7 +133,7 @@ async function main() {
     await server.close();
   }
   const texts = JSON.parse(readFileSync(textsFile, "utf8"));
-  const result = { started: started.toISOString(), cpu: cpuName(), cores: os.cpus().length, chromium: execFileSync("/usr/bin/chromium", ["--version"], { encoding: "utf8" }).trim(), threads: THREADS, queryTokens: texts.query_tokens, shortTexts: texts.short.length, shortTokens: texts.short_tokens, rows };
+  const result = { pageParams: opts.pageParams ?? "", started: started.toISOString(), cpu: cpuName(), cores: os.cpus().length, chromium: execFileSync("/usr/bin/chromium", ["--version"], { encoding: "utf8" }).trim(), threads: THREADS, queryTokens: texts.query_tokens, shortTexts: texts.short.length, shortTokens: texts.short_tokens, rows };
   writeFileSync(opts.out, JSON.stringify(result, null, 1));
   console.log(table(result));
 }

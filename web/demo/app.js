@@ -3,7 +3,8 @@
  * IndexedDB), then rank them against each query. `window.demo` exposes the same steps to tests.
  *
  * URL parameters: variant=NAME | url=ARTIFACT_URL, autoload=0|1 (default 1), index=0|1 (embed the
- * corpus after loading, default 1), threads=N, verify=0|1, backend=wasm|webgpu.
+ * corpus after loading, default 1), threads=N, verify=0|1, backend=wasm|webgpu, proxy=0|1
+ * (onnxruntime-web in its own worker, default 1: the page stays responsive while it computes).
  */
 import * as ortWasm from "onnxruntime-web";
 import { Embedder } from "/src/index.js";
@@ -126,6 +127,7 @@ async function loadModel(options = {}) {
   const threads = options.threads ?? Number($("threads").value);
   const backend = options.backend ?? $("backend").value;
   const index = options.index ?? params.get("index") !== "0";
+  const proxy = options.proxy ?? params.get("proxy") !== "0";
   showError(null);
   setState("loading");
   $("query").disabled = $("search").disabled = true;
@@ -145,7 +147,7 @@ async function loadModel(options = {}) {
     const ort = webgpu ? await import("/node_modules/onnxruntime-web/dist/ort.webgpu.min.mjs") : ortWasm;
     $("load-status").textContent = `Loading ${url} ...`;
     const embedder = await Embedder.load(url, {
-      verify, threads, ort, wasmPaths: WASM_PATHS,
+      verify, threads, ort, wasmPaths: WASM_PATHS, proxy: proxy && !webgpu,
       executionProviders: webgpu ? ["webgpu", "wasm"] : ["wasm"],
       onProgress: ({ phase, loaded, total }) => {
         bar.value = loaded / total;

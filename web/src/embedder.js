@@ -22,13 +22,14 @@ export class Embedder {
    * executionProviders (default ["wasm"]; ["webgpu", "wasm"] with the webgpu build passed as `ort`),
    * maxBatchTokens (padded tokens per run, default 8192), onProgress({file, loaded, total, phase}),
    * onTruncate(report) (default console.warn), wasmPaths (where onnxruntime-web's .wasm files are
-   * served), ort (an onnxruntime-web namespace to use instead of the default import),
-   * sessionOptions (extra onnxruntime session options).
+   * served), proxy (run onnxruntime-web in its own worker, so the page stays responsive and the
+   * tokenizer is built while the session starts; browsers only), ort (an onnxruntime-web namespace to
+   * use instead of the default import), sessionOptions (extra onnxruntime session options).
    */
   static async load(source, options = {}) {
     const {
       verify = true, threads = defaultThreads(), executionProviders = ["wasm"], maxBatchTokens = 8192,
-      onProgress, onTruncate, wasmPaths, ort = defaultOrt, sessionOptions = {},
+      onProgress, onTruncate, wasmPaths, proxy = false, ort = defaultOrt, sessionOptions = {},
     } = options;
     const loader = toLoader(source);
     const t0 = now();
@@ -49,40 +50,45 @@ export class Embedder {
         onProgress?.({ phase: "download", file: name, loaded: sum(loadedBy.values()), total });
       },
     });
-    // All downloads start at once; the tokenizer is built while the weights still arrive.
-    const modelBytes = read(files.model);
-    const dataBytes = Promise.all(files.externalData.map(read));
+    // All downloads start at once; the tokenizer is built while the weights still arrive, and
+    // the session starts as soon as the weights are in (with `proxy`, in parallel with the tokenizer).
     const tokenizer = read(files.tokenizer).then((bytes) => {
       onProgress?.({ phase: "tokenizer", file: files.tokenizer, loaded: sum(loadedBy.values()), total });
       const t = now();
       const tok = new TextTokenizer(JSON.parse(new TextDecoder().decode(bytes)), maxSeqLength);
       return { tok, ms: now() - t };
     });
-    const [model, data, tokenized] = await Promise.all([modelBytes, dataBytes, tokenizer]);
-    const tFetched = now();
-
-    configureWasm(ort, { threads, wasmPaths });
-    onProgress?.({ phase: "session", file: files.model, loaded: total, total });
-    let session;
-    try {
-      session = await ort.InferenceSession.create(model, {
-        executionProviders,
-        graphOptimizationLevel: "all",
-        // As Python's low_memory default: no arena or memory patterns growing with each batch shape.
-        enableCpuMemArena: false,
-        enableMemPattern: false,
-        ...sessionOptions,
-        externalData: files.externalData.map((path, i) => ({ path, data: data[i] })),
-      });
-    } catch (cause) {
-      throw new ArtifactError(`onnxruntime-web could not load ${loader.describe(files.model)}: ${cause?.message ?? cause}`, { file: files.model, cause });
+    let tFetched = null;
+    const session = Promise.all([read(files.model), Promise.all(files.externalData.map(read))]).then(async ([model, data]) => {
+      tFetched = now();
+      configureWasm(ort, { threads, wasmPaths, proxy });
+      onProgress?.({ phase: "session", file: files.model, loaded: total, total });
+      try {
+        const created = await ort.InferenceSession.create(model, {
+          executionProviders,
+          graphOptimizationLevel: "all",
+          // As Python's low_memory default: no arena or memory patterns growing with each batch shape.
+          enableCpuMemArena: false,
+          enableMemPattern: false,
+          ...sessionOptions,
+          externalData: files.externalData.map((path, i) => ({ path, data: data[i] })),
+        });
+        return { session: created, ms: now() - tFetched };
+      } catch (cause) {
+        throw new ArtifactError(`onnxruntime-web could not load ${loader.describe(files.model)}: ${cause?.message ?? cause}`, { file: files.model, cause });
+      }
+    });
+    const [tokenized, created] = await Promise.allSettled([tokenizer, session]);
+    if (tokenized.status === "rejected" || created.status === "rejected") {
+      if (created.status === "fulfilled") await created.value.session.release(); // do not leak wasm memory
+      throw tokenized.status === "rejected" ? tokenized.reason : created.reason;
     }
     const tReady = now();
     return new Embedder({
-      manifest, session, tokenizer: tokenized.tok, ort, maxBatchTokens, onTruncate, source: loader.describe(""),
+      manifest, session: created.value.session, tokenizer: tokenized.value.tok, ort, maxBatchTokens, onTruncate, source: loader.describe(""),
       info: {
-        threads: effectiveThreads(ort), executionProviders, verify, downloadBytes: total,
-        ms: { files: tFetched - t0, tokenizer: tokenized.ms, session: tReady - tFetched, total: tReady - t0 },
+        threads: effectiveThreads(ort), executionProviders, verify, proxy, downloadBytes: total,
+        ms: { files: tFetched - t0, tokenizer: tokenized.value.ms, session: created.value.ms, total: tReady - t0 },
       },
     });
   }
@@ -210,11 +216,12 @@ function checkTexts(texts) {
   return texts;
 }
 
-function configureWasm(ort, { threads, wasmPaths }) {
+function configureWasm(ort, { threads, wasmPaths, proxy }) {
   if (!Number.isInteger(threads) || threads < 1) throw new RangeError(`threads must be a positive integer, got ${JSON.stringify(threads)}`);
   // onnxruntime-web reads these once, when its first session starts; later changes are ignored.
   ort.env.wasm.numThreads = threads;
   if (wasmPaths !== undefined) ort.env.wasm.wasmPaths = wasmPaths;
+  if (proxy) ort.env.wasm.proxy = true;
 }
 
 /** Threads the wasm backend really runs: 1 without SharedArrayBuffer (a page not cross-origin isolated). */
