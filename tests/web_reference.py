@@ -10,7 +10,7 @@ against the Python runtime on the same weights at level 0 (``MIN_COSINE``: the s
 Integer-path artifacts (w8a8: activations rounded to int8 codes per token before every integer
 matmul) get ``ACTIVATION_CODES_MIN_COSINE``: wasm's float32 kernels differ from native AVX-512 ones
 in the last bits, and an activation sitting on a rounding boundary then gets the neighbouring code;
-on the real w8a8 the two runtimes land 0.9998-0.9999 apart while each is equally close to fp32
+on the real w8a8 the two runtimes land 0.9996-0.9999 apart while each is equally close to fp32
 (docs/notes/web.md).
 
 Usage as a script: ``python tests/web_reference.py OUT.json NAME=ARTIFACT_DIR [NAME=DIR ...]``.
@@ -42,8 +42,9 @@ MIN_COSINE = 0.9999
 #: (measured on the tiny model: min 0.99955; the real q8_0/q4_0 are in docs/notes/web.md).
 LEVEL4_MIN_COSINE = 0.999
 #: ... and on an integer-path artifact (int8 activation codes), where both runtimes do the same integer
-#: arithmetic on codes that flip at rounding boundaries (measured on the real w8a8: min 0.99978).
-ACTIVATION_CODES_MIN_COSINE = 0.9995
+#: arithmetic on codes that flip at rounding boundaries (measured on the real w8a8: min 0.99955, a
+#: Chinese text at dim 128; 0.99965 at 768). Q8_0's own fidelity floor, so no variant is held to less.
+ACTIVATION_CODES_MIN_COSINE = 0.999
 
 TEXTS = [
     "Hi",
