@@ -15,6 +15,8 @@ const SCREENSHOT = process.env.EMBEDDINGGEMMA_WEB_SCREENSHOT;
 const RESULTS = process.env.EMBEDDINGGEMMA_WEB_RESULTS;
 /** The reference name whose page also indexes the corpus and searches it (default: the last artifact). */
 const SEARCH_WITH = process.env.EMBEDDINGGEMMA_WEB_SEARCH_WITH;
+/** Passages the search check indexes: all on the tiny model, a few on the real one (minutes otherwise). */
+const CORPUS_LIMIT = Number(process.env.EMBEDDINGGEMMA_WEB_CORPUS_LIMIT ?? Infinity);
 
 describe("demo page in headless Chromium", { skip }, () => {
   let server, browser, tmp;
@@ -69,7 +71,7 @@ describe("demo page in headless Chromium", { skip }, () => {
         }
         // search: the corpus indexed in the page, ranked passages with scores and latency shown
         if (SEARCH_WITH ? refs.some((r) => r.name === SEARCH_WITH) : i === dirs.length - 1) {
-          await page.evaluate(() => demo.load({ index: true }));
+          await page.evaluate((limit) => demo.load({ index: true, limit }), CORPUS_LIMIT);
           await page.evaluate(() => demo.indexed);
           await page.fill("#query", "which variant should a web page use?");
           await page.press("#query", "Enter");

@@ -4,7 +4,8 @@
  *
  * URL parameters: variant=NAME | url=ARTIFACT_URL, autoload=0|1 (default 1), index=0|1 (embed the
  * corpus after loading, default 1), threads=N, verify=0|1, backend=wasm|webgpu, proxy=0|1
- * (onnxruntime-web in its own worker, default 1: the page stays responsive while it computes).
+ * (onnxruntime-web in its own worker, default 1: the page stays responsive while it computes),
+ * limit=N (index only the first N passages: quick checks on slow machines).
  */
 import * as ortWasm from "onnxruntime-web";
 import { Embedder } from "/src/index.js";
@@ -128,6 +129,7 @@ async function loadModel(options = {}) {
   const backend = options.backend ?? $("backend").value;
   const index = options.index ?? params.get("index") !== "0";
   const proxy = options.proxy ?? params.get("proxy") !== "0";
+  const limit = options.limit ?? (params.get("limit") ? Number(params.get("limit")) : Infinity);
   showError(null);
   setState("loading");
   $("query").disabled = $("search").disabled = true;
@@ -165,7 +167,7 @@ async function loadModel(options = {}) {
     fillChoices(embedder);
     $("query").disabled = $("search").disabled = false;
     setState("ready");
-    demo.indexed = index ? indexCorpus(embedder) : Promise.resolve(0);
+    demo.indexed = index ? indexCorpus(embedder, limit) : Promise.resolve(0);
     demo.indexed.catch((error) => showError(error));
     return embedder;
   })();
@@ -189,28 +191,29 @@ function fillChoices(embedder) {
 }
 
 /** Embed the corpus passages (document prompt, section as title), from the IndexedDB cache when it has them. */
-async function indexCorpus(embedder) {
-  const key = cacheKey(embedder);
+async function indexCorpus(embedder, limit = Infinity) {
+  const passages = state.corpus.slice(0, limit);
+  const key = cacheKey(embedder, passages);
   const cached = await cacheGet(key);
-  if (cached && cached.length === state.corpus.length) {
+  if (cached && cached.length === passages.length) {
     state.vectors = cached.map((v) => new Float32Array(v));
     state.indexedFor = embedder;
-    $("index-status").textContent = `${state.corpus.length} passages indexed (from this browser's cache)`;
+    $("index-status").textContent = `${passages.length} passages indexed (from this browser's cache)`;
     return state.vectors.length;
   }
   state.vectors = [];
   state.indexedFor = embedder;
   const started = performance.now();
   let tokens = 0;
-  for (let i = 0; i < state.corpus.length; i += CORPUS_CHUNK) {
+  for (let i = 0; i < passages.length; i += CORPUS_CHUNK) {
     if (state.embedder !== embedder) return state.vectors.length; // another model was loaded meanwhile
-    const chunk = state.corpus.slice(i, i + CORPUS_CHUNK);
+    const chunk = passages.slice(i, i + CORPUS_CHUNK);
     const texts = chunk.map((p) => p.text);
     const titles = chunk.map((p) => p.section || null);
     state.vectors.push(...(await embedder.encodeDocument(texts, { titles })));
     tokens += embedder.countTokens(embedder.prompted(texts, { promptName: "document", titles })).reduce((a, b) => a + b, 0);
     const secs = (performance.now() - started) / 1000;
-    $("index-status").textContent = `indexed ${state.vectors.length} of ${state.corpus.length} passages (${secs.toFixed(1)} s, ${(tokens / secs).toFixed(0)} tokens/s)`;
+    $("index-status").textContent = `indexed ${state.vectors.length} of ${passages.length} passages (${secs.toFixed(1)} s, ${(tokens / secs).toFixed(0)} tokens/s)`;
   }
   await cachePut(key, state.vectors.map((v) => Array.from(v)));
   return state.vectors.length;
@@ -271,10 +274,10 @@ function dot(a, b) {
   return s;
 }
 
-function cacheKey(embedder) {
+function cacheKey(embedder, passages) {
   const files = embedder.manifest.files;
   const weights = Object.keys(files).sort().map((n) => files[n].sha256).join(",");
-  return `${hash(weights)}:${hash(JSON.stringify(state.corpus))}`;
+  return `${hash(weights)}:${hash(JSON.stringify(passages))}`;
 }
 
 function hash(text) { // FNV-1a, enough to tell corpus and model versions apart
