@@ -513,14 +513,14 @@ def test_targets_fix_levels_and_activation_bits_and_record_them(tiny_artifact, t
 
 
 def test_wasm_target_is_exact_in_the_browser(tiny_artifact, tmp_path):
-    """wasm: MatMulNBits at level 0 (its wasm kernel unpacks weights whatever the level) and 7-bit
-    integer-path codes, recorded as the wasm target."""
+    """wasm: MatMulNBits at level 0 (its wasm kernel unpacks weights whatever the level) and 8-bit
+    integer-path codes (wasm's int8 GEMM does not saturate), recorded as the wasm target."""
     parent = tmp_path / "wasm"
     assert run_cli("--in", tiny_artifact, "--variant", "all", "--target", "wasm", "--method", "rtn",
                    "--out", parent, "-q", "--threads", "1", "--no-check") == 0
     assert _levels(parent / "e4_a8_f4_p4") == {8: {0}, 4: {0}}
     m = read_manifest(parent / "w8a8")
-    assert m["target"]["arch"] == "wasm" and m["quantization"]["int8_path"]["activation_bits"] == 7
+    assert m["target"]["arch"] == "wasm" and m["quantization"]["int8_path"]["activation_bits"] == 8
 
 
 def test_target_errors(tiny_artifact, tmp_path, capsys, monkeypatch):

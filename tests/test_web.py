@@ -101,16 +101,17 @@ def real_variants(real_artifact, tmp_path_factory) -> dict[str, Path]:
     given = os.environ.get(REAL_VARIANTS_ENV)
     if given:
         return {p.name: p for p in sorted(Path(given).iterdir()) if (p / "embedder.json").is_file()}
-    from quant.build import build_variants
-    from quant.calibrate import load_calibration_texts
+    from quant.build import BuildOptions, build_variants
+    from quant.calibration import load_calibration_texts
     from quant.recipe import parse_recipe
 
     parent = tmp_path_factory.mktemp("web-real")
     targets = [(parse_recipe(v), parent / v) for v in ("q4_0", "w8a8")]
     # Parity compares web and Python on the same artifact, so w8a8's smoothing may come from a few
     # texts: 40 of the 439 make the build minutes shorter (the full calibration dominated this test).
-    build_variants(real_artifact, targets, method="rtn", accuracy_level=4, progress=False, verify_input=False, check=False,
-                   calibration_texts=load_calibration_texts()[:40])
+    build_variants(real_artifact, targets, BuildOptions(method="rtn", accuracy_level=4, progress=False,
+                                                        verify_input=False, check=False,
+                                                        calibration_texts=tuple(load_calibration_texts()[:40])))
     return {v: parent / v for v in ("q4_0", "w8a8")}
 
 
