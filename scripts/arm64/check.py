@@ -142,7 +142,7 @@ def print_table(result: dict) -> None:
 
 
 def check(artifacts_dir: Path, *, fp32: Path | None = None, cpus: list[str] = ("max", "armv8.0"),
-          count: int = DEFAULT_COUNT, prompts: tuple[str, ...] = PROMPTS, only: list[str] | None = None,
+          count: int = DEFAULT_COUNT, long: bool = True, prompts: tuple[str, ...] = PROMPTS, only: list[str] | None = None,
           threads: int = 2, root: Path | None = None, ort_config: list[str] = ()) -> dict:
     """Run the whole check and return its results (what --json writes)."""
     import onnxruntime
@@ -158,7 +158,8 @@ def check(artifacts_dir: Path, *, fp32: Path | None = None, cpus: list[str] = ("
             raise ArtifactError(f"no artifact folder named {', '.join(unknown)} in {artifacts_dir}; "
                                 f"found: {', '.join(artifacts)}")
         artifacts = {k: v for k, v in artifacts.items() if k in only or k == "fp32"}
-    chosen = emulation_texts(count)
+    emulated = [k for k in artifacts if not only or k in only]
+    chosen = emulation_texts(count, long)
     texts = [t["text"] for t in chosen]
     host = {}
     for name, folder in artifacts.items():
@@ -172,7 +173,7 @@ def check(artifacts_dir: Path, *, fp32: Path | None = None, cpus: list[str] = ("
               "onnxruntime": {"x86": onnxruntime.__version__}, "cpus": {}}
     with tempfile.TemporaryDirectory(prefix="arm64-check-") as tmp:
         for cpu in cpus:
-            result["cpus"][cpu] = run_cpu(Emulator(arm_root, cpu), artifacts, texts, prompts, threads, host, Path(tmp),
+            result["cpus"][cpu] = run_cpu(Emulator(arm_root, cpu), {k: artifacts[k] for k in emulated}, texts, prompts, threads, host, Path(tmp),
                                           ort_config)
     some_row = next(iter(next(iter(result["cpus"].values()))["rows"].values()))
     result["onnxruntime"]["arm64"] = some_row["guest"]["onnxruntime"]
@@ -186,9 +187,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cpu", choices=[*CPU_MODELS, "both"], default="both",
                         help="emulated CPU: max (dot product, i8mm, SVE, SME), armv8.0 (Cortex-A53), both (default)")
     parser.add_argument("--texts", type=int, default=DEFAULT_COUNT,
-                        help=f"how many texts (default {DEFAULT_COUNT}: 12 short multilingual + one of ~300 tokens)")
+                        help=f"how many short multilingual texts (default {DEFAULT_COUNT}); one of ~300 tokens follows")
+    parser.add_argument("--no-long", dest="long", action="store_false", help="leave out the ~300-token text")
     parser.add_argument("--prompts", default=",".join(PROMPTS), help="comma-separated prompt names (default: query,document)")
-    parser.add_argument("--only", help="comma-separated artifact folder names to check besides fp32")
+    parser.add_argument("--only", help="comma-separated artifact folder names to run under emulation (default: all, "
+                                       "fp32 included; the x86 fp32 reference is always computed)")
     parser.add_argument("--threads", type=int, default=2, help="onnxruntime threads inside the emulated process")
     parser.add_argument("--root", type=Path, help="the arm64 root (default: $EMBEDDINGGEMMA_ARM64_ROOT or ~/.cache/...)")
     parser.add_argument("--ort-config", action="append", default=[], metavar="KEY=VALUE",
@@ -198,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     cpus = list(CPU_MODELS) if args.cpu == "both" else [args.cpu]
     try:
-        result = check(args.artifacts, fp32=args.fp32, cpus=cpus, count=args.texts,
+        result = check(args.artifacts, fp32=args.fp32, cpus=cpus, count=args.texts, long=args.long,
                        prompts=tuple(args.prompts.split(",")), only=args.only.split(",") if args.only else None,
                        threads=args.threads, root=args.root, ort_config=args.ort_config)
     except (ArmRootError, ArtifactError, ValueError) as exc:
