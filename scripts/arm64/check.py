@@ -38,7 +38,8 @@ PROMPTS = ("query", "document")
 def find_artifacts(folder: Path, fp32: Path | None) -> tuple[Path, dict[str, Path]]:
     """The x86 fp32 reference and ``{name: folder}`` of every artifact to check (fp32 first)."""
     if not folder.is_dir():
-        raise ArtifactError(f"{folder} is not a folder; pass the folder that holds the artifact folders (fp32, q4_0, ...)")
+        raise ArtifactError(f"{folder} is not a folder; pass the folder that holds the artifact folders "
+                            "(fp32, q4_0, ...)")
     if fp32 is None:
         fp32 = next((p for p in (folder / "fp32", folder.parent / "fp32") if (p / MANIFEST_NAME).is_file()), None)
         if fp32 is None:
@@ -142,7 +143,8 @@ def print_table(result: dict) -> None:
 
 
 def check(artifacts_dir: Path, *, fp32: Path | None = None, cpus: list[str] = ("max", "armv8.0"),
-          count: int = DEFAULT_COUNT, long: bool = True, prompts: tuple[str, ...] = PROMPTS, only: list[str] | None = None,
+          count: int = DEFAULT_COUNT, long: bool = True, prompts: tuple[str, ...] = PROMPTS,
+          only: list[str] | None = None,
           threads: int = 2, root: Path | None = None, ort_config: list[str] = ()) -> dict:
     """Run the whole check and return its results (what --json writes)."""
     import onnxruntime
@@ -169,12 +171,13 @@ def check(artifacts_dir: Path, *, fp32: Path | None = None, cpus: list[str] = ("
                       "accuracy_level": accuracy_levels(read_manifest(folder).get("quantization"))}
     result = {"date": time.strftime("%Y-%m-%d %H:%M %Z"), "host_cpu": cpu_name(), "host_machine": platform.machine(),
               "texts": len(texts), "text_ids": [t["id"] for t in chosen], "prompts": list(prompts),
-              "threads": threads, "ort_config": list(ort_config), "fp32": str(fp32_dir), "artifacts": {k: str(v) for k, v in artifacts.items()},
+              "threads": threads, "ort_config": list(ort_config), "fp32": str(fp32_dir),
+              "artifacts": {k: str(v) for k, v in artifacts.items()},
               "onnxruntime": {"x86": onnxruntime.__version__}, "cpus": {}}
     with tempfile.TemporaryDirectory(prefix="arm64-check-") as tmp:
         for cpu in cpus:
-            result["cpus"][cpu] = run_cpu(Emulator(arm_root, cpu), {k: artifacts[k] for k in emulated}, texts, prompts, threads, host, Path(tmp),
-                                          ort_config)
+            result["cpus"][cpu] = run_cpu(Emulator(arm_root, cpu), {k: artifacts[k] for k in emulated}, texts,
+                                          prompts, threads, host, Path(tmp), ort_config)
     some_row = next(iter(next(iter(result["cpus"].values()))["rows"].values()))
     result["onnxruntime"]["arm64"] = some_row["guest"]["onnxruntime"]
     return result
@@ -183,17 +186,20 @@ def check(artifacts_dir: Path, *, fp32: Path | None = None, cpus: list[str] = ("
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="scripts/check-arm64.sh", description=__doc__.split("\n\n")[0])
     parser.add_argument("artifacts", type=Path, help="folder whose subfolders are artifacts (fp32, q8_0, q4_0, ...)")
-    parser.add_argument("--fp32", type=Path, help="the x86 fp32 reference (default: ARTIFACTS/fp32 or ARTIFACTS/../fp32)")
+    parser.add_argument("--fp32", type=Path,
+                        help="the x86 fp32 reference (default: ARTIFACTS/fp32 or ARTIFACTS/../fp32)")
     parser.add_argument("--cpu", choices=[*CPU_MODELS, "both"], default="both",
                         help="emulated CPU: max (dot product, i8mm, SVE, SME), armv8.0 (Cortex-A53), both (default)")
     parser.add_argument("--texts", type=int, default=DEFAULT_COUNT,
                         help=f"how many short multilingual texts (default {DEFAULT_COUNT}); one of ~300 tokens follows")
     parser.add_argument("--no-long", dest="long", action="store_false", help="leave out the ~300-token text")
-    parser.add_argument("--prompts", default=",".join(PROMPTS), help="comma-separated prompt names (default: query,document)")
+    parser.add_argument("--prompts", default=",".join(PROMPTS),
+                        help="comma-separated prompt names (default: query,document)")
     parser.add_argument("--only", help="comma-separated artifact folder names to run under emulation (default: all, "
                                        "fp32 included; the x86 fp32 reference is always computed)")
     parser.add_argument("--threads", type=int, default=2, help="onnxruntime threads inside the emulated process")
-    parser.add_argument("--root", type=Path, help="the arm64 root (default: $EMBEDDINGGEMMA_ARM64_ROOT or ~/.cache/...)")
+    parser.add_argument("--root", type=Path,
+                        help="the arm64 root (default: $EMBEDDINGGEMMA_ARM64_ROOT or ~/.cache/...)")
     parser.add_argument("--ort-config", action="append", default=[], metavar="KEY=VALUE",
                         help="onnxruntime session config entry for the arm64 runs, e.g. mlas.disable_kleidiai=1 "
                              "(repeatable; for finding which kernels cause a difference)")
