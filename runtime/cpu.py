@@ -25,8 +25,37 @@ def _read_cpuinfo() -> str:
         return ""
 
 
+#: Linux arm64 hardware capability bits (asm/hwcap.h), named as /proc/cpuinfo names them.
+_ARM64_HWCAP = {0: "fp", 1: "asimd", 7: "crc32", 20: "asimddp", 22: "sve"}
+_ARM64_HWCAP2 = {1: "sve2", 13: "i8mm", 14: "bf16"}
+_AT_HWCAP, _AT_HWCAP2 = 16, 26
+
+
+def _getauxval(kind: int) -> int:
+    """The kernel's auxiliary vector entry (0 where it cannot be read)."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None)
+        libc.getauxval.restype = ctypes.c_ulong
+        return int(libc.getauxval(ctypes.c_ulong(kind)))
+    except (OSError, AttributeError):
+        return 0
+
+
+def _arm64_flags() -> set[str]:
+    """arm64 features from the kernel's HWCAP words: right also under qemu-user, whose /proc/cpuinfo
+    is the host's (docs/notes/arm64.md)."""
+    words = ((_ARM64_HWCAP, _getauxval(_AT_HWCAP)), (_ARM64_HWCAP2, _getauxval(_AT_HWCAP2)))
+    return {name for bits, word in words for bit, name in bits.items() if word >> bit & 1}
+
+
 def cpu_flags(cpuinfo: str | None = None) -> set[str]:
     """The CPU feature flags of this machine (empty when they cannot be read)."""
+    if cpuinfo is None and platform.system() == "Linux" and machine_arch() == "aarch64":
+        flags = _arm64_flags()
+        if flags:
+            return flags
     if cpuinfo is None:
         cpuinfo = _read_cpuinfo()
     flags: set[str] = set()

@@ -272,3 +272,16 @@ def test_cpu_name_parsing():
     assert cpu_name(info) == "AMD EPYC 9R14"
     fallback = cpu_name("processor\t: 0\n")   # no model name line (e.g. some Arm kernels)
     assert isinstance(fallback, str) and fallback
+
+
+def test_arm64_flags_come_from_the_kernels_hwcaps(monkeypatch):
+    """On Linux arm64 the flags come from getauxval (qemu-user passes the host's /proc/cpuinfo through)."""
+    from runtime import cpu
+
+    monkeypatch.setattr(cpu, "machine_arch", lambda machine=None: "aarch64")
+    monkeypatch.setattr(cpu.platform, "system", lambda: "Linux")
+    words = {16: 1 << 0 | 1 << 1 | 1 << 20, 26: 1 << 13}          # fp, asimd, asimddp; i8mm
+    monkeypatch.setattr(cpu, "_getauxval", lambda kind: words[kind])
+    assert cpu.cpu_flags() == {"fp", "asimd", "asimddp", "i8mm"} and cpu.has_int8_dot()
+    words = {16: 1 << 0 | 1 << 1, 26: 0}                           # a Cortex-A53: no dot product
+    assert cpu.cpu_flags() == {"fp", "asimd"} and not cpu.has_int8_dot()
