@@ -45,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run MTEB-style quality tasks (real labelled data from installed packages) on EmbeddingGemma "
                     "artifact folders and compare them with the fp32 baseline: each task's drop, its standard "
                     "error (how precisely the task's data measure it), how many queries / test texts / "
-                    "bootstraps make up each miss, and PASS/MISS against the targets.")
+                    "bootstraps make up each miss, and each task met, missed or not resolved against the targets.")
     p.add_argument("--artifacts", nargs="+", required=True, metavar="LABEL=DIR",
                    help="artifact folders to compare, e.g. fp32=artifacts/fp32 q8_0=artifacts/q8_0")
     p.add_argument("--out", required=True, type=Path, help="folder for report.md, report.json and the PNG plots")

@@ -1,10 +1,13 @@
-"""The comparison report: per task, each variant's score, its drop vs the fp32 baseline and PASS/MISS
-against the project's targets; fidelity; the sentence-transformers cross-check; Markdown, JSON, PNG.
+"""The comparison report: per task, each variant's score, its drop vs the fp32 baseline and whether
+it meets the project's target; fidelity; the sentence-transformers cross-check; Markdown, JSON, PNG.
 
 Targets (DESIGN.md): the drop of each task's main score vs fp32, on the 0-100 scale, must be at most
-0.1 points for Q8_0 and 0.5 points for Q4_0 and e4_a8_f4_p4, on every task. A variant that scores
-higher than fp32 has a negative drop and passes. The comparison uses the unrounded scores (with a
-1e-9-point guard against float rounding only); nothing is rounded in the variant's favour.
+0.1 points for Q8_0 and 0.5 points for Q4_0 and e4_a8_f4_p4, on every task. Each task is judged at
+its own resolution: **met** when the drop is below the line by more than two standard errors (or at
+most the line when the task gives no standard error), **missed** when it exceeds the line by more
+than two, **not resolved** in between: the task's data cannot tell. A variant that scores higher
+than fp32 has a negative drop. The comparison uses the unrounded scores (with a 1e-9-point guard
+against float rounding only); nothing is rounded in the variant's favour.
 """
 from __future__ import annotations
 
@@ -74,7 +77,7 @@ def build_report(tasks: Sequence[Task], results: Sequence[RunResult], *, baselin
 
 
 def _comparison_rows(tasks: Sequence[Task], base: RunResult, other: RunResult) -> list[dict]:
-    """Per task: ``other``'s score, its drop vs ``base``, PASS/MISS, the drop's standard error and units,
+    """Per task: ``other``'s score, its drop vs ``base``, its status, the drop's standard error and units,
     and where the drop lies against same-size random error."""
     tgt = target_for(other.label, other.info.get("variant"))
     rows = []
@@ -82,18 +85,16 @@ def _comparison_rows(tasks: Sequence[Task], base: RunResult, other: RunResult) -
         name = task.name
         score, ref = other.main_score(name), base.main_score(name)
         drop = ref - score
-        # 1e-9 points only absorbs float rounding in the subtraction (0.1 is not exact in binary);
-        # it is six orders of magnitude below the smallest score change the tasks can show.
-        status = "no target" if tgt is None else ("PASS" if drop <= tgt + 1e-9 else "MISS")
         noise = (other.random_error or {}).get(name)
         detail = _drop_detail(task, base, other)
         se = None if detail is None else detail["se"]
+        status = task_status(drop, tgt, se)
         units = {k: v for k, v in (detail or {}).items() if k != "se"} or None
         rows.append({"variant": other.label, "task": name, "score": score, "baseline": ref,
                      "drop": drop, "target": tgt, "status": status, "drop_se": se,
                      # how the drop is made up: units changed, the largest single unit's share
                      "units": units,
-                     # does the task's data settle PASS/MISS? the target lies outside drop +- 2 SE
+                     # does the task's data settle the verdict? the target lies outside drop +- 2 SE
                      "resolved": None if se is None or tgt is None else abs(drop - tgt) > 2 * se,
                      "random_error_mean": noise["mean"] if noise else None,
                      "random_error_std": noise["std"] if noise else None,
@@ -102,17 +103,35 @@ def _comparison_rows(tasks: Sequence[Task], base: RunResult, other: RunResult) -
     return rows
 
 
+MET, MISSED, NOT_RESOLVED, NO_TARGET = "met", "missed", "not resolved", "no target"
+
+
+def task_status(drop: float, target: float | None, se: float | None) -> str:
+    """One task's outcome against its target at the task's resolution (module docstring): met,
+    missed, not resolved (within two standard errors of the line) or no target."""
+    if target is None:
+        return NO_TARGET
+    margin = 2 * (se or 0.0)
+    # 1e-9 points only absorbs float rounding in the subtraction (0.1 is not exact in binary);
+    # it is six orders of magnitude below the smallest score change the tasks can show.
+    if drop > target + margin + 1e-9:
+        return MISSED
+    return MET if drop <= target - margin + 1e-9 else NOT_RESOLVED
+
+
 def _verdict(rows: list[dict]) -> dict:
-    """One variant's verdict from its comparison rows: target, misses, unsettled passes, worst and mean drop."""
-    misses = [c for c in rows if c["status"] == "MISS"]
+    """One variant's verdict from its comparison rows: target, misses, unresolved tasks, worst and mean
+    drop; ``meets_target`` is True when every task is met, False when one is missed, else None."""
+    misses = [c for c in rows if c["status"] == MISSED]
+    unresolved = [c["task"] for c in rows if c["status"] == NOT_RESOLVED]
+    has_target = bool(rows) and rows[0]["target"] is not None
     return {"target": rows[0]["target"] if rows else None, "tasks": len(rows),
-            "misses": [{"task": c["task"], "drop": c["drop"], "drop_se": c["drop_se"],
-                        "resolved": c["resolved"], "units": c["units"],
+            "misses": [{"task": c["task"], "drop": c["drop"], "drop_se": c["drop_se"], "units": c["units"],
                         "beyond_random_error": c["beyond_random_error"]} for c in misses],
-            "unresolved_passes": [c["task"] for c in rows if c["status"] == "PASS" and c["resolved"] is False],
+            "not_resolved": unresolved,
             "worst_drop": max(c["drop"] for c in rows) if rows else None,
             "mean_drop": float(np.mean([c["drop"] for c in rows])) if rows else None,
-            "meets_target": (not misses) if rows and rows[0]["target"] is not None else None}
+            "meets_target": (False if misses else None if unresolved else True) if has_target else None}
 
 
 def _reference_block(task_names: list[str], base: RunResult, reference: RunResult) -> dict:
@@ -229,7 +248,7 @@ def _header_section(doc: _Doc) -> list[str]:
 
 
 def _verdict_section(doc: _Doc) -> list[str]:
-    """PASS / MISS per variant, the model card's losses for scale, and the sentence-transformers check."""
+    """Met / missed / not resolved per variant, the model card's losses for scale, and the torch check."""
     out = ["## Verdict\n"]
     for v in doc.variants:
         out += _variant_verdict(v, doc.report["verdicts"][v])
@@ -249,36 +268,35 @@ def _verdict_section(doc: _Doc) -> list[str]:
 
 
 def _variant_verdict(v: str, vd: dict) -> list[str]:
-    """One variant's verdict bullet, with what the data can and cannot settle about its misses."""
+    """One variant's verdict bullet: met on every task, missed on some, or not resolved on some."""
     if vd["target"] is None:
-        out = [f"- **{v}**: no target defined for this variant (worst drop {vd['worst_drop']:.2f} points)."]
-    elif vd["meets_target"]:
-        out = [f"- **{v}**: PASS on all {vd['tasks']} tasks (drop ≤ {vd['target']} points; worst drop "
-               f"{vd['worst_drop']:.2f}, mean drop {vd['mean_drop']:.2f})."]
-    else:
+        return [f"- **{v}**: no target defined for this variant (worst drop {vd['worst_drop']:.2f} points)."]
+    if vd["misses"]:
         out = _miss_lines(v, vd)
-    if vd["target"] is not None and vd.get("unresolved_passes"):
-        out.append(f"  Passes within two standard errors of the target (the data cannot confirm them either): "
-                   f"{', '.join(vd['unresolved_passes'])}.")
+    elif vd["not_resolved"]:
+        out = [f"- **{v}**: no task missed, {len(vd['not_resolved'])} of {vd['tasks']} not resolved (the drop is "
+               f"within two standard errors of the {vd['target']}-point line; the tasks' data cannot tell): "
+               f"{', '.join(vd['not_resolved'])}. Worst drop {vd['worst_drop']:.2f}, mean {vd['mean_drop']:.2f}."]
+    else:
+        return [f"- **{v}**: met on all {vd['tasks']} tasks (drop below {vd['target']} points by more than two "
+                f"standard errors; worst drop {vd['worst_drop']:.2f}, mean drop {vd['mean_drop']:.2f})."]
+    if vd["misses"] and vd["not_resolved"]:
+        out.append(f"  Not resolved (within two standard errors of the line): {', '.join(vd['not_resolved'])}.")
     return out
 
 
 def _miss_lines(v: str, vd: dict) -> list[str]:
-    """The MISS bullet of a variant and its notes: unsettled misses, misses inside the noise, their units."""
+    """The missed bullet of a variant and its notes: misses inside the noise, how they are made up."""
     misses = vd["misses"]
-    miss = "; ".join(f"{x['task']} drop {x['drop']:.2f} > {vd['target']}" for x in misses)
-    out = [f"- **{v}**: MISS on {len(misses)} of {vd['tasks']} tasks ({miss}). "
+    miss = "; ".join(f"{x['task']} drop {x['drop']:.2f}" + (f" ± {x['drop_se']:.2f}" if x.get("drop_se") else "")
+                     + f" > {vd['target']}" for x in misses)
+    out = [f"- **{v}**: missed on {len(misses)} of {vd['tasks']} tasks ({miss}, beyond two standard errors). "
            f"The target of ≤ {vd['target']} points is not met."]
-    close = [x["task"] for x in misses if x.get("resolved") is False]
-    if close:
-        out.append(f"  Of these, {', '.join(close)} {'is' if len(close) == 1 else 'are'} within two standard "
-                   "errors of the target: the task's data cannot tell whether the variant meets it (the miss "
-                   "stands as measured).")
     inside = [x["task"] for x in misses if x["beyond_random_error"] is False]
     if inside:
         out.append(f"  Of these, {', '.join(inside)} {'is' if len(inside) == 1 else 'are'} within two standard "
                    "deviations of what random error of the same size does to the score (see the noise check "
-                   "below): the task cannot resolve a difference this small, which does not make it a pass.")
+                   "below): the direction of the error matters less than its size there.")
     made_up = [t for t in (_units_sentence(x) for x in misses) if t]
     if made_up:
         out.append("  How these drops are made up: " + "; ".join(made_up) + ".")
@@ -298,7 +316,7 @@ def _scores_section(doc: _Doc) -> list[str]:
         row = [name, t["type"], t["main_score"], f"{runs[base]['scores'][name]:.2f}"]
         for v in variants:
             c = comp[(v, name)]
-            status = c["status"] if c["status"] != "MISS" else "**MISS**"
+            status = c["status"] if c["status"] != MISSED else f"**{MISSED}**"
             se = "" if c.get("drop_se") is None else f" ± {c['drop_se']:.2f}"
             row.append(f"{c['score']:.2f} ({_fmt_drop(c['drop'])}{se}, {status})")
         if ref:
@@ -313,8 +331,8 @@ def _scores_section(doc: _Doc) -> list[str]:
         out.append("± SE is the standard error of the change due to which queries, test texts, word pairs or "
                    "k-means bootstraps the task samples (paired: the same units for both models; per-unit scores "
                    "for retrieval, reranking, classification and clustering, a bootstrap over pairs for STS). A "
-                   "verdict whose target lies within two standard errors of the change is not settled by this "
-                   "data; PASS/MISS is still decided by the change alone.\n")
+                   "task is met or missed only beyond two standard errors of its target line; within them it is "
+                   "not resolved: that task's data cannot tell.\n")
     out.append("![scores per task](scores.png)\n")
     return out
 
@@ -331,8 +349,8 @@ def _noise_section(doc: _Doc) -> list[str]:
            "towards a random direction, and scored like a variant (trials: "
            f"{trials}). A drop outside mean ± 2 sd of these "
            "random-error drops comes from the direction of the variant's error; inside it, the task's protocol "
-           "cannot tell the variant from any equally large error. PASS/MISS above is decided by the target "
-           "alone.\n",
+           "cannot tell the variant from any equally large error. The verdicts above come from the target and "
+           "each task's standard error, not from this check.\n",
            _table_row(head), "|" + "---|" * len(head)]
     for t in doc.tasks:
         cells = [t["name"]]
@@ -518,7 +536,7 @@ def plot_scores(report: dict, path: Path) -> None:
             drops = {r["task"]: r["diff"] for r in report["reference"]["rows"]}
         else:
             drops = {c["task"]: c["drop"] for c in others if c["variant"] == lab}
-        missed = {c["task"] for c in others if c["variant"] == lab and c["status"] == "MISS"}
+        missed = {c["task"] for c in others if c["variant"] == lab and c["status"] == MISSED}
         se = {c["task"]: c.get("drop_se") for c in others if c["variant"] == lab}
         yerr = [2 * (se.get(t) or 0.0) for t in tasks] if any(se.values()) else None
         ax2.bar(x + (i - (len(labels) - 1) / 2) * width2, [drops[t] for t in tasks], width2, label=lab,
@@ -533,7 +551,7 @@ def plot_scores(report: dict, path: Path) -> None:
         ax2.axhline(tgt, linestyle="--", linewidth=1, color="gray")
         ax2.text(len(tasks) - 0.5, tgt, f" target {tgt}", va="bottom", ha="right", fontsize=8, color="gray")
     ax2.axhline(0, color="black", linewidth=0.8)
-    ax2.set_ylabel(f"drop vs {base} (points, higher = worse;\nred edge = MISS; whiskers ± 2 SE)")
+    ax2.set_ylabel(f"drop vs {base} (points, higher = worse;\nred edge = missed; whiskers ± 2 SE)")
     if labels:
         ax2.legend(fontsize=8, ncol=min(5, len(labels)))
     ax2.grid(axis="y", alpha=0.3)

@@ -1,5 +1,5 @@
 """The quality suite end to end on the tiny model: packaged data, mteb prompt resolution, the three
-report formats, PASS/MISS against the targets and the sentence-transformers cross-check."""
+report formats, met / missed / not resolved against the targets and the sentence-transformers cross-check."""
 from __future__ import annotations
 
 import copy
@@ -12,6 +12,7 @@ pytest.importorskip("sklearn", reason="the quality extra is not installed (pip i
 
 from quality import build_report, build_tasks, run_suite, write_report  # noqa: E402
 from quality.cli import main  # noqa: E402
+from quality.report import TARGETS  # noqa: E402
 from quality.suite import ArtifactEncoder  # noqa: E402
 from quality.tasks import PRESETS, TASK_NAMES  # noqa: E402
 
@@ -166,20 +167,20 @@ def _fake_variant(run, label, drops):
     return other
 
 
-def test_report_pass_and_miss(tiny_run, smoke_tasks, tmp_path):
+def test_report_met_missed_and_not_resolved(tiny_run, smoke_tasks, tmp_path):
     t0, t1 = smoke_tasks[0].name, smoke_tasks[1].name
-    q8 = _fake_variant(tiny_run, "q8_0", {t0: 0.1})                 # exactly at the target: PASS
-    q4 = _fake_variant(tiny_run, "q4_0", {t0: 0.5000001, t1: -2})   # just over: MISS; a gain passes
+    q8 = _fake_variant(tiny_run, "q8_0", {t0: 0.1})                 # exactly at the target, no uncertainty: met
+    q4 = _fake_variant(tiny_run, "q4_0", {t0: 0.5000001, t1: -2})   # just over: missed; a gain is met
     report = build_report(smoke_tasks, [tiny_run, q8, q4], baseline="fp32", meta={"preset": "smoke"})
     status = {(c["variant"], c["task"]): c["status"] for c in report["comparison"]}
-    assert status[("q8_0", t0)] == "PASS" and status[("q4_0", t0)] == "MISS" and status[("q4_0", t1)] == "PASS"
+    assert status[("q8_0", t0)] == "met" and status[("q4_0", t0)] == "missed" and status[("q4_0", t1)] == "met"
     assert report["verdicts"]["q8_0"]["meets_target"] is True
     assert report["verdicts"]["q4_0"]["meets_target"] is False
     assert [m["task"] for m in report["verdicts"]["q4_0"]["misses"]] == [t0]
     paths = write_report(report, tmp_path)
     md = paths["markdown"].read_text()
-    assert "**q4_0**: MISS on 1 of 10 tasks" in md and "**MISS**" in md
-    assert "**q8_0**: PASS on all 10 tasks" in md
+    assert "**q4_0**: missed on 1 of 10 tasks" in md and "**missed**" in md
+    assert "**q8_0**: met on all 10 tasks" in md
     # the model card's QAT losses, for scale: 61.15 - 60.93 and 69.67 - 69.49 / 68.76 - 68.70
     assert "q8_0 0.06-0.22, q4_0 0.36-0.77, e4_a8_f4_p4 0.35-0.73 points of MTEB Mean (Task)" in md
 
@@ -211,7 +212,7 @@ def test_markdown_sections_in_order(tiny_run, smoke_tasks):
         "## Verdict", "## Scores per task (64 dims)", "## Size and speed", "## Run time", "## Tasks", "## Protocol"]
 
 
-def test_standard_errors_of_drops(tiny_run, smoke_tasks, tmp_path):
+def test_standard_errors_of_drops(tiny_run, smoke_tasks, tmp_path, monkeypatch):
     import numpy as np
 
     from quality.metrics import truncate_dim
@@ -250,8 +251,13 @@ def test_standard_errors_of_drops(tiny_run, smoke_tasks, tmp_path):
         assert u["worse"] + u["better"] == u["changed"]
         assert u["largest_unit"] == pytest.approx(d[np.argmax(np.abs(d))] / d.size)
         assert c["drop"] == pytest.approx(d.mean())   # the units make up the whole drop
+    for c in report["comparison"]:   # the smoke tasks' few units resolve little at the 0.5-point line
+        assert c["status"] == ("not resolved" if c["resolved"] is False else "met" if c["drop"] < 0.5 else "missed")
+    # a line far below the drops: they miss beyond two standard errors, and their units are spelled out
+    monkeypatch.setitem(TARGETS, "q4_0", -20.0)
+    report = build_report(smoke_tasks, [tiny_run, noisy], baseline="fp32", meta={"preset": "smoke"})
     md = write_report(report, tmp_path)["markdown"].read_text()
-    missed = [c for c in report["comparison"] if c["status"] == "MISS" and c["units"]]
+    missed = [c for c in report["comparison"] if c["status"] == "missed" and c["units"]]
     assert missed, "the noisy variant should miss at least one per-unit task"
     u = missed[0]["units"]
     assert (f"{missed[0]['task']}: {u['changed']} of {u['units']} {u['unit_name']} changed "
@@ -295,8 +301,8 @@ def test_cli_writes_all_three_formats(tiny_artifact, tiny_checkpoint, tmp_path):
     assert set(runs) == {"fp32", "q8_0", "sentence-transformers"}
     for r in runs.values():
         assert {"scores", "scores_by_dim", "tokens_per_second", "size_bytes", "wall_seconds"} <= set(r)
-    # the same artifact twice: no drop, PASS everywhere, identical embeddings
-    assert all(c["drop"] == 0 and c["status"] == "PASS" for c in report["comparison"])
+    # the same artifact twice: no drop, met everywhere, identical embeddings
+    assert all(c["drop"] == 0 and c["status"] == "met" for c in report["comparison"])
     fid = report["fidelity"]["q8_0"]
     assert set(fid) == {"64", "32", "16"} and fid["64"]["cos_min"] > 0.99999 and fid["16"]["top10_overlap_mean"] == 1.0
     # sentence-transformers on torch scores the same tasks within 0.1 points of the fp32 artifact
@@ -348,3 +354,28 @@ def test_suite_runs_without_torch(tiny_artifact, tmp_path):
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip().splitlines()[-1] == "RESULT 0 []"
     assert (tmp_path / "r" / "report.md").is_file()
+
+
+@pytest.mark.parametrize("drop, se, status", [
+    (0.2, 0.1, "met"),             # 0.2 + 2 x 0.1 <= 0.5: below the line beyond the noise
+    (0.35, 0.1, "not resolved"),   # 0.35 + 0.2 > 0.5 > 0.35 - 0.2: the data cannot tell
+    (0.65, 0.1, "not resolved"),
+    (0.75, 0.1, "missed"),         # beyond two standard errors above the line
+    (0.5, 0.0, "met"),             # no uncertainty: at the line is met
+    (0.5000001, None, "missed"),   # no standard error: decided by the drop
+    (-3.0, 1.0, "met"),
+])
+def test_task_status_at_the_tasks_resolution(drop, se, status):
+    from quality.report import task_status
+
+    assert task_status(drop, 0.5, se) == status
+    assert task_status(drop, None, se) == "no target"
+
+
+def test_not_resolved_tasks_make_no_verdict(tiny_run, smoke_tasks):
+    from quality.report import _verdict
+
+    rows = [{"task": t.name, "drop": 0.4, "drop_se": 0.1, "target": 0.5, "units": None, "beyond_random_error": None,
+             "status": "not resolved" if i == 0 else "met"} for i, t in enumerate(smoke_tasks)]
+    v = _verdict(rows)
+    assert v["meets_target"] is None and v["not_resolved"] == [smoke_tasks[0].name] and v["misses"] == []
