@@ -12,7 +12,7 @@ from runtime.artifact import MANIFEST_NAME, ArtifactError, read_manifest, sha256
 from runtime.progress import progress_bar
 from runtime.prompts import PromptError, with_prompts
 
-from .errors import CorpusError
+from .errors import CorpusError, OutputConflictError
 from .output_folder import ERRORS_FILE, OutputFolder
 from .plan import ShardSpec, plan_shards
 from .ray_engine import RayOptions, run_ray
@@ -128,6 +128,11 @@ def embed_corpus(inputs: str | list[str], output: str, model: str | Path, *, tex
     out = OutputFolder(output)
     out.claim(settings, force)
     out.clean_tmp()
+    extra = out.unplanned_shards({s.name for s in shards})
+    if extra:
+        raise OutputConflictError(f"output folder {output!r} holds {len(extra)} shard(s) this job does not plan "
+                                  f"(first: {extra[0]}; an input removed or renamed since?); choose another folder, "
+                                  "or pass --force to recompute everything")
     done = {s.name: out.shard_done(s, settings) for s in shards}
     pending = [s for s in shards if done[s.name] is None]
     out.write_job({"status": "running", "settings": settings.fingerprint(), "inputs": inputs,

@@ -224,6 +224,15 @@ class OutputFolder:
         except (OSError, pa.ArrowException):
             return True  # a broken file with a shard's name is an interrupted shard: ours
 
+    def unplanned_shards(self, planned: set[str]) -> list[str]:
+        """Shard files in the folder that the plan does not name (an input removed or renamed since):
+        left there, a reader of the folder would count their rows as well."""
+        import pyarrow.fs as pafs
+
+        return sorted(e.base_name for e in self.fs.get_file_info(pafs.FileSelector(self.root))
+                      if e.type == pafs.FileType.File and e.base_name.endswith(".parquet")
+                      and e.base_name[:-len(".parquet")] not in planned and self._is_shard(e.path))
+
     def clean_tmp(self) -> None:
         """Drop files an interrupted run left half-written."""
         if self._exists(self.path(TMP_DIR)):

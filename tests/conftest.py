@@ -26,13 +26,20 @@ def pytest_collection_modifyitems(config, items):
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
-    skipped = [r for r in terminalreporter.stats.get("skipped", []) if "real_model" in getattr(r, "keywords", {})]
+    all_skipped = terminalreporter.stats.get("skipped", [])
+    skipped = [r for r in all_skipped if "real_model" in getattr(r, "keywords", {})]
+    bar = "!" * 78
     if skipped:
-        bar = "!" * 78
         terminalreporter.write_line(bar, yellow=True, bold=True)
         terminalreporter.write_line(
             f"REAL-MODEL TIER SKIPPED ({len(skipped)} tests): {REAL_DIR_ENV} is not set. Parity with the real "
             "EmbeddingGemma was NOT checked in this run.", yellow=True, bold=True)
+        terminalreporter.write_line(bar, yellow=True, bold=True)
+    if any("RAY CLUSTER TEST SKIPPED" in str(getattr(r, "longrepr", "")) for r in all_skipped):
+        terminalreporter.write_line(bar, yellow=True, bold=True)
+        terminalreporter.write_line(
+            "RAY CLUSTER TEST SKIPPED: ray[data] is not installed, so embed-corpus --engine ray was NOT checked "
+            "(pip install 'embeddinggemma-onnx[ray]').", yellow=True, bold=True)
         terminalreporter.write_line(bar, yellow=True, bold=True)
 
 

@@ -320,6 +320,14 @@ def test_a_foreign_or_changed_output_is_not_overwritten(tiny_artifact, tmp_path)
         embed_corpus(str(src), str(out), tiny_artifact)
     assert embed_corpus(str(src), str(out), tiny_artifact, force=True).rows_out == 9
 
+    # a shard whose input is gone would double-count in a reader of the folder: refused
+    second = tmp_path / "second.jsonl"
+    second.write_text(json.dumps({"text": "another"}) + "\n")
+    both = tmp_path / "both"
+    embed_corpus([str(src), str(second)], str(both), tiny_artifact)
+    with pytest.raises(OutputConflictError, match="1 shard\\(s\\) this job does not plan"):
+        embed_corpus(str(src), str(both), tiny_artifact)
+
 
 def test_fsspec_uris_in_and_out(tiny_artifact, emb, tmp_path):
     fsspec = pytest.importorskip("fsspec")
