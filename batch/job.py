@@ -15,7 +15,7 @@ from runtime.prompts import PromptError, with_prompts
 from .errors import CorpusError, OutputConflictError
 from .output_folder import ERRORS_FILE, OutputFolder
 from .plan import ShardSpec, plan_shards
-from .ray_engine import RayOptions, run_ray
+from .ray_engine import RayOptions, import_ray, run_ray
 from .settings import DEFAULT_ROWS_PER_SHARD, ArtifactIdentity, JobSettings
 from .sources import FORMATS, list_input_files
 from .worker import columns_to_read
@@ -113,6 +113,10 @@ def embed_corpus(inputs: str | list[str], output: str, model: str | Path, *, tex
         raise CorpusError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
     if input_format is not None and input_format not in FORMATS:
         raise CorpusError(f"unknown input format {input_format!r}; choose one of {', '.join(FORMATS)}")
+    if rows_per_shard < 1 or batch_size < 1:
+        raise CorpusError(f"rows_per_shard and batch_size must be positive, got {rows_per_shard} and {batch_size}")
+    if engine == "ray":
+        import_ray()  # a missing Ray is reported before anything is read or written
     inputs = [inputs] if isinstance(inputs, str) else list(inputs)
     folder, manifest = resolve_artifact(model, variant)
     settings = job_settings(folder, manifest, dim=dim, prompt_name=prompt_name, title_column=title_column,
