@@ -62,6 +62,12 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
             f"ARM64 TIER SKIPPED ({len(arm)} tests): no arm64 root (run scripts/setup-arm64.sh). The runtime was "
             "NOT checked on emulated arm64 CPUs in this run.", yellow=True, bold=True)
         terminalreporter.write_line(bar, yellow=True, bold=True)
+    if any("RAY CLUSTER TEST SKIPPED" in str(getattr(r, "longrepr", "")) for r in skipped):
+        terminalreporter.write_line(bar, yellow=True, bold=True)
+        terminalreporter.write_line(
+            "RAY CLUSTER TEST SKIPPED: ray[data] is not installed, so embed-corpus --engine ray was NOT checked "
+            "(pip install 'embeddinggemma-onnx[ray]').", yellow=True, bold=True)
+        terminalreporter.write_line(bar, yellow=True, bold=True)
 
 
 @pytest.fixture(scope="session")

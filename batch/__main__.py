@@ -1,0 +1,5 @@
+import sys
+
+from batch.cli import main
+
+sys.exit(main())
