@@ -9,7 +9,7 @@
  * the second of two loads, so the server's gzip cache and the OS file cache are warm, the browser's
  * cache is not), one 30-token query p50 (20 runs after 3 warm-ups), short-workload tokens/s (64 texts
  * of ~30 tokens in one call, median of 3), the renderer's peak resident memory, and the same query
- * and workload natively (web/bench/native.py) for the ratios.
+ * and workload natively (benchmarks/web_native.py) for the ratios.
  */
 import { execFileSync } from "node:child_process";
 import { mkdirSync, readFileSync, readdirSync, writeFileSync } from "node:fs";
@@ -120,7 +120,7 @@ async function main() {
   const rows = [];
   try {
     for (const [i, a] of artifacts.entries()) {
-      const native = JSON.parse(execFileSync(opts.python, [path.join(WEB, "bench/native.py"), "--artifact", a.dir, "--texts", textsFile, "--threads", String(THREADS), ...(i === 0 ? ["--write-texts"] : [])], { encoding: "utf8" }).trim().split("\n").pop());
+      const native = JSON.parse(execFileSync(opts.python, ["-m", "benchmarks.web_native", "--artifact", a.dir, "--texts", textsFile, "--threads", String(THREADS), ...(i === 0 ? ["--write-texts"] : [])], { encoding: "utf8", cwd: path.dirname(WEB) }).trim().split("\n").pop());
       const texts = JSON.parse(readFileSync(textsFile, "utf8"));
       const web = await browserRun(server, server.artifacts[i].name, texts, opts.loads, opts.pageParams);
       const info = server.artifacts[i];

@@ -1,6 +1,7 @@
-"""Native side of the web benchmark: the Python runtime on one artifact, the same inputs as the page.
+"""Native side of the web benchmark (web/bench/bench.js): the Python runtime on one artifact, the same
+inputs as the page.
 
-    python web/bench/native.py --artifact DIR --texts TEXTS.json [--threads 2]
+    python -m benchmarks.web_native --artifact DIR --texts TEXTS.json [--threads 2]
 
 TEXTS.json (written by bench.js on the first call with --write-texts) holds one ~30-token query
 and the short workload (64 texts of 26-34 tokens) from benchmarks/workloads.py. Prints one JSON line.
@@ -10,15 +11,11 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
-
-from benchmarks.workloads import build_workloads  # noqa: E402
-from runtime import Embedder  # noqa: E402
+from benchmarks.workloads import build_workloads
+from runtime import Embedder
 
 QUERY_TOKENS = 30
 QUERY_REPEATS = 20
