@@ -8,7 +8,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 #: Layer of each top-level package (low to high); a package may import only lower layers, or the
 #: same-layer packages listed in ALLOWED_SAME.
-LAYER = {"runtime": 0, "export": 1, "quant": 1, "serve": 2, "quality": 2, "benchmarks": 2, "batch": 2}
+LAYER = {"runtime": 0, "export": 1, "quant": 1, "serve": 2, "quality": 2, "benchmarks": 2, "batch": 2, "mobile": 2}
 ALLOWED_SAME = {("quality", "quant"), ("benchmarks", "quant"), ("benchmarks", "quality")}
 #: Third-party packages the runtime's own modules must not import (it runs without them);
 #: runtime.onnx_helpers serves the build stages and imports onnx inside its functions.
