@@ -5,15 +5,17 @@ Rule: in corpus order, the first ``short`` or ``sentence`` text of each language
 ``lang`` field, so "mixed" and "emoji" count as languages), ``count`` of them; then, unless
 ``long=False``, the first ``long`` text cut at its last line break within :data:`LONG_CHARS`
 characters (long_en_design_doc: 1,363 characters, 300 tokens with EmbeddingGemma's tokenizer).
-Standard library only.
+Runs on the host (never inside the arm64 root).
 """
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-#: The export's parity corpus (81 texts with id, lang, kind), the texts the quant targets are defined on.
-CORPUS = Path(__file__).resolve().parents[2] / "tests" / "data" / "parity_texts.json"
+from quant.fidelity import DEFAULT_TEXTS
+
+#: The parity corpus (81 texts with id, lang, kind), owned by quant.fidelity.
+CORPUS = DEFAULT_TEXTS
 #: Default number of short multilingual texts (the ~300-token text comes on top).
 DEFAULT_COUNT = 12
 #: Characters of the long text that are kept (cut back to a line break).
