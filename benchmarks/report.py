@@ -79,8 +79,8 @@ def _peak_cell(e: dict) -> str:
     if "of_fp32_peak" not in e:
         return ""
     if "of_int8_peak" in e:   # its matmuls run on int8 dot products: that is its ceiling
-        return f"{100 * e['of_int8_peak']:.1f} % int8 ({100 * e['of_fp32_peak']:.0f} % fp32)"
-    return f"{100 * e['of_fp32_peak']:.0f} % fp32"
+        return f"{100 * e['of_int8_peak']:.1f} % of int8, {100 * e['of_fp32_peak']:.0f} % of fp32"
+    return f"{100 * e['of_fp32_peak']:.0f} % of fp32"
 
 
 def _side_by_side(meta: dict, summary: dict, through: list[str]) -> list[str]:
@@ -128,6 +128,12 @@ def _ceiling(meta: dict, summary: dict, through: list[str]) -> list[str]:
     return lines
 
 
+def _color(i: int):
+    import matplotlib
+
+    return matplotlib.colormaps["tab20"](i % 20)   # with the peers there are more systems than 10 default colours
+
+
 def _plot(path: Path, meta: dict, summary: dict) -> None:
     import matplotlib
 
@@ -140,7 +146,7 @@ def _plot(path: Path, meta: dict, summary: dict) -> None:
     width = 0.8 / max(1, len(names))
     for i, name in enumerate(names):
         values = [summary[name]["workloads"][w]["tokens_per_s"] for w in through]
-        axes[0].bar([x + i * width for x in range(len(through))], values, width, label=name)
+        axes[0].bar([x + i * width for x in range(len(through))], values, width, label=name, color=_color(i))
     axes[0].set_xticks([x + width * (len(names) - 1) / 2 for x in range(len(through))], through)
     c = meta.get("ceiling")
     if c:   # the fp32 peak in tokens/s of each workload, over its group of bars
@@ -157,7 +163,7 @@ def _plot(path: Path, meta: dict, summary: dict) -> None:
     # Variants of similar size sit close together: alternate labels above and below, by size.
     for i, name in enumerate(sorted(names, key=lambda n: summary[n]["size_mb"])):
         e = summary[name]
-        axes[1].scatter(e["size_mb"], e["workloads"][mem_w]["peak_rss_mb"], s=60, color=f"C{names.index(name)}")
+        axes[1].scatter(e["size_mb"], e["workloads"][mem_w]["peak_rss_mb"], s=60, color=_color(names.index(name)))
         axes[1].annotate(name, (e["size_mb"], e["workloads"][mem_w]["peak_rss_mb"]), fontsize=8,
                          xytext=(4, 5 if i % 2 == 0 else -12), textcoords="offset points")
     axes[1].set_xlabel("size on disk (MB)")

@@ -164,3 +164,20 @@ def test_run_with_missing_peers_skips_them_and_reports_fidelity_and_ceiling(tiny
     assert (out / "fidelity.json").is_file()
     md = (out / "results.md").read_text()
     assert "| copy | " in md and "Ceiling: 1 cores x 2.00 GHz (given)" in md and "share of peak" in md
+
+
+def test_profile_sums_kernel_time_and_matmul_flops_per_encode():
+    from benchmarks.profile import node_flops, summarise_profile
+
+    mm = {"op_name": "MatMulNBits", "input_type_shape": [{"float": [4, 30, 768]}],
+          "output_type_shape": [{"float": [4, 30, 1152]}]}
+    assert node_flops("MatMulNBits", mm) == 2 * 4 * 30 * 1152 * 768
+    assert node_flops("Gelu", {"op_name": "Gelu"}) == 0
+    events = [{"cat": "Node", "name": "a_kernel_time", "dur": 3000, "args": mm},
+              {"cat": "Node", "name": "a_kernel_time", "dur": 1000, "args": mm},
+              {"cat": "Node", "name": "b_kernel_time", "dur": 500, "args": {"op_name": "Gelu"}},
+              {"cat": "Node", "name": "a_fence_before", "dur": 9999, "args": mm},
+              {"cat": "Session", "name": "model_run", "dur": 9999}]
+    ops = summarise_profile(events, repeats=2)
+    assert ops["MatMulNBits"]["ms"] == pytest.approx(2.0) and ops["Gelu"]["ms"] == pytest.approx(0.25)
+    assert ops["MatMulNBits"]["gflop"] == pytest.approx(2 * 4 * 30 * 1152 * 768 / 1e9)
