@@ -192,7 +192,8 @@ def check_gguf(path: Path, checkpoint: Path, min_cosine: float = 0.999) -> float
     texts = ["task: search result | query: how do embeddings work?",
              "title: none | text: The quick brown fox jumps over the lazy dog near the river bank.",
              "Ein kurzer deutscher Satz über das Wetter in Berlin.", "def add(a, b):\n    return a + b"]
-    model = Llama(model_path=str(path), embedding=True, n_ctx=2048, n_batch=2048, n_ubatch=2048, verbose=False)
+    model = Llama(model_path=str(path), embedding=True, n_ctx=2048, n_batch=2048, n_ubatch=2048, flash_attn=True,
+                  verbose=False)   # as benchmarks.worker loads it
     if model.pooling_type() != LLAMA_POOLING_TYPE_MEAN:
         raise SystemExit(f"error: {path} pools with type {model.pooling_type()}, not mean as sentence-transformers; "
                          "reconvert it with the converter of the same llama.cpp release")
