@@ -142,7 +142,7 @@ def _plot(path: Path, meta: dict, summary: dict) -> None:
 
     through = [w for w in meta["workloads"] if w != "latency"]
     names = list(summary)
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    fig, axes = plt.subplots(1, 2, figsize=(14, 5.5))
     width = 0.8 / max(1, len(names))
     for i, name in enumerate(names):
         values = [summary[name]["workloads"][w]["tokens_per_s"] for w in through]
@@ -158,7 +158,7 @@ def _plot(path: Path, meta: dict, summary: dict) -> None:
     axes[0].set_ylabel("tokens / s")
     axes[0].set_title(f"Throughput ({meta['threads']} threads)" + (
         f"; int8 peak {c['int8_gops'] / c['fp32_gflops']:.0f}x the fp32 line" if c else ""))
-    axes[0].legend(fontsize=8)
+    axes[0].legend(fontsize=7, ncol=2)
     mem_w = "short" if "short" in meta["workloads"] else next(iter(meta["workloads"]))
     # Variants of similar size sit close together: alternate labels above and below, by size.
     for i, name in enumerate(sorted(names, key=lambda n: summary[n]["size_mb"])):

@@ -190,7 +190,8 @@ def _fidelity(systems: list[dict], args) -> dict:
         out.update(measure(fp32, ours, texts, threads=args.threads))
     peers = [s for s in systems if s["system"] in ("llama.cpp", "st-onnx") and s["name"] not in out]
     if peers:
-        out.update(peer_fidelity(peers, fp32, texts, args.threads))
+        # one thread: untimed, and llama.cpp's thread barriers stall on a host whose cores other jobs share
+        out.update(peer_fidelity(peers, fp32, texts, 1))
     return out
 
 
