@@ -58,6 +58,8 @@ def _markdown(meta: dict, summary: dict) -> str:
             lines.append(f"| {name} | " + " | ".join(
                 f"{ws[w]['best_tokens_per_s']:.0f} ({_fmt_ratio(ws[w].get('best_vs_fp32_onnx'))}, "
                 f"{_fmt_ratio(ws[w].get('best_vs_torch'))})" for w in through) + " |")
+    lines += _side_by_side(meta, summary, through)
+    lines += _ceiling(meta, summary, through)
     if meta.get("fidelity"):
         lines += ["", "Fidelity (cosine to fp32 on the parity texts, worst prompt): " + "; ".join(
             f"{v} mean {f['mean']:.5f} / min {f['min']:.5f} ({'meets' if f['meets'] else 'misses'} its target)"
@@ -68,6 +70,70 @@ def _markdown(meta: dict, summary: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def fidelity_of(name: str, entry: dict, fidelity: dict) -> dict | None:
+    """A row's fidelity entry: our variants are keyed by variant, the peers by system name."""
+    return fidelity.get(entry["variant"] if entry["system"] == "onnx" else name)
+
+
+def _peak_cell(e: dict) -> str:
+    if "of_fp32_peak" not in e:
+        return ""
+    if "of_int8_peak" in e:   # its matmuls run on int8 dot products: that is its ceiling
+        return f"{100 * e['of_int8_peak']:.1f} % of int8, {100 * e['of_fp32_peak']:.0f} % of fp32"
+    return f"{100 * e['of_fp32_peak']:.0f} % of fp32"
+
+
+def _side_by_side(meta: dict, summary: dict, through: list[str]) -> list[str]:
+    """Size, fidelity, speed and share of the machine's peak per system: the table to choose by."""
+    fidelity, ceiling = meta.get("fidelity") or {}, meta.get("ceiling")
+    if not fidelity and not ceiling:
+        return []
+    header = ["system", "size MB", "cos to fp32 mean / min"] + [f"{w} tok/s" for w in through]
+    if ceiling:
+        header += [f"{w} share of peak" for w in through]
+    lines = ["", "Size, fidelity (cosine to the fp32 artifact on the parity texts, worst prompt), speed (medians) "
+             "and the share of the machine's peak each reaches (below):", "",
+             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for name, entry in summary.items():
+        f = fidelity_of(name, entry, fidelity)
+        if entry["system"] == "onnx" and entry["variant"] == "fp32":
+            cos = "1 (reference)"
+        else:
+            cos = f"{f['mean']:.4f} / {f['min']:.4f}" if f else "–"
+        row = [name, f"{entry['size_mb']:.0f}", cos] + [f"{entry['workloads'][w]['tokens_per_s']:.0f}" for w in through]
+        if ceiling:
+            row += [_peak_cell(entry["workloads"][w]) for w in through]
+        lines.append("| " + " | ".join(row) + " |")
+    return lines
+
+
+def _ceiling(meta: dict, summary: dict, through: list[str]) -> list[str]:
+    c = meta.get("ceiling")
+    if not c:
+        return []
+    work = ", ".join(f"{w} {meta['workloads'][w]['gflop']:.1f}" for w in through if "gflop" in meta["workloads"][w])
+    lines = ["", f"Ceiling: {c['cores']} cores x {c['ghz']:.2f} GHz ({c['clock_source']}) x {c['fp32_per_cycle']} fp32 "
+             f"FLOPs per cycle = **{c['fp32_gflops']:.0f} GFLOP/s fp32**, x {c['int8_per_cycle']} int8 ops per cycle = "
+             f"**{c['int8_gops']:.0f} GOP/s int8** ({c['assumption']}). Useful arithmetic per workload (linear layers, "
+             f"attention within its windows, heads; padding not counted), GFLOP: {work}. Rows whose matmuls multiply "
+             "int8 (w8a8, MatMulNBits at accuracy level 4, llama.cpp's quantized types, sentence-transformers' int8) "
+             "are held against the int8 peak; the rest of each row's time goes to what the per-op profile shows "
+             "(docs/notes/bench.md).", "",
+             "| system | " + " | ".join(f"{w} GFLOP/s (share of peak)" for w in through) + " |",
+             "|" + "---|" * (len(through) + 1)]
+    for name, entry in summary.items():
+        ws = entry["workloads"]
+        lines.append(f"| {name} | " + " | ".join(
+            f"{ws[w]['gflops']:.0f} ({_peak_cell(ws[w])})" if "gflops" in ws[w] else "" for w in through) + " |")
+    return lines
+
+
+def _color(i: int):
+    import matplotlib
+
+    return matplotlib.colormaps["tab20"](i % 20)   # with the peers there are more systems than 10 default colours
+
+
 def _plot(path: Path, meta: dict, summary: dict) -> None:
     import matplotlib
 
@@ -76,20 +142,28 @@ def _plot(path: Path, meta: dict, summary: dict) -> None:
 
     through = [w for w in meta["workloads"] if w != "latency"]
     names = list(summary)
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    fig, axes = plt.subplots(1, 2, figsize=(14, 5.5))
     width = 0.8 / max(1, len(names))
     for i, name in enumerate(names):
         values = [summary[name]["workloads"][w]["tokens_per_s"] for w in through]
-        axes[0].bar([x + i * width for x in range(len(through))], values, width, label=name)
+        axes[0].bar([x + i * width for x in range(len(through))], values, width, label=name, color=_color(i))
     axes[0].set_xticks([x + width * (len(names) - 1) / 2 for x in range(len(through))], through)
+    c = meta.get("ceiling")
+    if c:   # the fp32 peak in tokens/s of each workload, over its group of bars
+        for x, w in enumerate(through):
+            per_token = meta["workloads"][w].get("gflop", 0) / meta["workloads"][w]["tokens"]
+            if per_token:
+                axes[0].hlines(c["fp32_gflops"] / per_token, x - width / 2, x + width * (len(names) - 0.5),
+                               colors="black", linestyles="dashed", label="fp32 peak" if x == 0 else None)
     axes[0].set_ylabel("tokens / s")
-    axes[0].set_title(f"Throughput ({meta['threads']} threads)")
-    axes[0].legend(fontsize=8)
+    axes[0].set_title(f"Throughput ({meta['threads']} threads)" + (
+        f"; int8 peak {c['int8_gops'] / c['fp32_gflops']:.0f}x the fp32 line" if c else ""))
+    axes[0].legend(fontsize=7, ncol=2)
     mem_w = "short" if "short" in meta["workloads"] else next(iter(meta["workloads"]))
     # Variants of similar size sit close together: alternate labels above and below, by size.
     for i, name in enumerate(sorted(names, key=lambda n: summary[n]["size_mb"])):
         e = summary[name]
-        axes[1].scatter(e["size_mb"], e["workloads"][mem_w]["peak_rss_mb"], s=60, color=f"C{names.index(name)}")
+        axes[1].scatter(e["size_mb"], e["workloads"][mem_w]["peak_rss_mb"], s=60, color=_color(names.index(name)))
         axes[1].annotate(name, (e["size_mb"], e["workloads"][mem_w]["peak_rss_mb"]), fontsize=8,
                          xytext=(4, 5 if i % 2 == 0 else -12), textcoords="offset points")
     axes[1].set_xlabel("size on disk (MB)")

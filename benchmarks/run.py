@@ -34,9 +34,12 @@ def _systems(args) -> list[dict]:
             m = read_manifest(path)
         except ArtifactError as exc:
             raise SystemExit(f"error: {name}: {exc}") from None
+        level = accuracy_levels(m.get("quantization"))
         systems.append({"name": name, "system": "onnx", "path": str(Path(path).resolve()),
                         "size_mb": sum(f["size"] for f in m["files"].values()) / 1e6,
-                        "variant": m.get("variant"), "accuracy_level": accuracy_levels(m.get("quantization"))})
+                        "variant": m.get("variant"), "accuracy_level": level,
+                        # MatMulNBits at level 4 multiplies int8-quantized activations, w8a8 is integer
+                        "arith": "int8" if m.get("variant") == "w8a8" or "4" in level else "fp32"})
     if args.torch:
         try:
             import sentence_transformers  # noqa: F401
@@ -46,22 +49,39 @@ def _systems(args) -> list[dict]:
             size = sum(p.stat().st_size for p in Path(args.torch).rglob("*") if p.is_file()) / 1e6
             systems.append({"name": "torch-fp32", "system": "torch", "path": str(Path(args.torch).resolve()),
                             "size_mb": size, "variant": "sentence-transformers", "accuracy_level": "–"})
+    if args.peers is not None:
+        from benchmarks.peers import parse_peers, peer_systems
+
+        if not any(s["system"] == "onnx" and s["variant"] == "fp32" for s in systems):
+            raise SystemExit("error: --peers needs the fp32 artifact among --artifacts (fidelity is measured against it)")
+        try:
+            found, skips = peer_systems(parse_peers(args.peers))
+        except ValueError as exc:
+            raise SystemExit(f"error: --peers: {exc}") from None
+        for line in skips:
+            print(line, file=sys.stderr)
+        systems += found
     if not systems:
         raise SystemExit("error: nothing to measure; pass --artifacts and/or --torch")
     return systems
 
 
-def _run_one(system: dict, workload, threads: int, repeats: int) -> dict:
-    # The texts travel in the spec: loading tokenizer.json in the worker would swamp its peak RSS (docs/notes/bench.md).
-    spec = {"system": system["system"], "path": system["path"], "threads": threads, "workload": workload.name,
-            "texts": list(workload.texts), "batch_size": workload.batch_size, "repeats": repeats}
+def call_worker(system: dict, spec: dict, threads: int) -> dict:
+    """Run ``benchmarks.worker`` for ``system`` in a fresh process (its own venv's python for a peer)."""
+    spec = dict(spec, system=system["system"], path=system["path"], threads=threads, options=system.get("options"))
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
                OMP_NUM_THREADS=str(threads))
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.worker"], input=json.dumps(spec), capture_output=True,
-                          text=True, env=env, cwd=ROOT)
+    proc = subprocess.run([system.get("python") or sys.executable, "-m", "benchmarks.worker"], input=json.dumps(spec),
+                          capture_output=True, text=True, env=env, cwd=ROOT)
     if proc.returncode != 0:
-        raise RuntimeError(f"{system['name']} / {workload.name} failed:\n{proc.stderr[-3000:]}")
+        raise RuntimeError(f"{system['name']} / {spec.get('workload', spec.get('mode'))} failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _run_one(system: dict, workload, threads: int, repeats: int) -> dict:
+    # The texts travel in the spec: loading tokenizer.json in the worker would swamp its peak RSS (docs/notes/bench.md).
+    return call_worker(system, {"workload": workload.name, "texts": list(workload.texts),
+                                "batch_size": workload.batch_size, "repeats": repeats}, threads)
 
 
 def summarise(systems, raw, token_counts) -> dict:
@@ -112,6 +132,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--repeats", type=int, help="timed repeats per process (default: short 5, medium 3, long 1)")
     parser.add_argument("--fidelity", metavar="JSON", help="output of `python -m quant.fidelity --json`: decides which "
                         "variants meet their fidelity target for the speed verdicts")
+    parser.add_argument("--peers", nargs="*", metavar="PEER[:VARIANT,...]",
+                        help="also measure the peers (llama.cpp, st-onnx; all when none named) and their fidelity; "
+                             "each is skipped with a note when not set up (scripts/setup-peers.sh)")
+    parser.add_argument("--cpu-ghz", type=float, help="the core clock for the peak (default: measured, else lscpu)")
     parser.add_argument("--out", required=True, help="folder for results.json, results.md and results.png")
     return parser
 
@@ -125,8 +149,15 @@ def _build_workloads(systems: list[dict], torch_path: str | None, workloads: lis
     tokenizer = str(Path(onnx_paths[0] if onnx_paths else torch_path) / "tokenizer.json")
     tok = Tokenizer.from_file(tokenizer)
     built = build_workloads(tokenizer, workloads)
-    token_counts = {w: {"texts": len(built[w].texts), "tokens": sum(len(tok.encode(t).ids) for t in built[w].texts)}
-                    for w in workloads}
+    lengths = {w: [len(tok.encode(t).ids) for t in built[w].texts] for w in workloads}
+    token_counts = {w: {"texts": len(built[w].texts), "tokens": sum(lengths[w])} for w in workloads}
+    fp32 = next((s["path"] for s in systems if s["system"] == "onnx" and s["variant"] == "fp32"), None)
+    if fp32:   # the useful arithmetic of each workload, for the fraction of the machine's peak
+        from benchmarks.ceiling import model_shape, text_flops
+
+        shape = model_shape(fp32)
+        for w in workloads:
+            token_counts[w]["gflop"] = sum(text_flops(shape, n) for n in lengths[w]) / 1e9
     return built, token_counts
 
 
@@ -141,6 +172,50 @@ def _measure(systems: list[dict], workloads: list[str], built: dict, args) -> di
     return raw
 
 
+def _fidelity(systems: list[dict], args) -> dict:
+    """Cosines to fp32 on the parity texts, in the format of ``python -m quant.fidelity --json``: taken from
+    --fidelity where it has them (a run's fidelity.json has the peers' too), else measured here (with --peers)."""
+    out = json.loads(Path(args.fidelity).read_text(encoding="utf-8")) if args.fidelity else {}
+    if args.peers is None:
+        return out
+    from benchmarks.peers import fidelity as peer_fidelity
+    from quant.fidelity import load_texts, measure
+
+    ref = next(s for s in systems if s["system"] == "onnx" and s["variant"] == "fp32")
+    fp32 = ref["path"]
+    texts = load_texts()
+    print(f"measuring fidelity on {len(texts)} parity texts (document and query prompts)", file=sys.stderr)
+    ours = [s["path"] for s in systems if s["system"] == "onnx" and s is not ref]
+    if ours and not args.fidelity:
+        out.update(measure(fp32, ours, texts, threads=args.threads))
+    peers = [s for s in systems if s["system"] in ("llama.cpp", "st-onnx") and s["name"] not in out]
+    if peers:
+        # one thread: untimed, and llama.cpp's thread barriers stall on a host whose cores other jobs share
+        out.update(peer_fidelity(peers, fp32, texts, 1))
+    return out
+
+
+def _ceiling(summary: dict, systems: list[dict], token_counts: dict, args) -> dict | None:
+    """The machine's peak for the run's threads, and each row's achieved rate against it (in ``summary``)."""
+    from benchmarks.ceiling import machine_peak
+
+    peak = machine_peak(cores=min(args.threads, os.cpu_count() or args.threads), ghz=args.cpu_ghz)
+    if peak is None or not all("gflop" in c for c in token_counts.values()):
+        return None
+    arith = {s["name"]: s.get("arith", "fp32") for s in systems}
+    for name, entry in summary.items():
+        entry["arith"] = arith[name]
+        for w, e in entry["workloads"].items():
+            if "seconds" in e:
+                e["gflops"] = token_counts[w]["gflop"] / e["seconds"]
+                e["of_fp32_peak"] = e["gflops"] / peak.fp32_gflops
+                if arith[name] == "int8":
+                    e["of_int8_peak"] = e["gflops"] / peak.int8_gops
+    return {"cores": peak.cores, "ghz": peak.ghz, "clock_source": peak.clock_source,
+            "fp32_per_cycle": peak.fp32_per_cycle, "int8_per_cycle": peak.int8_per_cycle,
+            "fp32_gflops": peak.fp32_gflops, "int8_gops": peak.int8_gops, "assumption": peak.assumption}
+
+
 def main(argv=None) -> int:
     """Console entry point."""
     parser = build_parser()
@@ -152,6 +227,7 @@ def main(argv=None) -> int:
     systems = _systems(args)
     built, token_counts = _build_workloads(systems, args.torch, workloads)
     started = time.time()
+    fidelity_raw = _fidelity(systems, args)
     raw = _measure(systems, workloads, built, args)
 
     from benchmarks.report import write_report
@@ -159,11 +235,16 @@ def main(argv=None) -> int:
     from runtime.cpu import INT8_DOT_FLAGS, cpu_flags, cpu_name
 
     summary = summarise(systems, raw, token_counts)
-    fidelity = load_fidelity(args.fidelity)
+    ceiling = _ceiling(summary, systems, token_counts, args)
+    if fidelity_raw:
+        out_dir = Path(args.out)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "fidelity.json").write_text(json.dumps(fidelity_raw, indent=2))
+    fidelity = load_fidelity(fidelity_raw)
     flags = cpu_flags()
     meta = {"threads": args.threads, "rounds": args.rounds, "cpu": cpu_name(), "seconds": time.time() - started,
             "cpu_features": sorted(f for f in flags if f in ("avx2", "fma", "avx512f", "f16c", *INT8_DOT_FLAGS)),
-            "fidelity": fidelity, "targets": check(summary, fidelity),
+            "fidelity": fidelity, "targets": check(summary, fidelity), "ceiling": ceiling,
             "workloads": {w: dict(token_counts[w], description=built[w].description) for w in workloads},
             "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     out = write_report(Path(args.out), meta, summary, raw)

@@ -16,14 +16,16 @@ Q4_0_MAX_RSS_MB = 350
 Q4_0_MAX_LOAD_S = 1.5
 
 
-def load_fidelity(path: str | Path | None) -> dict[str, dict]:
-    """``{variant: {"mean", "min", "target", "meets"}}`` from a quant.fidelity JSON (worst prompt)."""
-    if not path:
+def load_fidelity(source: str | Path | dict | None) -> dict[str, dict]:
+    """``{variant: {"mean", "min", "target", "meets"}}`` from a quant.fidelity JSON (a path, or the
+    parsed dict), worst prompt; a peer's variant is its system name ("llama.cpp Q4_0")."""
+    if not source:
         return {}
     from quant.fidelity import TARGETS
 
+    data = source if isinstance(source, dict) else json.loads(Path(source).read_text(encoding="utf-8"))
     out = {}
-    for entry in json.loads(Path(path).read_text(encoding="utf-8")).values():
+    for entry in data.values():
         prompts = entry["prompts"].values()
         mean, low = min(p["mean"] for p in prompts), min(p["min"] for p in prompts)
         target = TARGETS.get(entry["variant"])
@@ -74,6 +76,36 @@ def check(summary: dict, fidelity: dict) -> list[dict]:
                          "measured": f"{best}: {vs_fp32:.2f}x fp32" + (f", {vs_torch:.2f}x torch" if vs_torch else
                                                                        " (torch not measured)"),
                          "ok": ok})
+    return rows + check_peers(summary, fidelity)
+
+
+#: (our variant, the peer it must beat): faster on short and long texts, at least as close to fp32, no larger.
+PEER_PAIRS = (("q8_0", "llama.cpp Q8_0"), ("q4_0", "llama.cpp Q4_0"), ("q4_0", "llama.cpp Q4_K_M"),
+              ("w8a8", "st-onnx int8"))
+
+
+def check_peers(summary: dict, fidelity: dict) -> list[dict]:
+    """One row per (our variant, peer) pair present: speed on short and long texts, fidelity, size."""
+    rows = []
+    ours = {e["variant"]: n for n, e in summary.items() if e["system"] == "onnx"}
+    for variant, peer in PEER_PAIRS:
+        mine = ours.get(variant)
+        if not mine or peer not in summary:
+            continue
+        a, b = summary[mine], summary[peer]
+        for w in ("short", "long"):
+            ta, tb = a["workloads"].get(w, {}).get("tokens_per_s"), b["workloads"].get(w, {}).get("tokens_per_s")
+            if ta and tb:
+                rows.append({"target": f"{variant} faster than {peer}, {w} workload",
+                             "measured": f"{ta:.0f} vs {tb:.0f} tokens/s ({ta / tb:.2f}x)", "ok": ta > tb})
+        fa, fb = fidelity.get(variant), fidelity.get(peer)
+        if fa and fb:
+            rows.append({"target": f"{variant} at least as close to fp32 as {peer} (mean and min cosine)",
+                         "measured": f"{fa['mean']:.4f} / {fa['min']:.4f} vs {fb['mean']:.4f} / {fb['min']:.4f}",
+                         "ok": fa["mean"] >= fb["mean"] and fa["min"] >= fb["min"]})
+        if variant != "w8a8":   # the integer path trades size for speed; its pair is judged on speed and fidelity
+            rows.append({"target": f"{variant} no larger than {peer}",
+                         "measured": f"{a['size_mb']:.0f} vs {b['size_mb']:.0f} MB", "ok": a["size_mb"] <= b["size_mb"]})
     return rows
 
 
