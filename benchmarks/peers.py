@@ -132,7 +132,7 @@ def fidelity(systems: list[dict], fp32_dir: str, texts: list[str], threads: int,
     of ``python -m quant.fidelity --json`` (``{name: {variant, prompts: {prompt: {mean, min}}}}``)."""
     import numpy as np
 
-    from benchmarks.run import call_worker
+    from benchmarks.process import call_worker
     from runtime.compare import embed_texts
     from runtime.embedder import Embedder
     from runtime.vectors import row_cosines

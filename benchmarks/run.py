@@ -11,16 +11,15 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
+from benchmarks.process import call_worker
 from benchmarks.workloads import NAMES as WORKLOADS
 from runtime.artifact import ArtifactError, accuracy_levels, read_manifest
 from runtime.progress import progress_bar
 
-ROOT = Path(__file__).resolve().parents[1]
 REPEATS = {"short": 5, "medium": 3, "long": 1, "latency": 1}
 
 
@@ -64,18 +63,6 @@ def _systems(args) -> list[dict]:
     if not systems:
         raise SystemExit("error: nothing to measure; pass --artifacts and/or --torch")
     return systems
-
-
-def call_worker(system: dict, spec: dict, threads: int) -> dict:
-    """Run ``benchmarks.worker`` for ``system`` in a fresh process (its own venv's python for a peer)."""
-    spec = dict(spec, system=system["system"], path=system["path"], threads=threads, options=system.get("options"))
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
-               OMP_NUM_THREADS=str(threads))
-    proc = subprocess.run([system.get("python") or sys.executable, "-m", "benchmarks.worker"], input=json.dumps(spec),
-                          capture_output=True, text=True, env=env, cwd=ROOT)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{system['name']} / {spec.get('workload', spec.get('mode'))} failed:\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def _run_one(system: dict, workload, threads: int, repeats: int) -> dict:
