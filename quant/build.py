@@ -19,15 +19,16 @@ import onnx
 from onnx import numpy_helper
 
 from runtime.artifact import OutputExistsError, staged_output, write_manifest
-from runtime.onnx_helpers import add_contrib_opset, internalize_external_data, opset_imports, save_with_external_data
+from runtime.onnx_helpers import DATA_FILE, add_contrib_opset, internalize_external_data, opset_imports, save_with_external_data
 from runtime.progress import progress_bar
 
 from . import graph as G
 from . import int8_path as I8
+from .budget import BudgetPlan, ZeroQuantizer, plan_budget
 from .calibration import ActivationStats, collect_statistics, load_calibration_texts
 from .formats import matmulnbits_format
 from .manifest import GraphSummary, decoded_at_load, variant_manifest
-from .quantizer import METHODS, SiteQuantizer, kept_fp32, on_integer_path
+from .quantizer import METHODS, SiteQuantizer, kept_fp32, on_integer_path, site_format
 from .recipe import Recipe
 from .self_check import SelfCheck
 from .source import Fp32Source, QuantInputError, open_fp32_artifact, tokenizer_files
@@ -66,6 +67,7 @@ class BuildOptions:
     verify_input: bool = True
     calibration_texts: tuple[str, ...] | None = None
     force: bool = False
+    budget: int | None = None
 
     def validate(self) -> None:
         """Raise ``QuantInputError`` naming a bad option and what is allowed."""
@@ -76,6 +78,8 @@ class BuildOptions:
                                   f"got {self.accuracy_level!r}")
         if self.int8_activation_bits not in (None, "auto", *I8.ACTIVATION_BITS):
             raise QuantInputError(f"--int8-activation-bits must be 7, 8 or auto, got {self.int8_activation_bits!r}")
+        if self.budget is not None and self.budget < 1:
+            raise QuantInputError(f"--budget must be a positive size, got {self.budget}")
         if self.threads is not None and self.threads < 1:
             raise QuantInputError(f"--threads must be >= 1, got {self.threads}")
         check_host_can_build(get_target(self.target))
@@ -127,12 +131,19 @@ def build_variants(fp32_dir: str | Path, targets: list[tuple[Recipe, str | Path]
 
     recipes = [recipe for recipe, _ in targets]
     stats = _calibrate(src, recipes, options)
+    plan = None
+    if options.budget is not None:
+        if len(targets) != 1:
+            raise QuantInputError("--budget builds one variant; give one base --variant (e.g. q4_0), not 'all'")
+        plan = _plan_budget(src, recipes[0], stats, options)
+        targets = [(plan.recipe, targets[0][1])]
+        recipes = [plan.recipe]
     quantizer = SiteQuantizer(src, options.method, stats, recipes, progress=options.progress)
     check = SelfCheck(src.folder, options.threads) if options.check else None
     written = []
     for recipe, out in targets:
         t0 = time.time()
-        written.append(_build_one(src, recipe, Path(out), quantizer, stats, check, options))
+        written.append(_build_one(src, recipe, Path(out), quantizer, stats, check, options, plan))
         log.info("%s written to %s in %.1f s", recipe.name, out, time.time() - t0)
     return written
 
@@ -141,14 +152,24 @@ def _calibrate(src: Fp32Source, recipes: list[Recipe], options: BuildOptions) ->
     """Activation statistics when the method or an integer-path recipe needs them (the integer path
     always calibrates: its smoothing factors come from the activations), else None."""
     integer = any(recipe.integer for recipe in recipes)
-    if options.method != "gptq" and not integer:
+    if options.method != "gptq" and not integer and options.budget is None:
         return None
     texts = list(options.calibration_texts) if options.calibration_texts is not None else load_calibration_texts()
     return collect_statistics(src, texts, threads=options.threads, progress=options.progress, with_absmax=integer)
 
 
+def _plan_budget(src: Fp32Source, base: Recipe, stats: ActivationStats, options: BuildOptions) -> BudgetPlan:
+    """``quant.budget``'s plan, sizing candidate recipes by writing their graphs with zero codes."""
+    levels = options.levels(get_target(options.target))[0] or {4: 0, 8: 0}
+
+    def write_graph(recipe: Recipe, path: Path) -> None:
+        _write_graph(src, recipe, path, ZeroQuantizer(), GraphSummary(levels=dict(levels)), None, False)
+
+    return plan_budget(src, base, stats, options.budget, write_graph)
+
+
 def _build_one(src: Fp32Source, recipe: Recipe, out: Path, quantizer: SiteQuantizer, stats: ActivationStats | None,
-               check: SelfCheck | None, options: BuildOptions) -> Path:
+               check: SelfCheck | None, options: BuildOptions, plan: BudgetPlan | None = None) -> Path:
     """One variant: graph, accuracy levels, tokenizer files, manifest, self-check; atomically at ``out``."""
     target = get_target(options.target)
     levels, notes = options.levels(target)
@@ -165,6 +186,11 @@ def _build_one(src: Fp32Source, recipe: Recipe, out: Path, quantizer: SiteQuanti
         manifest = variant_manifest(src, recipe, options.method, summary, stats.info if stats else None)
         manifest["target"] = _target_entry(target, summary, act_bits)
         _describe_extras(manifest["quantization"], recipe, quantizer, summary, act_bits)
+        if plan is not None:
+            written = sum((stage / name).stat().st_size for name in (src.manifest["model_file"], DATA_FILE))
+            if written > plan.budget:   # the sizing run wrote the same tensors; this is a bug, not bad input
+                raise QuantInputError(f"model files are {written:,} bytes, over the budget of {plan.budget:,}")
+            manifest["quantization"]["budget"] = dict(plan.describe(), model_bytes=written)
         log.info("hashing files and writing the manifest")
         write_manifest(stage, manifest)
         if check is not None:
@@ -189,7 +215,7 @@ def _write_graph(src: Fp32Source, recipe: Recipe, model_path: Path, quantizer: S
             if on_integer_path(recipe, site):
                 integer_sites.setdefault(site.activation, []).append(site)
                 continue
-            fmt = recipe.format_of(site.group)
+            fmt = site_format(recipe, site)
             qw, used = quantizer.get(site, fmt)
             G.replace_site(model, site, qw, accuracy_level=summary.levels.get(fmt.bits, 0),
                            decode_at_load=site.op == "MatMul" and decoded_at_load(site.group, fmt))

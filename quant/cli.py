@@ -16,12 +16,19 @@ EXAMPLES = """examples:
   embeddinggemma-quant --in artifacts/fp32 --variant q4_0 --out artifacts/q4_0
   embeddinggemma-quant --in artifacts/fp32 --variant all --out artifacts   # q8_0/ q4_0/ e4_a8_f4_p4/ w8a8/
   embeddinggemma-quant --in artifacts/fp32 --variant e8_a8_f4_p8 --out artifacts/e8_a8_f4_p8 --method rtn
+  embeddinggemma-quant --in artifacts/fp32 --variant "q4_0:f8@20-23" --out artifacts/q4_0-f8-top
+  embeddinggemma-quant --in artifacts/fp32 --variant q4_0 --budget 200MB --out artifacts/q4_0-200mb
 
 variants: q8_0 (closest to fp32, ~1/4 of its size), q4_0 (the smallest), e4_a8_f4_p4 (Google's mixed
 recipe), w8a8 (int8 matrix products, the fastest on CPUs with VNNI); `all` builds these four.
 recipes: e{F}_a{F}_f{F}_p{F} for the token embeddings (e), attention projections (a), feed-forward
 (f) and the Dense projection heads (p), F a block format: 8 = Q8_0, 4 = Q4_0, 5 = Q5_0; a8i / f8i
 put attention / feed-forward on the int8 integer path. Norms and all other tensors stay fp32.
+per-layer overrides after a colon: SEL{F}[@N|@N-M|@*], SEL = a or f (a layer's attention or
+feed-forward) or one projection (q k v o gate up down), e.g. q4_0:f8@20-23,v8@0-3.
+--budget SIZE starts from the --variant given and moves the weights where 8 bits buy the most
+fidelity per byte to Q8_0 while the model files (model.onnx + weights) fit SIZE (MB = 10^6 bytes);
+the manifest records the chosen recipe, which rebuilds the same plan without --budget.
 """
 
 
@@ -61,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "exact only on CPUs with VNNI or Arm dot products (elsewhere the runtime refuses the "
                              "artifact), 7 runs exactly everywhere at some accuracy cost; auto = 8 if THIS CPU has "
                              "them, else 7 (what --target host does)")
+    parser.add_argument("--budget", type=_budget, default=None, metavar="SIZE",
+                        help="bytes of model files (e.g. 200MB, 190MiB): upgrade the --variant's decoder-layer weights "
+                             "to Q8_0 where they buy the most fidelity per byte until the next one would not fit")
     parser.add_argument("--threads", type=int, default=None,
                         help="onnxruntime threads for calibration, timing and the self-check (default: all cores)")
     parser.add_argument("--no-check", action="store_true",
@@ -95,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         options = BuildOptions(method=args.method, target=args.target, accuracy_level=args.accuracy_level,
                                int8_activation_bits=bits if bits in (None, "auto") else int(bits),
                                threads=args.threads, progress=not args.quiet, check=not args.no_check,
-                               force=args.force)
+                               force=args.force, budget=args.budget)
         written = build_variants(args.source, targets, options)
     except (RecipeError, QuantInputError, OutputExistsError, GraphError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -109,6 +119,16 @@ def main(argv: list[str] | None = None) -> int:
     for path in written:
         print(path)
     return 0
+
+
+def _budget(text: str) -> int:
+    from .budget import parse_size
+    from .source import QuantInputError
+
+    try:
+        return parse_size(text)
+    except QuantInputError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _accuracy_level(text: str):

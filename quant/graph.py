@@ -36,6 +36,8 @@ _GROUP_PATTERNS = (
     ("feed_forward", re.compile(r"^backbone\.layers\.\d+\.mlp\.(gate|up|down)_proj\.weight_t$"), "MatMul"),
     ("projection", re.compile(r"^dense_weights\.\d+$"), "MatMul"),
 )
+#: Decoder-layer weights: layer index and projection name (q, k, v, o, gate, up, down).
+_LAYER_SITE = re.compile(r"^backbone\.layers\.(\d+)\.(?:self_attn|mlp)\.(\w+)_proj\.weight_t$")
 # 2-D float initializers smaller than this are constants (e.g. a RoPE table), not weights we own.
 _MIN_WEIGHT_ELEMS = 4096
 
@@ -64,6 +66,12 @@ def group_of(name: str) -> str | None:
         if pattern.match(name):
             return group
     return None
+
+
+def site_position(name: str) -> tuple[int, str] | None:
+    """``(layer index, projection)`` of a decoder-layer weight (``(20, "down")``), None for the table and heads."""
+    m = _LAYER_SITE.match(name)
+    return (int(m[1]), m[2]) if m else None
 
 
 def norm_scale_initializer(activation: str, producer: dict, initializers, uses: dict[str, int]) -> str | None:

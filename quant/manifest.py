@@ -12,6 +12,7 @@ from runtime import __version__
 from . import graph as G
 from . import int8_path as I8
 from .formats import BLOCK_SIZE
+from .quantizer import site_format
 from .recipe import GROUPS, Recipe
 from .source import Fp32Source
 
@@ -53,6 +54,8 @@ def variant_manifest(src: Fp32Source, recipe: Recipe, method: str, summary: Grap
     groups["norms"] = "fp32"
     quantization = {"recipe": recipe.recipe, "method": method, "block_size": BLOCK_SIZE, "groups": groups,
                     "other_tensors": "fp32"}
+    if recipe.overrides:
+        quantization["site_plan"] = site_plan(recipe, src.sites)
     if calibration:
         quantization["calibration"] = calibration
     manifest.update(
@@ -65,6 +68,13 @@ def variant_manifest(src: Fp32Source, recipe: Recipe, method: str, summary: Grap
                     "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
     )
     return manifest
+
+
+def site_plan(recipe: Recipe, sites) -> dict:
+    """The per-layer overrides and every weight they change (name -> format), for the manifest."""
+    changed = {s.name: site_format(recipe, s).name for s in sites
+               if site_format(recipe, s).name != recipe.format_of(s.group).name}
+    return {"overrides": [o.text for o in recipe.overrides], "sites": changed}
 
 
 def _group_entry(recipe: Recipe, group: str, method: str, summary: GraphSummary) -> dict:

@@ -19,7 +19,7 @@ from runtime.progress import progress_bar
 from . import graph as G
 from . import int8_path as I8
 from .calibration import ActivationStats
-from .formats import BLOCK_SIZE, BlockFormat
+from .formats import BLOCK_SIZE, BlockFormat, get_format
 from .gptq import (DAMP, HEAD_DAMP, chained_head_weights, gptq_factor, gptq_quantize, gptq_quantize_per_channel,
                    scale_search_quantize)
 from .packing import pack_blocks
@@ -41,9 +41,21 @@ INTEGER_KEY = "int8_path"
 _TABLE_ROWS_PER_CHUNK = 16384
 
 
+def site_format(recipe: Recipe, site: G.WeightSite) -> BlockFormat:
+    """The block format ``recipe`` gives ``site`` (its group's, or a per-layer override's)."""
+    return recipe.format_for(site.group, G.site_position(site.name))
+
+
 def awq_applies(recipe: Recipe, group: str) -> bool:
-    """Whether ``recipe`` stores ``group`` in a block format that gets activation-aware scales."""
-    return group in AWQ_GROUPS and recipe.format_of(group).activation_aware and not recipe.uses_integer_path(group)
+    """Whether ``recipe`` stores any of ``group``'s weights in a block format that gets activation-aware scales."""
+    return (group in AWQ_GROUPS and not recipe.uses_integer_path(group)
+            and any(get_format(f).activation_aware for f in recipe.group_formats(group)))
+
+
+def mixed_groups(recipes: list[Recipe]) -> set[str]:
+    """Groups whose activation-aware scales also reach weights of other formats (per-layer overrides): the
+    fold divides a layer input shared by all its readers, so every reader is quantized from scaled weights."""
+    return {g for r in recipes for g in AWQ_GROUPS if awq_applies(r, g) and len(r.group_formats(g)) > 1}
 
 
 def on_integer_path(recipe: Recipe, site: G.WeightSite) -> bool:
@@ -75,7 +87,7 @@ class SiteQuantizer:
             for site in src.sites:
                 if kept_fp32(recipe, site):
                     continue
-                key = (site.name, INTEGER_KEY if on_integer_path(recipe, site) else recipe.format_of(site.group).name)
+                key = (site.name, INTEGER_KEY if on_integer_path(recipe, site) else site_format(recipe, site).name)
                 self._pending[key] = self._pending.get(key, 0) + 1
         self._cache: dict[tuple[str, str], tuple[G.QuantizedWeight, str]] = {}
         self._factors: dict[tuple[str, bool], object] = {}
@@ -88,6 +100,10 @@ class SiteQuantizer:
         self._chain_next = {a.name for a in self._chain_prev.values()}
         # (earlier head, format) -> (its decoded values [K, N], its input Hessian), until the next head uses them
         self._chain_done: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {}
+        self._mixed = mixed_groups(recipes)
+        if self._mixed and len(recipes) > 1:
+            raise QuantInputError("a recipe with per-layer overrides is built on its own (its activation-aware scales "
+                                  "reach weights the other recipes keep unscaled); build it in a separate run")
         self.fold = self._plan_folding(model, recipes, progress)
 
     def _plan_folding(self, model, recipes: list[Recipe], progress: bool = False):
@@ -97,7 +113,8 @@ class SiteQuantizer:
             return None
         from . import awq
 
-        formats = {r.format_of(g) for r in recipes for g in groups if awq_applies(r, g)}
+        formats = {get_format(f) for r in recipes for g in groups if awq_applies(r, g) for f in r.group_formats(g)
+                   if get_format(f).activation_aware}
         if len(formats) > 1:
             raise QuantInputError(f"activation-aware scales for {', '.join(sorted(f.name for f in formats))} in one "
                                   "run would fold two sets into the same norms; build these variants in separate runs")
@@ -113,7 +130,7 @@ class SiteQuantizer:
 
     def folded(self, site: G.WeightSite, fmt: BlockFormat) -> bool:
         """Whether ``site`` in ``fmt`` is quantized from AWQ-scaled weights."""
-        return self.fold is not None and fmt.activation_aware and (
+        return self.fold is not None and (fmt.activation_aware or site.group in self._mixed) and (
             site.name in self.fold.row_scales or site.name in self.fold.column_divisors)
 
     def norm_edits(self, recipe: Recipe) -> dict[str, np.ndarray]:

@@ -12,6 +12,13 @@ A trailing ``i`` on 8-bit attention or feed-forward (``a8i``, ``f8i``) puts that
 integer path (``quant.int8_path``): int8 weights per output channel and int8 activations quantized
 per token at run time, for onnxruntime's integer GEMM (v_proj and down_proj stay fp32).
 
+Per-layer overrides follow a colon, comma-separated: ``SEL{F}[@LAYERS]`` where ``SEL`` is a
+decoder-layer group (``a``, ``f``) or one projection (``q k v o`` of attention, ``gate up down`` of
+the feed-forward), and ``LAYERS`` is ``N``, ``N-M`` or ``*`` (every layer, the default). Later
+overrides win. ``q4_0:f8@20-23`` is q4_0 with the feed-forward of layers 20-23 in Q8_0;
+``q4_0:down8,v8@0-3`` keeps every down_proj and the first four v_proj in Q8_0. Groups on the integer
+path take no overrides.
+
 Named recipes: each format's uniform recipe by its name (``q8_0`` = ``e8_a8_f8_p8``, ``q4_0`` =
 ``e4_a4_f4_p4``, ...), and ``w8a8`` = ``e8_a8i_f8i_p8`` (the speed-first variant). ``e4_a8_f4_p4``
 is Google's mixed recipe. Norms and every other tensor stay float32 in every recipe.
@@ -45,8 +52,64 @@ _STRICT = re.compile(rf"^e({_CODES})_a({_CODES})(i?)_f({_CODES})(i?)_p({_CODES})
 _LOOSE = re.compile(r"^e([^_]+?)_a([^_]+?)(i?)_f([^_]+?)(i?)_p([^_i]+)$")
 
 
+#: Override selectors: a decoder-layer group, or one projection of it (``quant.graph.site_position`` names).
+SELECTORS = {"a": ("attention", None), "f": ("feed_forward", None),
+             **{p: ("attention", p) for p in ("q", "k", "v", "o")},
+             **{p: ("feed_forward", p) for p in ("gate", "up", "down")}}
+_OVERRIDE = re.compile(rf"^({'|'.join(sorted(SELECTORS, key=len, reverse=True))})({_CODES})(?:@(\*|\d+(?:-\d+)?))?$")
+_OVERRIDE_GRAMMAR = "SEL{F}[@N|@N-M|@*] with SEL one of a, f, q, k, v, o, gate, up, down"
+
+
 class RecipeError(ValueError):
     """A variant name or recipe string is malformed or asks for something unsupported."""
+
+
+@dataclass(frozen=True)
+class Override:
+    """One per-layer exception to a recipe: ``selector``'s weights in ``layers`` (inclusive; None = all) use ``fmt``."""
+
+    selector: str
+    fmt: str
+    layers: tuple[int, int] | None = None
+
+    @property
+    def group(self) -> str:
+        """The weight group the selector belongs to."""
+        return SELECTORS[self.selector][0]
+
+    @property
+    def text(self) -> str:
+        """The override in the recipe grammar, e.g. ``f8@20-23``."""
+        code = get_format(self.fmt).recipe_code
+        if self.layers is None:
+            return f"{self.selector}{code}"
+        lo, hi = self.layers
+        return f"{self.selector}{code}@{lo}" if lo == hi else f"{self.selector}{code}@{lo}-{hi}"
+
+    def matches(self, group: str, position: tuple[int, str] | None) -> bool:
+        """Whether a weight of ``group`` at ``position`` (layer, projection) is one this override selects."""
+        if position is None or group != self.group:
+            return False
+        layer, proj = position
+        wanted = SELECTORS[self.selector][1]
+        in_range = self.layers is None or self.layers[0] <= layer <= self.layers[1]
+        return in_range and (wanted is None or wanted == proj)
+
+
+def parse_override(text: str) -> Override:
+    """``f8@20-23`` -> ``Override("f", "Q8_0", (20, 23))``; raises ``RecipeError`` on anything else."""
+    m = _OVERRIDE.match(text.strip().lower())
+    if not m:
+        raise RecipeError(f"bad override {text!r}; expected {_OVERRIDE_GRAMMAR}, F one of {_CODE_LIST} "
+                          "(e.g. f8@20-23, down8, v8@0-3)")
+    selector, code, layers = m.groups()
+    span = None
+    if layers not in (None, "*"):
+        lo, _, hi = layers.partition("-")
+        span = (int(lo), int(hi or lo))
+        if span[0] > span[1]:
+            raise RecipeError(f"bad override {text!r}: layer range {layers} runs backwards; write {span[1]}-{span[0]}")
+    return Override(selector, _BY_CODE[code].name, span)
 
 
 def allowed_text() -> str:
@@ -65,6 +128,7 @@ class Recipe:
     feed_forward: str
     projection: str
     integer: tuple[str, ...] = ()
+    overrides: tuple[Override, ...] = ()
 
     def __post_init__(self):
         for group in GROUPS:
@@ -77,20 +141,40 @@ class Recipe:
                 raise RecipeError(f"the integer path ('i') applies to attention and feed-forward only, not {group}")
             if self.format_of(group).bits != 8:
                 raise RecipeError(f"the integer path ('i') needs 8 bits; {group} is {self.format_of(group).name}")
+        for o in self.overrides:
+            if o.group in self.integer:
+                raise RecipeError(f"override {o.text!r}: {o.group.replace('_', '-')} is on the integer path, which "
+                                  "takes no per-layer formats")
 
     @property
-    def recipe(self) -> str:
-        """The canonical recipe string, e.g. ``e4_a8_f4_p4``."""
+    def base(self) -> str:
+        """The per-group recipe string without overrides, e.g. ``e4_a8_f4_p4``."""
         return "_".join(f"{key}{self.format_of(group).recipe_code}{'i' if group in self.integer else ''}"
                         for key, group in GROUP_KEYS.items())
 
     @property
+    def recipe(self) -> str:
+        """The canonical recipe string, e.g. ``e4_a8_f4_p4`` or ``e4_a4_f4_p4:f8@20-23``."""
+        return self.base + (":" + ",".join(o.text for o in self.overrides) if self.overrides else "")
+
+    @property
     def name(self) -> str:
-        """The variant name: the named recipe it equals (``q8_0``, ``w8a8``, ...), else the recipe string."""
-        for named, recipe in NAMED.items():
-            if recipe == self.recipe:
-                return named
-        return self.recipe
+        """The variant name: the named recipe it equals (``q8_0``, ``w8a8``, ...), else the recipe string;
+        overrides follow the name (``q4_0:f8@20-23``)."""
+        base = next((named for named, recipe in NAMED.items() if recipe == self.base), self.base)
+        return base + (":" + ",".join(o.text for o in self.overrides) if self.overrides else "")
+
+    def format_for(self, group: str, position: tuple[int, str] | None = None) -> BlockFormat:
+        """The block format of one weight: its group's, unless an override selects its (layer, projection)."""
+        fmt = self.format_of(group)
+        for o in self.overrides:
+            if o.matches(group, position):
+                fmt = get_format(o.fmt)
+        return fmt
+
+    def group_formats(self, group: str) -> set[str]:
+        """Every format a group's weights may have in this recipe (its own and its overrides')."""
+        return {self.format_of(group).name} | {o.fmt for o in self.overrides if o.group == group}
 
     def format_of(self, group: str) -> BlockFormat:
         """The block format of one weight group (``embeddings``, ``attention``, ``feed_forward``, ``projection``)."""
@@ -115,6 +199,17 @@ def parse_recipe(text: str) -> Recipe:
     """
     if not isinstance(text, str):
         raise RecipeError(f"variant must be a string, got {type(text).__name__}")
+    head, colon, tail = text.partition(":")
+    if colon:
+        base = parse_recipe(head)
+        items = [t for t in tail.split(",") if t.strip()]
+        if not items:
+            raise RecipeError(f"recipe {text!r} has a colon but no overrides; expected e.g. {head}:f8@20-23")
+        try:
+            return Recipe(base.embeddings, base.attention, base.feed_forward, base.projection, base.integer,
+                          overrides=tuple(parse_override(t) for t in items))
+        except RecipeError as exc:
+            raise RecipeError(f"recipe {text!r}: {exc}") from None
     key = text.strip().lower()
     recipe = NAMED.get(key, key)
     match = _STRICT.match(recipe)

@@ -306,14 +306,16 @@ def test_stored_bytes_equal_gguf_reference(built, tiny_artifact, variant, name, 
     assert_stored_bytes_equal_gguf(built / variant, tiny_artifact, name, transposed)
 
 
-def assert_stored_bytes_equal_gguf(folder: Path, tiny_artifact: Path, name: str, transposed: bool):
-    """The artifact's stored codes of ``name`` decode exactly as gguf quantizes and decodes the fp32 weight."""
+def assert_stored_bytes_equal_gguf(folder: Path, tiny_artifact: Path, name: str, transposed: bool,
+                                   format_name: str | None = None):
+    """The artifact's stored codes of ``name`` decode exactly as gguf quantizes and decodes the fp32 weight
+    (in ``format_name``, by default its group's format)."""
     gguf = pytest.importorskip("gguf")
     from gguf import quants
 
     group = read_manifest(folder)["quantization"]["groups"][G.group_of(name)]
     assert group["method"] == "rtn"
-    fmt = FORMATS[group["format"]]
+    fmt = FORMATS[format_name or group["format"]]
     ggml_type = getattr(gguf.GGMLQuantizationType, fmt.name)
     w = _stored(tiny_artifact, name).astype(np.float32)
     w = np.ascontiguousarray(w.T) if transposed else w   # torch-Linear [out, in]: blocks along the input

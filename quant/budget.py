@@ -1,0 +1,181 @@
+"""A size budget: each decoder-layer weight's format chosen for the most fidelity per byte.
+
+``plan_budget`` starts from a base recipe (every weight in its group's format, e.g. q4_0) and moves
+single weights to Q8_0 in order of estimated fidelity gained per added byte, while the model files
+(``model.onnx`` and its weights file) still fit the budget. Sizes are exact: each candidate plan's
+graph is written once with zero codes (same tensors, names and nodes as the real build, so the same
+bytes) and measured. The result is an ordinary recipe with per-layer overrides (``quant.recipe``),
+so the plan is recorded in the manifest and can be rebuilt by name without a budget.
+
+The estimate of what a weight's format costs (``site_errors``): the calibrated output error of
+round-to-nearest, ``tr(E H E^T)`` with ``E = W - Q(W)`` and ``H`` the input's ``X^T X``, relative to
+the output energy ``tr(W H W^T)``; docs/quantization.md shows how it tracks the measured change of
+the pooled embedding (``quant.sensitivity``).
+"""
+from __future__ import annotations
+
+import logging
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from runtime.onnx_helpers import read_initializer
+
+from . import graph as G
+from .calibration import ActivationStats
+from .formats import BLOCK_SIZE, BlockFormat, get_format
+from .quantizer import site_format
+from .recipe import Override, Recipe
+from .source import Fp32Source, QuantInputError
+
+log = logging.getLogger("quant")
+
+#: The format a weight is upgraded to.
+UPGRADE = "Q8_0"
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(b|kb|kib|mb|mib|gb|gib)?\s*$", re.IGNORECASE)
+_UNITS = {"b": 1, "kb": 10**3, "kib": 2**10, "mb": 10**6, "mib": 2**20, "gb": 10**9, "gib": 2**30}
+#: Projections in the order the override grammar writes them.
+_PROJECTIONS = ("q", "k", "v", "o", "gate", "up", "down")
+
+
+def parse_size(text: str) -> int:
+    """``200MB`` -> 200,000,000 bytes (MB = 10^6, MiB = 2^20; a bare number is bytes)."""
+    m = _SIZE.match(str(text))
+    if not m:
+        raise QuantInputError(f"--budget {text!r} is not a size; write e.g. 200MB, 190MiB or 200000000")
+    return int(float(m[1]) * _UNITS[(m[2] or "b").lower()])
+
+
+@dataclass(frozen=True)
+class BudgetPlan:
+    """What the planner chose: the recipe with overrides, its exact model bytes and the budget."""
+
+    recipe: Recipe
+    model_bytes: int
+    budget: int
+    base_bytes: int
+    upgrades: int
+
+    def describe(self) -> dict:
+        """The manifest's ``budget`` entry."""
+        return {"bytes": self.budget, "model_bytes": self.model_bytes, "base": self.recipe.base,
+                "base_model_bytes": self.base_bytes, "upgraded_weights": self.upgrades, "to": UPGRADE,
+                "estimate": "calibrated relative output error of round-to-nearest per weight (quant/budget.py)"}
+
+
+def site_errors(src: Fp32Source, stats: ActivationStats, sites: list[G.WeightSite],
+                formats: tuple[BlockFormat, ...]) -> dict[str, dict[str, float]]:
+    """``{site: {format: tr(E H E^T) / tr(W H W^T)}}`` for round-to-nearest in each format."""
+    inits = {i.name: i for i in src.graph().graph.initializer}
+    out = {}
+    for site in sites:
+        w = np.ascontiguousarray(np.asarray(read_initializer(inits[site.name], src.folder), np.float32).T)  # [N, K]
+        h = stats.hessians[site.activation]
+        energy = float(np.einsum("ij,ij->", w @ h, w))
+        out[site.name] = {}
+        for fmt in formats:
+            e = (w - fmt.dequantize(*fmt.quantize(w)).reshape(w.shape)).astype(np.float64)
+            out[site.name][fmt.name] = float(np.einsum("ij,ij->", e @ h, e)) / max(energy, 1e-30)
+    return out
+
+
+def plan_budget(src: Fp32Source, base: Recipe, stats: ActivationStats, budget: int, write_graph) -> BudgetPlan:
+    """The recipe with the most estimated fidelity whose model files fit ``budget`` bytes.
+
+    ``write_graph(recipe, model_path)`` writes a recipe's graph with zero codes (``quant.build``).
+    Raises ``QuantInputError`` when even the base recipe does not fit.
+    """
+    if base.integer or base.overrides:
+        raise QuantInputError("--budget starts from a block-format recipe without the integer path or overrides "
+                              f"(e.g. q4_0, e4_a8_f4_p4), got {base.name}")
+    sizer = _Sizer(write_graph)
+    base_bytes = sizer(base)
+    if base_bytes > budget:
+        raise QuantInputError(f"--budget {budget:,} bytes is below {base.name}'s own size ({base_bytes:,} bytes of "
+                              "model files); give a larger budget or a smaller base --variant")
+    upgrade = get_format(UPGRADE)
+    candidates = [s for s in src.sites if G.site_position(s.name) and site_format(base, s).bits < upgrade.bits]
+    if not candidates:
+        return BudgetPlan(base, base_bytes, budget, base_bytes, 0)
+    errors = site_errors(src, stats, candidates, tuple({upgrade, *(site_format(base, s) for s in candidates)}))
+    # fidelity gained per added byte, best first
+    order = sorted(candidates, key=lambda s: -(errors[s.name][site_format(base, s).name] - errors[s.name][UPGRADE])
+                   / _added_bytes(s, site_format(base, s), upgrade))
+    chosen, room = [], budget - base_bytes
+    for s in order:
+        cost = _added_bytes(s, site_format(base, s), upgrade)
+        if cost <= room:
+            chosen.append(s)
+            room -= cost
+    recipe = with_upgrades(base, chosen)
+    size = sizer(recipe)
+    while size > budget and chosen:   # graph bytes beside the payload (offsets, names): drop the least useful
+        chosen.pop()
+        recipe = with_upgrades(base, chosen)
+        size = sizer(recipe)
+    log.info("budget %s bytes: %s, %s bytes of model files (%d weights in %s; %s alone: %s bytes)",
+             f"{budget:,}", recipe.name, f"{size:,}", len(chosen), UPGRADE, base.name, f"{base_bytes:,}")
+    return BudgetPlan(recipe, size, budget, base_bytes, len(chosen))
+
+
+def with_upgrades(base: Recipe, sites: list[G.WeightSite]) -> Recipe:
+    """``base`` with the given decoder-layer weights in Q8_0, as compact overrides (``down8@20-23``)."""
+    layers: dict[str, list[int]] = {}
+    for s in sites:
+        layer, proj = G.site_position(s.name)
+        layers.setdefault(proj, []).append(layer)
+    overrides = []
+    for proj in _PROJECTIONS:
+        for lo, hi in _runs(sorted(layers.get(proj, []))):
+            overrides.append(Override(proj, UPGRADE, (lo, hi)))
+    recipe = Recipe(base.embeddings, base.attention, base.feed_forward, base.projection, overrides=tuple(overrides))
+    assert {s.name for s in sites} == {s.name for s in sites if site_format(recipe, s).name == UPGRADE}
+    return recipe
+
+
+def _runs(values: list[int]) -> list[tuple[int, int]]:
+    """[1, 2, 3, 7] -> [(1, 3), (7, 7)]."""
+    runs: list[tuple[int, int]] = []
+    for v in values:
+        if runs and v == runs[-1][1] + 1:
+            runs[-1] = (runs[-1][0], v)
+        else:
+            runs.append((v, v))
+    return runs
+
+
+def _added_bytes(site: G.WeightSite, old: BlockFormat, new: BlockFormat) -> int:
+    """Payload bytes one weight gains in ``new`` (MatMulNBits stores float32 block scales)."""
+    blocks = site.n * (site.k // BLOCK_SIZE)
+    return blocks * ((new.block_bytes + 4) - (old.block_bytes + 4))
+
+
+class _Sizer:
+    """Exact model-file bytes of a recipe: its graph written with zero codes into a scratch folder."""
+
+    def __init__(self, write_graph):
+        self.write_graph = write_graph
+
+    def __call__(self, recipe: Recipe) -> int:
+        with tempfile.TemporaryDirectory(prefix="budget-") as tmp:
+            path = Path(tmp) / "model.onnx"
+            self.write_graph(recipe, path)
+            return sum(f.stat().st_size for f in Path(tmp).iterdir())
+
+
+class ZeroQuantizer:
+    """Stands in for ``SiteQuantizer`` when only sizes matter: every weight's codes and scales are zeros."""
+
+    def get(self, site: G.WeightSite, fmt: BlockFormat) -> tuple[G.QuantizedWeight, str]:
+        """Zero codes of ``site`` in ``fmt``, shaped as the real ones."""
+        nb = site.k // BLOCK_SIZE
+        return G.QuantizedWeight(fmt, np.zeros((site.n, nb, fmt.block_bytes), np.uint8),
+                                 np.zeros((site.n, nb), np.float16)), "zeros"
+
+    def norm_edits(self, recipe: Recipe) -> dict:
+        """Norm edits change values, never sizes."""
+        return {}
+
