@@ -24,7 +24,7 @@ from runtime.progress import progress_bar
 
 from . import graph as G
 from . import int8_path as I8
-from .budget import BudgetPlan, ZeroQuantizer, plan_budget
+from .budget import BudgetPlan, ZeroQuantizer, candidates, plan_budget
 from .calibration import ActivationStats, collect_statistics, load_calibration_texts
 from .formats import matmulnbits_format
 from .manifest import GraphSummary, decoded_at_load, variant_manifest
@@ -68,6 +68,7 @@ class BuildOptions:
     calibration_texts: tuple[str, ...] | None = None
     force: bool = False
     budget: int | None = None
+    sensitivity: str | None = None
 
     def validate(self) -> None:
         """Raise ``QuantInputError`` naming a bad option and what is allowed."""
@@ -135,7 +136,7 @@ def build_variants(fp32_dir: str | Path, targets: list[tuple[Recipe, str | Path]
     if options.budget is not None:
         if len(targets) != 1:
             raise QuantInputError("--budget builds one variant; give one base --variant (e.g. q4_0), not 'all'")
-        plan = _plan_budget(src, recipes[0], stats, options)
+        plan = _plan_budget(src, recipes[0], options)
         targets = [(plan.recipe, targets[0][1])]
         recipes = [plan.recipe]
     quantizer = SiteQuantizer(src, options.method, stats, recipes, progress=options.progress)
@@ -158,14 +159,25 @@ def _calibrate(src: Fp32Source, recipes: list[Recipe], options: BuildOptions) ->
     return collect_statistics(src, texts, threads=options.threads, progress=options.progress, with_absmax=integer)
 
 
-def _plan_budget(src: Fp32Source, base: Recipe, stats: ActivationStats, options: BuildOptions) -> BudgetPlan:
-    """``quant.budget``'s plan, sizing candidate recipes by writing their graphs with zero codes."""
+def _plan_budget(src: Fp32Source, base: Recipe, options: BuildOptions) -> BudgetPlan:
+    """``quant.budget``'s plan: weights ranked by measured sensitivity, candidate recipes sized by
+    writing their graphs with zero codes."""
+    from . import sensitivity
+
     levels = options.levels(get_target(options.target))[0] or {4: 0, 8: 0}
 
     def write_graph(recipe: Recipe, path: Path) -> None:
         _write_graph(src, recipe, path, ZeroQuantizer(), GraphSummary(levels=dict(levels)), None, False)
 
-    return plan_budget(src, base, stats, options.budget, write_graph)
+    if options.sensitivity:
+        cost = sensitivity.load(options.sensitivity, src)
+    else:
+        sites = candidates(src, base)
+        texts = list(options.calibration_texts or load_calibration_texts())[: sensitivity.DEFAULT_TEXTS]
+        log.info("measuring what Q4_0 costs at each of %d weights (save it with python -m quant.sensitivity "
+                 "and pass --sensitivity to skip this)", len(sites))
+        cost = sensitivity.measure(src, sites, texts, options.threads, options.progress)
+    return plan_budget(src, base, options.budget, write_graph, cost)
 
 
 def _build_one(src: Fp32Source, recipe: Recipe, out: Path, quantizer: SiteQuantizer, stats: ActivationStats | None,

@@ -28,7 +28,8 @@ per-layer overrides after a colon: SEL{F}[@N|@N-M|@*], SEL = a or f (a layer's a
 feed-forward) or one projection (q k v o gate up down), e.g. q4_0:f8@20-23,v8@0-3.
 --budget SIZE starts from the --variant given and moves the weights where 8 bits buy the most
 fidelity per byte to Q8_0 while the model files (model.onnx + weights) fit SIZE (MB = 10^6 bytes);
-the manifest records the chosen recipe, which rebuilds the same plan without --budget.
+what 4 bits cost at each weight is measured on calibration texts (python -m quant.sensitivity).
+The manifest records the chosen recipe, which rebuilds the same plan without --budget.
 """
 
 
@@ -71,6 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--budget", type=_budget, default=None, metavar="SIZE",
                         help="bytes of model files (e.g. 200MB, 190MiB): upgrade the --variant's decoder-layer weights "
                              "to Q8_0 where they buy the most fidelity per byte until the next one would not fit")
+    parser.add_argument("--sensitivity", default=None, metavar="FILE",
+                        help="with --budget: a measurement saved by `python -m quant.sensitivity --json FILE` for "
+                             "this fp32 artifact (else it is measured during the build: ~5 s per weight, 2 cores)")
     parser.add_argument("--threads", type=int, default=None,
                         help="onnxruntime threads for calibration, timing and the self-check (default: all cores)")
     parser.add_argument("--no-check", action="store_true",
@@ -105,7 +109,8 @@ def main(argv: list[str] | None = None) -> int:
         options = BuildOptions(method=args.method, target=args.target, accuracy_level=args.accuracy_level,
                                int8_activation_bits=bits if bits in (None, "auto") else int(bits),
                                threads=args.threads, progress=not args.quiet, check=not args.no_check,
-                               force=args.force, budget=args.budget)
+                               force=args.force, budget=args.budget,
+                               sensitivity=args.sensitivity)
         written = build_variants(args.source, targets, options)
     except (RecipeError, QuantInputError, OutputExistsError, GraphError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -156,3 +156,34 @@ def test_overrides_with_activation_aware_scales_keep_the_layer_exact(tiny_artifa
             ref = Embedder(tiny_artifact, threads=1).encode(TEXTS)
             means[variant] = float(np.sum(ref * Embedder(out, threads=1).encode(TEXTS), axis=1).mean())
     assert means["q4_0:v8,gate8@1-2"] > means["q4_0"] + 0.005, means
+
+
+def test_a_saved_sensitivity_measurement_gives_the_same_plan_and_belongs_to_its_model(tiny_artifact, tmp_path,
+                                                                                    capsys):
+    from quant import sensitivity
+
+    saved = tmp_path / "sens.json"
+    assert sensitivity.main(["--in", str(tiny_artifact), "--json", str(saved), "--threads", "1"]) == 0
+    data = __import__("json").loads(saved.read_text())
+    assert len(data["weights"]) == 4 * 7 and all(v > 0 for v in data["weights"].values())
+    budget = str(_model_bytes_of_q4_0(tiny_artifact, tmp_path) + 12_000)
+    plans = []
+    for extra in ((), ("--sensitivity", str(saved))):
+        out = tmp_path / f"b{len(plans)}"
+        assert run_cli("--in", tiny_artifact, "--variant", "q4_0", "--budget", budget, *extra, "--out", out, "-q",
+                       "--threads", "1", *RTN) == 0
+        plans.append(read_manifest(out)["variant"])
+    assert plans[0] == plans[1] and ":" in plans[0]
+    data["fp32_artifact"] = "0" * 64
+    saved.write_text(__import__("json").dumps(data))
+    capsys.readouterr()
+    assert run_cli("--in", tiny_artifact, "--variant", "q4_0", "--budget", budget, "--sensitivity", saved,
+                   "--out", tmp_path / "z", "-q", *RTN) == 2
+    assert "another fp32 artifact" in capsys.readouterr().err
+
+
+def _model_bytes_of_q4_0(tiny_artifact, tmp_path) -> int:
+    out = tmp_path / "plain-q4_0"
+    if not out.exists():
+        assert run_cli("--in", tiny_artifact, "--variant", "q4_0", "--out", out, "-q", "--threads", "1", *RTN) == 0
+    return _model_bytes(out)
