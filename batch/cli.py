@@ -10,7 +10,7 @@ import argparse
 import importlib.util
 import sys
 
-from runtime.cli import MODEL_ENV, CLIError, positive_int, run_command
+from runtime.cli import MODEL_ENV, CLIError, positive_int, run_standalone
 
 CORPUS_EXTRA_HINT = "pip install 'embeddinggemma-onnx[corpus]'"
 
@@ -128,11 +128,4 @@ def embed_corpus_command(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m batch ...``, the same as ``embeddinggemma embed-corpus ...``."""
-    parser = argparse.ArgumentParser(prog="embeddinggemma embed-corpus", epilog=EXAMPLES, description=DESCRIPTION,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(parser)
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as exc:
-        return exc.code if isinstance(exc.code, int) else 2
-    return run_command(args.func, args)
+    return run_standalone("embeddinggemma embed-corpus", add_arguments, DESCRIPTION, EXAMPLES, argv)

@@ -129,6 +129,19 @@ def main(argv: list[str] | None = None) -> int:
     return run_command(args.func, args)
 
 
+def run_standalone(prog: str, add_arguments, description: str, epilog: str, argv: list[str] | None) -> int:
+    """``python -m PACKAGE ...`` for a command registered under ``embeddinggemma``: its own parser
+    (``add_arguments(parser)`` sets ``func``), argparse's exit codes returned, then ``run_command``."""
+    parser = argparse.ArgumentParser(prog=prog, epilog=epilog, description=description,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(parser)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else 2
+    return run_command(args.func, args)
+
+
 def run_command(func, args) -> int:
     """Run one command's function the way every command of this CLI ends: its return code, or 2 with
     ``error: ...`` for a ``CLIError``, 130 on Ctrl-C, 1 when the reader of stdout went away."""

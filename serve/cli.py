@@ -12,7 +12,7 @@ import os
 import sys
 from pathlib import Path
 
-from runtime.cli import MODEL_ENV, CLIError, positive_int, run_command
+from runtime.cli import MODEL_ENV, CLIError, positive_int, run_standalone
 
 SERVE_EXTRA_HINT = "pip install 'embeddinggemma-onnx[serve]'"
 
@@ -129,11 +129,4 @@ def serve_command(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m serve ...``, the same as ``embeddinggemma serve ...``."""
-    parser = argparse.ArgumentParser(prog="embeddinggemma serve", epilog=EXAMPLES, description=DESCRIPTION,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(parser)
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as exc:
-        return exc.code if isinstance(exc.code, int) else 2
-    return run_command(args.func, args)
+    return run_standalone("embeddinggemma serve", add_arguments, DESCRIPTION, EXAMPLES, argv)
