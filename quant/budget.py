@@ -79,8 +79,7 @@ def plan_budget(src: Fp32Source, base: Recipe, budget: int, write_graph, cost: d
     if base.integer or base.overrides:
         raise QuantInputError("--budget starts from a block-format recipe without the integer path or overrides "
                               f"(e.g. q4_0, e4_a8_f4_p4), got {base.name}")
-    sizer = _Sizer(write_graph)
-    base_bytes = sizer(base)
+    base_bytes = _model_bytes(write_graph, base)
     if base_bytes > budget:
         raise QuantInputError(f"--budget {budget:,} bytes is below {base.name}'s own size ({base_bytes:,} bytes of "
                               "model files); give a larger budget or a smaller base --variant")
@@ -99,11 +98,11 @@ def plan_budget(src: Fp32Source, base: Recipe, budget: int, write_graph, cost: d
             chosen.append(s)
             room -= cost
     recipe = with_upgrades(base, chosen)
-    size = sizer(recipe)
+    size = _model_bytes(write_graph, recipe)
     while size > budget and chosen:   # graph bytes beside the payload (offsets, names): drop the least useful
         chosen.pop()
         recipe = with_upgrades(base, chosen)
-        size = sizer(recipe)
+        size = _model_bytes(write_graph, recipe)
     log.info("budget %s bytes: %s, %s bytes of model files (%d weights in %s; %s alone: %s bytes)",
              f"{budget:,}", recipe.name, f"{size:,}", len(chosen), UPGRADE, base.name, f"{base_bytes:,}")
     return BudgetPlan(recipe, size, budget, base_bytes, len(chosen))
@@ -141,17 +140,11 @@ def _added_bytes(site: G.WeightSite, old: BlockFormat, new: BlockFormat) -> int:
     return blocks * ((new.block_bytes + 4) - (old.block_bytes + 4))
 
 
-class _Sizer:
+def _model_bytes(write_graph, recipe: Recipe) -> int:
     """Exact model-file bytes of a recipe: its graph written with zero codes into a scratch folder."""
-
-    def __init__(self, write_graph):
-        self.write_graph = write_graph
-
-    def __call__(self, recipe: Recipe) -> int:
-        with tempfile.TemporaryDirectory(prefix="budget-") as tmp:
-            path = Path(tmp) / "model.onnx"
-            self.write_graph(recipe, path)
-            return sum(f.stat().st_size for f in Path(tmp).iterdir())
+    with tempfile.TemporaryDirectory(prefix="budget-") as tmp:
+        write_graph(recipe, Path(tmp) / "model.onnx")
+        return sum(f.stat().st_size for f in Path(tmp).iterdir())
 
 
 class ZeroQuantizer:

@@ -153,7 +153,7 @@ def _calibrate(src: Fp32Source, recipes: list[Recipe], options: BuildOptions) ->
     """Activation statistics when the method or an integer-path recipe needs them (the integer path
     always calibrates: its smoothing factors come from the activations), else None."""
     integer = any(recipe.integer for recipe in recipes)
-    if options.method != "gptq" and not integer and options.budget is None:
+    if options.method != "gptq" and not integer:
         return None
     texts = list(options.calibration_texts) if options.calibration_texts is not None else load_calibration_texts()
     return collect_statistics(src, texts, threads=options.threads, progress=options.progress, with_absmax=integer)

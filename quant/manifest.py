@@ -72,8 +72,8 @@ def variant_manifest(src: Fp32Source, recipe: Recipe, method: str, summary: Grap
 
 def site_plan(recipe: Recipe, sites) -> dict:
     """The per-layer overrides and every weight they change (name -> format), for the manifest."""
-    changed = {s.name: site_format(recipe, s).name for s in sites
-               if site_format(recipe, s).name != recipe.format_of(s.group).name}
+    formats = {s.name: (site_format(recipe, s).name, recipe.format_of(s.group).name) for s in sites}
+    changed = {name: own for name, (own, group) in formats.items() if own != group}
     return {"overrides": [o.text for o in recipe.overrides], "sites": changed}
 
 
