@@ -46,6 +46,16 @@ TICKS = os.sysconf("SC_CLK_TCK")
 IDLE_SECONDS = 30
 TINY_ROWS = 16
 ROWS_PER_FILE = 2000
+#: Shards per actor by default: with a few per actor the last ones end close together; with one,
+#: a 600-passage corpus in 1000-row shards left the second actor idle (docs/notes/corpus.md).
+SHARDS_PER_ACTOR = 6
+
+
+def default_rows_per_shard(rows: int, configs: list[str]) -> int:
+    """Rows per shard that give every actor of the largest configuration ``SHARDS_PER_ACTOR`` shards."""
+    actors = max((int(extra[extra.index("--actors") + 1]) for c in configs
+                  for extra in [CONFIGS[c][1]] if "--actors" in extra), default=1)
+    return max(1, -(-rows // (actors * SHARDS_PER_ACTOR)))
 
 
 def build_passages(artifact: str, count: int, lo: int, hi: int, seed: int = 0) -> list[str]:
@@ -253,8 +263,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--passages", type=int, default=20000, help="passages in the corpus (default 20000)")
     parser.add_argument("--min-tokens", type=int, default=50)
     parser.add_argument("--max-tokens", type=int, default=300)
-    parser.add_argument("--rows-per-shard", type=int, default=1000,
-                        help="rows per shard (default 1000: enough shards to keep every actor busy to the end)")
+    parser.add_argument("--rows-per-shard", type=int, default=None,
+                        help=f"rows per shard (default: {SHARDS_PER_ACTOR} shards per actor of the largest configuration, "
+                             "so every actor stays busy to the end)")
     parser.add_argument("--nice", type=int, default=10, help="niceness of the measured processes (default 10)")
     parser.add_argument("--work", help="scratch folder (default: a temporary one, removed at the end)")
     parser.add_argument("--out", required=True, help="folder for results.json and results.md")
@@ -278,6 +289,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         raise SystemExit(f"error: unknown config(s) {unknown}; choose from {', '.join(CONFIGS)}")
 
+    rows_per_shard = args.rows_per_shard or default_rows_per_shard(args.passages, configs)
     work = Path(args.work or tempfile.mkdtemp(prefix="corpus-bench-"))
     first = next(iter(artifacts.values()))
     texts = build_passages(first, args.passages, args.min_tokens, args.max_tokens)
@@ -287,11 +299,11 @@ def main(argv: list[str] | None = None) -> int:
     write_corpus(texts, work / "corpus")
     write_corpus(texts[:TINY_ROWS], work / "tiny")
     meta = {"cpu": cpu_name(), "cores": os.cpu_count(), "rows": len(texts), "tokens": tokens, "lo": args.min_tokens,
-            "hi": args.max_tokens, "rows_per_shard": args.rows_per_shard, "nice": args.nice,
+            "hi": args.max_tokens, "rows_per_shard": rows_per_shard, "nice": args.nice,
             "tiny_tokens": tiny_tokens, "load_before": os.getloadavg()[0], "date": time.strftime("%Y-%m-%d")}
     try:
         results = measure(artifacts, configs, work / "corpus", work / "tiny", work, tokens, len(texts),
-                          args.rows_per_shard, args.nice, tiny_tokens)
+                          rows_per_shard, args.nice, tiny_tokens)
     finally:
         if not args.work:
             shutil.rmtree(work, ignore_errors=True)

@@ -37,8 +37,9 @@ def _systems(args) -> list[dict]:
         systems.append({"name": name, "system": "onnx", "path": str(Path(path).resolve()),
                         "size_mb": sum(f["size"] for f in m["files"].values()) / 1e6,
                         "variant": m.get("variant"), "accuracy_level": level,
-                        # MatMulNBits at level 4 multiplies int8-quantized activations, w8a8 is integer
-                        "arith": "int8" if m.get("variant") == "w8a8" or "4" in level else "fp32"})
+                        # MatMulNBits at level 4 multiplies int8-quantized activations; the int8 path
+                        # (w8a8, w8a8_s4) is integer
+                        "arith": "int8" if (m.get("quantization") or {}).get("int8_path") or "4" in level else "fp32"})
     if args.torch:
         try:
             import sentence_transformers  # noqa: F401

@@ -18,7 +18,7 @@ from benchmarks.workloads import build_workloads
 from runtime import Embedder
 
 QUERY_TOKENS = 30
-QUERY_REPEATS = 20
+QUERY_REPEATS = 40
 SHORT_REPEATS = 3
 
 

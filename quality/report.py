@@ -26,7 +26,7 @@ from runtime.cpu import cpu_name
 from .suite import RunResult, fidelity
 from .task_types import Task
 
-TARGETS: dict[str, float] = {"q8_0": 0.1, "q4_0": 0.5, "e4_a8_f4_p4": 0.5}
+TARGETS: dict[str, float] = {"q8_0": 0.1, "q4_0": 0.5, "e4_a8_f4_p4": 0.5, "w8a8_s4": 0.5}
 # sentence-transformers and the fp32 artifact run the same weights: their scores must agree this well.
 ST_AGREEMENT_POINTS = 0.1
 

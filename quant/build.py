@@ -229,14 +229,16 @@ def _write_graph(src: Fp32Source, recipe: Recipe, model_path: Path, quantizer: S
                 continue
             fmt = site_format(recipe, site)
             qw, used = quantizer.get(site, fmt)
-            G.replace_site(model, site, qw, accuracy_level=summary.levels.get(fmt.bits, 0),
-                           decode_at_load=site.op == "MatMul" and decoded_at_load(site.group, fmt))
+            # an integer-path group's v_proj / down_proj compute in float32 (``quant.int8_path``)
+            at_load = site.op == "MatMul" and (decoded_at_load(site.group, fmt) or recipe.uses_integer_path(site.group))
+            G.replace_site(model, site, qw, accuracy_level=summary.levels.get(fmt.bits, 0), decode_at_load=at_load)
             del qw
             summary.counts[site.group] += 1
             summary.methods[site.group] = used
             bar.update(1)
         for activation, members in integer_sites.items():
-            packed, smooth, used, outliers = quantizer.get_integer(activation, members)
+            packed, smooth, used, outliers = quantizer.get_integer(activation, members,
+                                                                   recipe.integer_storage(members[0].group))
             I8.add_integer_path(model, activation, members, packed, smooth, activation_bits=act_bits[0],
                                 outliers=outliers)
             for site in members:

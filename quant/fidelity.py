@@ -19,7 +19,9 @@ DEFAULT_TEXTS = Path(__file__).with_name("parity_texts.json")
 #: Targets of the quant issue / DESIGN.md: (mean, min) cosine against fp32 per recipe.
 TARGETS = {"q8_0": (0.9995, 0.999), "q4_0": (0.99, 0.97), "e4_a8_f4_p4": (0.99, 0.97),
            # the speed-first variant must meet the Q8_0 target (benchmarks issue)
-           "w8a8": (0.9995, 0.999)}
+           "w8a8": (0.9995, 0.999),
+           # its 4-bit download has 4-bit weights: the 4-bit target
+           "w8a8_s4": (0.99, 0.97)}
 
 
 def load_texts(path: str | Path = DEFAULT_TEXTS) -> list[str]:

@@ -30,14 +30,15 @@ numpy and onnx only.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
+from onnx import TensorProto, helper, numpy_helper
 
 from runtime.onnx_helpers import MS_DOMAIN
 
-from .graph import norm_scale_initializer
+from .graph import QuantizedWeight, norm_scale_initializer
 
 #: Weights that take the integer path when their group asks for it (see the module docstring).
 ELIGIBLE = re.compile(r"\.(q_proj|k_proj|o_proj|gate_proj|up_proj)\.weight_t$")
@@ -145,13 +146,111 @@ def input_divisors(smooth: np.ndarray, outliers: np.ndarray, split: int | None =
     return d
 
 
+@dataclass
+class StoredCodes:
+    """An integer-path weight stored in a block format (``a4i``) instead of as int8 codes: its blocks
+    (of the smoothed weight, [N, K]), the per-output-channel int8 scales of their decoded values, and
+    the widened input's columns (``split_columns``). ``codes()`` is what the session computes when it
+    loads: about ``round(decoded / scale)`` per channel (``_recode`` has the exact float32 steps), rows
+    ``cols`` of its transpose."""
+
+    blocks: QuantizedWeight
+    scales: np.ndarray        # float32 [N]
+    inverse: np.ndarray       # float32 [N]: 1 / scales, as the graph multiplies
+    cols: np.ndarray          # int64 [K + copies]
+
+    def codes(self) -> np.ndarray:
+        """The int8 codes [K + copies, N] the graph's constant ops compute (same float32 steps)."""
+        q = _recode(self).reshape(self.blocks.scales.shape[0], -1)
+        return np.ascontiguousarray(q.T[self.cols])
+
+
+def _decoded(qw: QuantizedWeight) -> np.ndarray:
+    """float32 [N, K]: the stored blocks decoded as ggml does (signed code times the float16 scale)."""
+    from .packing import unpack_blocks
+
+    n, nb = qw.scales.shape
+    u = unpack_blocks(qw.format, qw.data).astype(np.float32).reshape(n, nb, -1)
+    return ((u - np.float32(qw.format.zero_point)) * qw.scales.astype(np.float32)[..., None]).reshape(n, -1)
+
+
+def stored_codes(blocks: QuantizedWeight, cols: np.ndarray) -> StoredCodes:
+    """``StoredCodes`` for packed Q4_0 blocks: per-channel scale max |decoded| / 127 (1 for an all-zero channel)."""
+    if blocks.format.bits != 4:
+        raise ValueError(f"the integer path is stored in 4-bit blocks only, not {blocks.format.name}")
+    amax = np.abs(_decoded(blocks)).max(axis=1)
+    scales = np.where(amax > 0, amax / np.float32(WEIGHT_QMAX), np.float32(1)).astype(np.float32)
+    return StoredCodes(blocks, scales, (np.float32(1) / scales).astype(np.float32), np.asarray(cols, np.int64))
+
+
+def _block_factors(stored: StoredCodes) -> tuple[np.ndarray, np.ndarray]:
+    """Per block ``g = scale * (1 / channel scale)`` and ``-zero_point * g`` (float32 [N, K/32, 1]), as the graph
+    computes them from the stored float16 scales."""
+    g = stored.blocks.scales.astype(np.float32)[..., None] * stored.inverse[:, None, None]
+    return g, g * np.float32(-stored.blocks.format.zero_point)
+
+
+def _recode(stored: StoredCodes) -> np.ndarray:
+    """int8 [N, K/32, 32]: ``round(code * g - zero_point * g)``, the graph's float32 steps (round half to even)."""
+    from .packing import unpack_blocks
+
+    n, nb = stored.blocks.scales.shape
+    g, offset = _block_factors(stored)
+    u = unpack_blocks(stored.blocks.format, stored.blocks.data).astype(np.float32).reshape(n, nb, -1)
+    return np.rint(u * g + offset).astype(np.int8)
+
+
+def _half_packed(stored: StoredCodes) -> np.ndarray:
+    """The blocks' 4-bit codes as ggml packs Q4_0: uint8 [N, K/32, 16], byte j = code j | code j+16 << 4."""
+    from .packing import unpack_blocks
+
+    n, nb = stored.blocks.scales.shape
+    u = unpack_blocks(stored.blocks.format, stored.blocks.data).reshape(n, nb, 32)
+    return np.ascontiguousarray(u[..., :16] | (u[..., 16:] << np.uint8(4)))
+
+
+def _recode_nodes(graph, site, stored: StoredCodes, out: str) -> list:
+    """Constant-only ops from ``stored``'s Q4_0 blocks to the int8 codes ``out`` [K + copies, N]:
+    onnxruntime's constant folding runs them once when the session loads. Few and narrow steps,
+    because the folding keeps every intermediate until it is done with the whole graph (about 17
+    bytes per weight, against 40 with the generic block decode)."""
+    p = f"{site.name}.recode"
+    n, nb = stored.blocks.scales.shape
+    consts = {f"{site.name}.q4": _half_packed(stored), f"{site.name}.scales": stored.blocks.scales,
+              f"{p}.inverse": stored.inverse.reshape(-1, 1, 1), f"{p}.low_mask": np.array(0x0F, np.uint8),
+              f"{p}.shift": np.array(4, np.uint8), f"{p}.last_axis": np.array([-1], np.int64),
+              f"{p}.minus_zero": np.array(-stored.blocks.format.zero_point, np.float32),
+              f"{p}.one": np.array(1.0, np.float32), f"{p}.int8_zero": np.array(0, np.int8),
+              f"{p}.shape": np.array([n, nb * 32], np.int64), f"{p}.cols": stored.cols}
+    for name, value in consts.items():
+        graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(value), name))
+    mk = lambda op, inputs, output, **kw: helper.make_node(op, inputs, [output], name=f"{site.node_name}/{output.rsplit('.', 1)[-1]}", **kw)  # noqa: E731
+    return [mk("BitwiseAnd", [f"{site.name}.q4", f"{p}.low_mask"], f"{p}.low"),
+            mk("BitShift", [f"{site.name}.q4", f"{p}.shift"], f"{p}.high", direction="RIGHT"),
+            mk("Concat", [f"{p}.low", f"{p}.high"], f"{p}.codes", axis=-1),
+            mk("Cast", [f"{p}.codes"], f"{p}.codes_f", to=TensorProto.FLOAT),
+            # per block: g = scale / channel scale, and the zero point's share -8 g (small tensors)
+            mk("Cast", [f"{site.name}.scales"], f"{p}.scales_f", to=TensorProto.FLOAT),
+            mk("Unsqueeze", [f"{p}.scales_f", f"{p}.last_axis"], f"{p}.scales_b"),
+            mk("Mul", [f"{p}.scales_b", f"{p}.inverse"], f"{p}.g"),
+            mk("Mul", [f"{p}.g", f"{p}.minus_zero"], f"{p}.offset"),
+            mk("Mul", [f"{p}.codes_f", f"{p}.g"], f"{p}.scaled"),
+            mk("Add", [f"{p}.scaled", f"{p}.offset"], f"{p}.unit"),
+            # round half to even and narrow to int8 in one step (|unit| <= 127 by the channel scale)
+            mk("QuantizeLinear", [f"{p}.unit", f"{p}.one", f"{p}.int8_zero"], f"{p}.codes_i8"),
+            mk("Reshape", [f"{p}.codes_i8", f"{p}.shape"], f"{p}.codes_nk"),
+            mk("Transpose", [f"{p}.codes_nk"], f"{p}.codes_kn", perm=[1, 0]),
+            mk("Gather", [f"{p}.codes_kn", f"{p}.cols"], out, axis=0)]
+
+
 def add_integer_path(model: onnx.ModelProto, activation: str, sites: list, packed: dict[str, tuple[np.ndarray, np.ndarray]],
                      smooth: np.ndarray | None, activation_bits: int = 8, outliers: np.ndarray | None = None,
                      split: int | None = None) -> None:
     """Rewrite every MatMul in ``sites`` (all reading ``activation``) to the integer path, in place.
 
     ``packed`` maps each site's weight name to its (int8 codes [K, N], float32 scales [N]), already
-    quantized from the smoothed weights ``diag(smooth) W``. ``activation_bits`` 8 gives codes 1..255
+    quantized from the smoothed weights ``diag(smooth) W``; codes may be a ``StoredCodes`` (``a4i``),
+    then constant ops compute them from the stored blocks when the session loads. ``activation_bits`` 8 gives codes 1..255
     (exact with VNNI or Arm dot products), 7 gives 1..127 (exact on plain AVX2 too, see
     ``ACTIVATION_BITS``). ``outliers`` (input channel indices) are divided by ``split`` more and
     appended ``split - 1`` more times (``split_columns``); the codes then have one row per widened
@@ -211,7 +310,10 @@ def add_integer_path(model: onnx.ModelProto, activation: str, sites: list, packe
             out_nodes.append(node)
             continue
         w_codes, scales = packed[site.name]
-        graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(w_codes, np.int8), f"{site.name}.i8"))
+        if isinstance(w_codes, StoredCodes):   # the codes come from constant ops on the stored blocks
+            out_nodes += _recode_nodes(graph, site, w_codes, f"{site.name}.i8")
+        else:
+            graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(w_codes, np.int8), f"{site.name}.i8"))
         graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(scales, np.float32), f"{site.name}.scale"))
         y = node.output[0]
         mm = helper.make_node("MatMulIntegerToFloat",

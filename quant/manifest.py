@@ -77,6 +77,16 @@ def site_plan(recipe: Recipe, sites) -> dict:
     return {"overrides": [o.text for o in recipe.overrides], "sites": changed}
 
 
+def _integer_storage_entry(recipe: Recipe, group: str) -> dict:
+    """How an integer-path group is stored when it is not stored as its int8 codes (``a4i``)."""
+    stored = recipe.integer_storage(group)
+    if stored is None:
+        return {}
+    return {"stored_as": {"format": stored.name, "bits": stored.bits, "scales_stored_as": "float16",
+                          "at_load": "constant ops decode the blocks (as ggml does) and re-code each output channel "
+                                     f"to int8 with scale max|w| / {I8.WEIGHT_QMAX}; v_proj / down_proj decode to float32"}}
+
+
 def _group_entry(recipe: Recipe, group: str, method: str, summary: GraphSummary) -> dict:
     if recipe.uses_integer_path(group):
         return {"format": recipe.format(group), "bits": 8,
@@ -90,7 +100,8 @@ def _group_entry(recipe: Recipe, group: str, method: str, summary: GraphSummary)
                 "weight_codes": f"symmetric -{I8.WEIGHT_QMAX}..{I8.WEIGHT_QMAX}, one float32 scale per output channel",
                 "smoothing": {"alpha": I8.SMOOTH_ALPHA, "from": "calibrated per-channel max |x|"},
                 "split_channels": {"per_input": I8.OUTLIER_CHANNELS, "copies": I8.OUTLIER_SPLIT,
-                                   "which": "largest calibrated max |x / s|"}}
+                                   "which": "largest calibrated max |x / s|"},
+                **_integer_storage_entry(recipe, group)}
     fmt = recipe.format_of(group)
     if group == "embeddings":
         op = G.EMBEDDING_LOOKUP_OP

@@ -64,8 +64,16 @@ def on_integer_path(recipe: Recipe, site: G.WeightSite) -> bool:
 
 
 def kept_fp32(recipe: Recipe, site: G.WeightSite) -> bool:
-    """Whether ``site`` stays float32 in ``recipe`` (the integer path's v_proj and down_proj)."""
-    return site.op == "MatMul" and recipe.uses_integer_path(site.group) and I8.keeps_fp32(site.name)
+    """Whether ``site`` is stored float32 in ``recipe`` (the integer path's v_proj and down_proj when the
+    group stores int8 codes; with a block storage, ``a4i``, they are stored in it and decoded at load)."""
+    return (site.op == "MatMul" and recipe.uses_integer_path(site.group) and I8.keeps_fp32(site.name)
+            and recipe.integer_storage(site.group) is None)
+
+
+def integer_key(recipe: Recipe, site: G.WeightSite) -> str:
+    """The quantizer's bookkeeping key of an integer-path weight: int8 codes, or codes from a block storage."""
+    stored = recipe.integer_storage(site.group)
+    return INTEGER_KEY if stored is None else f"{INTEGER_KEY}:{stored.name}"
 
 
 class SiteQuantizer:
@@ -87,7 +95,7 @@ class SiteQuantizer:
             for site in src.sites:
                 if kept_fp32(recipe, site):
                     continue
-                key = (site.name, INTEGER_KEY if on_integer_path(recipe, site) else site_format(recipe, site).name)
+                key = (site.name, integer_key(recipe, site) if on_integer_path(recipe, site) else site_format(recipe, site).name)
                 self._pending[key] = self._pending.get(key, 0) + 1
         self._cache: dict[tuple[str, str], tuple[G.QuantizedWeight, str]] = {}
         self._factors: dict[tuple[str, bool], object] = {}
@@ -177,13 +185,16 @@ class SiteQuantizer:
             self._cache[key] = result
         return result
 
-    def get_integer(self, activation: str, members: list[G.WeightSite]) -> tuple:
+    def get_integer(self, activation: str, members: list[G.WeightSite], storage: BlockFormat | None = None) -> tuple:
         """Integer-path weights of every site in ``members`` (all reading ``activation``): smoothing
         factors from the calibrated max |x| and the weights, then per-channel int8 codes of the
         smoothed weights (GPTQ on the smoothed Hessian with ``gptq``, round-to-nearest with ``rtn``).
         The ``I8.OUTLIER_CHANNELS`` largest input channels are split (``I8.split_columns``).
-        Returns ``({weight name: (codes [K + copies, N] int8, scales [N])}, smoothing factors, method,
-        split channel indices)``."""
+        With a block ``storage`` (``a4i``) the smoothed weights are quantized in that format instead
+        (GPTQ or round-to-nearest, along the input) and each weight is an ``I8.StoredCodes``: its
+        blocks plus the per-channel int8 scales of their decoded values, re-coded when the session loads.
+        Returns ``({weight name: (codes [K + copies, N] int8 or StoredCodes, scales [N])}, smoothing
+        factors, method, split channel indices)``."""
         weights = {s.name: np.asarray(self._weight(s), dtype=np.float32) for s in members}
         if activation not in self.absmax:
             raise QuantInputError(f"no calibration statistics for {activation!r}; the integer path needs calibration")
@@ -194,12 +205,23 @@ class SiteQuantizer:
         use_gptq = self.method == "gptq" and activation in self.hessians
         factor = None
         if use_gptq:
-            inv = 1.0 / divisors
-            # Hessian of the widened input: the copies of a channel are equal columns
-            factor = gptq_factor((self.hessians[activation] * inv[:, None] * inv[None, :])[np.ix_(cols, cols)])
+            if storage is None:
+                inv = 1.0 / divisors
+                # Hessian of the widened input: the copies of a channel are equal columns
+                factor = gptq_factor((self.hessians[activation] * inv[:, None] * inv[None, :])[np.ix_(cols, cols)])
+            else:   # blocks run along the original input; the split happens after decoding
+                inv = 1.0 / np.asarray(smooth, np.float64)
+                factor = gptq_factor(self.hessians[activation] * inv[:, None] * inv[None, :])
         packed = {}
+        key = INTEGER_KEY if storage is None else f"{INTEGER_KEY}:{storage.name}"
         for site in members:
-            self._pending[(site.name, INTEGER_KEY)] -= 1
+            self._pending[(site.name, key)] -= 1
+            if storage is not None:
+                w_nk = np.ascontiguousarray((weights.pop(site.name) * smooth[:, None]).T)   # [N, K], smoothed
+                q, d = gptq_quantize(w_nk, storage, factor=factor) if use_gptq else storage.quantize(w_nk)
+                stored = I8.stored_codes(_packed(storage, q, d), cols)
+                packed[site.name] = (stored, stored.scales)
+                continue
             w_t = (weights.pop(site.name) * smooth[:, None])[cols]  # [K + copies, N]: rows scaled by s, copied
             if use_gptq:
                 scales = I8.per_channel_scales(w_t, factor.diag)

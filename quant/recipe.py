@@ -8,9 +8,11 @@ Grammar: ``e{F}_a{F}_f{F}_p{F}`` where each ``F`` is a format's recipe code from
 * ``f`` feed-forward: gate/up/down projections of every layer,
 * ``p`` projection heads: the two Dense layers 768->3072->768.
 
-A trailing ``i`` on 8-bit attention or feed-forward (``a8i``, ``f8i``) puts that group on the
-integer path (``quant.int8_path``): int8 weights per output channel and int8 activations quantized
-per token at run time, for onnxruntime's integer GEMM (v_proj and down_proj stay fp32).
+A trailing ``i`` on attention or feed-forward puts that group on the integer path
+(``quant.int8_path``): int8 weights per output channel and int8 activations quantized per token at
+run time, for onnxruntime's integer GEMM (v_proj and down_proj compute in fp32). ``a8i`` / ``f8i``
+store those int8 codes; ``a4i`` / ``f4i`` store the group as Q4_0 blocks and re-code it to int8 per output channel (v_proj, down_proj: to float32) with constant ops
+when the session loads: the integer path's speed from a 4-bit download.
 
 Per-layer overrides follow a colon, comma-separated: ``SEL{F}[@LAYERS]`` where ``SEL`` is a
 decoder-layer group (``a``, ``f``) or one projection (``q k v o`` of attention, ``gate up down`` of
@@ -20,7 +22,9 @@ overrides win. ``q4_0:f8@20-23`` is q4_0 with the feed-forward of layers 20-23 i
 path take no overrides.
 
 Named recipes: each format's uniform recipe by its name (``q8_0`` = ``e8_a8_f8_p8``, ``q4_0`` =
-``e4_a4_f4_p4``, ...), and ``w8a8`` = ``e8_a8i_f8i_p8`` (the speed-first variant). ``e4_a8_f4_p4``
+``e4_a4_f4_p4``, ...), ``w8a8`` = ``e8_a8i_f8i_p8`` (the speed-first variant) and ``w8a8_s4`` =
+``e4_a4i_f4i_p8:v8,down8`` (its 4-bit download; v_proj and down_proj, which compute in float32, in
+Q8_0). ``e4_a8_f4_p4``
 is Google's mixed recipe. Norms and every other tensor stay float32 in every recipe.
 """
 from __future__ import annotations
@@ -40,7 +44,7 @@ INTEGER_FORMAT = "int8 per output channel, activations int8 per token at run tim
 
 #: Each format's uniform recipe under its own name, and the speed-first variant.
 NAMED = {**{f.name.lower(): "_".join(f"{k}{f.recipe_code}" for k in GROUP_KEYS) for f in FORMATS.values()},
-         "w8a8": "e8_a8i_f8i_p8"}
+         "w8a8": "e8_a8i_f8i_p8", "w8a8_s4": "e4_a4i_f4i_p8:v8,down8"}
 #: What ``--variant all`` builds, in this order.
 STANDARD_VARIANTS = ("q8_0", "q4_0", "e4_a8_f4_p4", "w8a8")
 
@@ -57,6 +61,9 @@ SELECTORS = {"a": ("attention", None), "f": ("feed_forward", None),
              **{p: ("attention", p) for p in ("q", "k", "v", "o")},
              **{p: ("feed_forward", p) for p in ("gate", "up", "down")}}
 _OVERRIDE = re.compile(rf"^({'|'.join(sorted(SELECTORS, key=len, reverse=True))})({_CODES})(?:@(\*|\d+(?:-\d+)?))?$")
+#: Projections an integer-path group computes in float32 (``quant.int8_path.KEPT_FP32``): with a block
+#: storage (``a4i``) they are stored in its format and may take overrides.
+FLOAT_PROJECTIONS = ("v", "down")
 _OVERRIDE_GRAMMAR = "SEL{F}[@N|@N-M|@*] with SEL one of a, f, q, k, v, o, gate, up, down"
 
 
@@ -114,9 +121,11 @@ def parse_override(text: str) -> Override:
 
 def allowed_text() -> str:
     """One line naming every accepted variant spelling, for error messages and --help."""
-    return (f"one of {', '.join(STANDARD_VARIANTS)}, a format name ({', '.join(f.lower() for f in FORMATS)}), "
+    extra = [n for n in NAMED if n not in STANDARD_VARIANTS and n.upper() not in FORMATS]
+    return (f"one of {', '.join([*STANDARD_VARIANTS, *extra])}, a format name ({', '.join(f.lower() for f in FORMATS)}), "
             f"or a recipe {_GRAMMAR} (e=embeddings, a=attention, f=feed-forward, p=projection heads; F is "
-            f"{_CODE_LIST}; 8i = the int8 integer path, attention and feed-forward only)")
+            f"{_CODE_LIST}; an i after a or f = the int8 integer path, stored as int8 (8i) or in that format and "
+            "re-coded when the session loads (4i))")
 
 
 @dataclass(frozen=True)
@@ -139,12 +148,13 @@ class Recipe:
         for group in self.integer:
             if group not in INTEGER_GROUPS:
                 raise RecipeError(f"the integer path ('i') applies to attention and feed-forward only, not {group}")
-            if self.format_of(group).bits != 8:
-                raise RecipeError(f"the integer path ('i') needs 8 bits; {group} is {self.format_of(group).name}")
+            if self.format_of(group).bits not in (4, 8):
+                raise RecipeError(f"the integer path ('i') is stored as int8 codes (8i) or Q4_0 blocks (4i); "
+                                  f"{group.replace('_', '-')} is {self.format_of(group).name}")
         for o in self.overrides:
-            if o.group in self.integer:
+            if o.group in self.integer and not (self.integer_storage(o.group) and o.selector in FLOAT_PROJECTIONS):
                 raise RecipeError(f"override {o.text!r}: {o.group.replace('_', '-')} is on the integer path, which "
-                                  "takes no per-layer formats")
+                                  "takes per-layer formats only for v / down of a block-stored group (a4i:v8, f4i:down8)")
 
     @property
     def base(self) -> str:
@@ -161,6 +171,9 @@ class Recipe:
     def name(self) -> str:
         """The variant name: the named recipe it equals (``q8_0``, ``w8a8``, ...), else the recipe string;
         overrides follow the name (``q4_0:f8@20-23``)."""
+        whole = next((named for named, recipe in NAMED.items() if recipe == self.recipe), None)
+        if whole is not None:
+            return whole
         base = next((named for named, recipe in NAMED.items() if recipe == self.base), self.base)
         return base + (":" + ",".join(o.text for o in self.overrides) if self.overrides else "")
 
@@ -184,18 +197,27 @@ class Recipe:
 
     def format(self, group: str) -> str:
         """What the manifest calls one group's storage: its format name, or the integer path's description."""
-        return INTEGER_FORMAT if group in self.integer else self.format_of(group).name
+        if group not in self.integer:
+            return self.format_of(group).name
+        stored = self.integer_storage(group)
+        return INTEGER_FORMAT + (f", stored as {stored.name} and re-coded when the session loads" if stored else "")
 
     def uses_integer_path(self, group: str) -> bool:
-        """Whether the group's eligible weights take the integer path (``a8i`` / ``f8i``)."""
+        """Whether the group's eligible weights take the integer path (``a8i`` / ``f8i``, ``a4i`` / ``f4i``)."""
         return group in self.integer
+
+    def integer_storage(self, group: str) -> BlockFormat | None:
+        """The block format an integer-path group is stored in (``a4i``: Q4_0), or None when it stores
+        its int8 codes as they run (``a8i``)."""
+        fmt = self.format_of(group)
+        return fmt if group in self.integer and fmt.bits != 8 else None
 
 
 def parse_recipe(text: str) -> Recipe:
     """Parse a variant name (``q8_0``, ``w8a8``) or recipe string (``e4_a8_f4_p4``) into a ``Recipe``.
 
     Raises ``RecipeError`` naming what is allowed for typos, unknown format codes or an integer path
-    on a group that is not 8-bit.
+    on a group that cannot take it.
     """
     if not isinstance(text, str):
         raise RecipeError(f"variant must be a string, got {type(text).__name__}")
@@ -212,6 +234,8 @@ def parse_recipe(text: str) -> Recipe:
             raise RecipeError(f"recipe {text!r}: {exc}") from None
     key = text.strip().lower()
     recipe = NAMED.get(key, key)
+    if ":" in recipe:   # a named recipe with overrides
+        return parse_recipe(recipe)
     match = _STRICT.match(recipe)
     if not match:
         loose = _LOOSE.match(recipe)
@@ -227,11 +251,6 @@ def parse_recipe(text: str) -> Recipe:
     e, a, a_int, f, f_int, p = match.groups()
     formats = [_BY_CODE[c] for c in (e, a, f, p)]
     integer = tuple(g for g, flag in (("attention", a_int), ("feed_forward", f_int)) if flag)
-    bad_int = [f"{g.replace('_', '-')}: {formats[GROUPS.index(g)].bits} bits" for g in integer
-               if formats[GROUPS.index(g)].bits != 8]
-    if bad_int:
-        raise RecipeError(f"recipe {text!r}: the integer path ('i') needs 8 bits ({', '.join(bad_int)}); "
-                          "write a8i / f8i")
     return Recipe(*(fmt.name for fmt in formats), integer=integer)
 
 

@@ -102,3 +102,13 @@ def test_worker_peak_memory_is_its_own_not_the_parents():
     assert run.returncode == 0, run.stderr
     assert 5 < float(run.stdout) < 200, run.stdout   # a bare interpreter, not the parent's 400 MB
     del ballast
+
+
+def test_corpus_benchmark_sizes_shards_for_its_actors():
+    """Default shards: six per actor of the largest configuration, so no actor idles on a small corpus."""
+    from benchmarks.corpus import CONFIGS, default_rows_per_shard
+
+    assert default_rows_per_shard(600, list(CONFIGS)) == 50        # 2 actors -> 12 shards
+    assert default_rows_per_shard(20000, list(CONFIGS)) == 1667
+    assert default_rows_per_shard(600, ["local"]) == 100           # one process -> 6 shards
+    assert default_rows_per_shard(5, list(CONFIGS)) == 1

@@ -92,8 +92,7 @@ def test_recipe_names_and_grammar():
     ("e4_a8_f4_p4_x", "unknown variant"),
     ("e3_a8_f4_p4", r"e3 \(embeddings\).*8 \(Q8_0\), 4 \(Q4_0\), 5 \(Q5_0\)"),
     ("e4_a8_f16_p2", r"f16 \(feed-forward\), p2 \(projection\)"),
-    ("e8_a4i_f8_p8", r"integer path \('i'\) needs 8 bits \(attention: 4 bits\)"),
-    ("e8_a8_f8_p8i", r"unknown variant.*8i = the int8 integer path, attention and feed-forward only"),
+    ("e8_a8_f8_p8i", r"unknown variant.*an i after a or f = the int8 integer path"),
     ("w8a9", "did you mean 'w8a8'"),
     ("", "unknown variant"),
 ])
@@ -558,3 +557,93 @@ def test_runtime_warns_for_another_cpu_class_and_refuses_an_old_onnxruntime(tmp_
     monkeypatch.setattr(onnxruntime, "__version__", "1.22.0")
     with pytest.raises(ArtifactError, match="needs onnxruntime >= 1.23; this environment has 1.22.0"):
         cpu.check_artifact(tmp_path, arm)
+
+
+def test_integer_path_from_block_storage_recipe():
+    """``w8a8_s4`` = ``e4_a4i_f4i_p8:v8,down8``: the integer path stored as Q4_0, its float32 projections
+    in Q8_0; ``a8i`` stores int8 codes; only v / down of a block-stored group take overrides."""
+    s4 = parse_recipe("w8a8_s4")
+    assert s4.recipe == "e4_a4i_f4i_p8:v8,down8" and s4.name == "w8a8_s4"
+    assert parse_recipe("e4_a4i_f4i_p8:v8,down8").name == "w8a8_s4"
+    assert s4.integer == ("attention", "feed_forward")
+    assert s4.integer_storage("attention").name == s4.integer_storage("feed_forward").name == "Q4_0"
+    assert s4.integer_storage("embeddings") is None and parse_recipe("w8a8").integer_storage("attention") is None
+    assert "stored as Q4_0 and re-coded when the session loads" in s4.format("attention")
+    assert parse_recipe("e8_a4i_f8_p8").integer_storage("attention").name == "Q4_0"
+    for text in ("w8a8:v4", "e4_a4i_f4i_p8:q8", "e4_a4i_f4i_p8:f8@2"):
+        with pytest.raises(RecipeError, match="only for v / down of a block-stored group"):
+            parse_recipe(text)
+    with pytest.raises(RecipeError, match=r"int8 codes \(8i\) or Q4_0 blocks \(4i\); attention is Q5_0"):
+        parse_recipe("e4_a5i_f4_p8")
+
+
+@pytest.fixture(scope="module")
+def stored_int8(tiny_artifact, tmp_path_factory) -> Path:
+    """The tiny w8a8_s4 by round-to-nearest (its integer path stored as Q4_0 blocks)."""
+    out = tmp_path_factory.mktemp("s4") / "w8a8_s4"
+    assert run_cli("--in", tiny_artifact, "--variant", "w8a8_s4", "--out", out, "-q", "--threads", "1", *RTN) == 0
+    return out
+
+
+def _folded(folder: Path, tmp_path: Path) -> dict[str, np.ndarray]:
+    """The initializers onnxruntime holds after its load-time constant folding (basic level)."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    so.optimized_model_filepath = str(tmp_path / "folded.onnx")
+    ort.InferenceSession(str(folder / "model.onnx"), so, providers=["CPUExecutionProvider"])
+    model = onnx.load(str(tmp_path / "folded.onnx"), load_external_data=False)
+    for init in model.graph.initializer:   # untouched ones still point into the artifact's weights file
+        if init.data_location == onnx.TensorProto.EXTERNAL:
+            onnx.external_data_helper.load_external_data_for_tensor(init, str(folder))
+            init.data_location = onnx.TensorProto.DEFAULT
+    return {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+
+
+def test_block_stored_integer_path_recodes_at_load(stored_int8, tiny_artifact, tmp_path):
+    """What onnxruntime computes from the stored Q4_0 blocks when the session loads, checked against an
+    independent decode: for q/k/o/gate/up, ggml Q4_0 blocks (decoded by gguf) of the smoothed weight and
+    int8 codes within half a step of ``decoded / channel scale`` by the stated float32 steps (split rows
+    included); for v_proj / down_proj the exact float32 decode of blocks bit-exact to gguf's Q8_0 of the
+    fp32 weight; the table is gguf's Q4_0."""
+    gguf = pytest.importorskip("gguf")
+    from gguf import quants
+
+    folded = _folded(stored_int8, tmp_path)
+    for name in ("backbone.layers.0.self_attn.q_proj.weight_t", "backbone.layers.3.mlp.up_proj.weight_t"):
+        data, scales = _stored(stored_int8, f"{name}.q4"), _stored(stored_int8, f"{name}.scales")
+        assert data.dtype == np.uint8 and scales.dtype == np.float16 and data.shape[-1] == 16
+        # ggml's Q4_0 block: float16 scale, then 16 bytes, byte j = code j (low nibble) | code j+16 (high)
+        raw = np.concatenate([scales[..., None].view(np.uint8), data], axis=-1).reshape(len(data), -1)
+        decoded = quants.dequantize(raw, gguf.GGMLQuantizationType.Q4_0)        # [N, K], smoothed weight
+        codes = np.concatenate([data & 0x0F, data >> 4], axis=-1).astype(np.float32)   # [N, K/32, 32]
+        np.testing.assert_array_equal(((codes - 8) * scales.astype(np.float32)[..., None]).reshape(decoded.shape), decoded)
+        inverse = _stored(stored_int8, f"{name}.recode.inverse").reshape(-1, 1, 1)
+        channel = _stored(stored_int8, f"{name}.scale")
+        np.testing.assert_array_equal(channel, (np.abs(decoded).max(axis=1) / np.float32(127)).astype(np.float32))
+        g = scales.astype(np.float32)[..., None] * inverse
+        want = np.rint(codes * g + g * np.float32(-8)).astype(np.int8).reshape(decoded.shape)
+        np.testing.assert_allclose(want * channel[:, None], decoded, atol=float(channel.max()) * 0.5 + 1e-7)
+        want = want.T[_stored(stored_int8, f"{name}.recode.cols")]
+        assert folded[f"{name}.i8"].dtype == np.int8
+        np.testing.assert_array_equal(folded[f"{name}.i8"], want)
+        assert f"{name}.q4" not in folded   # nothing of the blocks is left for run time
+    for name in ("backbone.layers.1.self_attn.v_proj.weight_t", "backbone.layers.2.mlp.down_proj.weight_t"):
+        w = np.ascontiguousarray(_stored(tiny_artifact, name).astype(np.float32).T)
+        data, scales = _stored(stored_int8, f"{name}.q8"), _stored(stored_int8, f"{name}.scales")
+        want = quants.dequantize(quants.quantize(w, gguf.GGMLQuantizationType.Q8_0), gguf.GGMLQuantizationType.Q8_0)
+        np.testing.assert_array_equal(_decode(data, scales, 8), want)
+        matmul_weights = [v for k, v in folded.items() if k.startswith(name) and v.dtype == np.float32 and v.shape == w.T.shape]
+        assert any(np.array_equal(v, want.T) for v in matmul_weights), "v/down not decoded to float32 at load"
+    assert_stored_bytes_equal_gguf(stored_int8, tiny_artifact, "backbone.embed_tokens.weight", False)
+
+
+def test_block_stored_integer_path_is_smaller(stored_int8, built):
+    """Same graph at run time as w8a8 but from 4-bit blocks: under half of w8a8's bytes per weight."""
+    for name in ("backbone.layers.0.self_attn.q_proj.weight_t", "backbone.layers.3.mlp.up_proj.weight_t"):
+        stored = _stored(stored_int8, f"{name}.q4").nbytes + _stored(stored_int8, f"{name}.scales").nbytes
+        assert stored < 0.5 * _stored(built / "w8a8", f"{name}.i8").nbytes
+    manifest = read_manifest(stored_int8)
+    assert manifest["variant"] == "w8a8_s4"
+    assert manifest["quantization"]["groups"]["attention"]["stored_as"]["format"] == "Q4_0"

@@ -3,7 +3,7 @@
 Fast tier: the tiny artifact and its quantized variants; tests/web_reference.py writes the Python
 runtime's vectors, and node's own test runner runs web/test/ (the module in Node on
 onnxruntime-web's wasm backend) and, where Chromium is installed, web/browser-test/ (the demo page in
-headless Chromium). Real-model tier: the demo page on the real fp32, q4_0 and w8a8 artifacts.
+headless Chromium). Real-model tier: the demo page on the real fp32, q4_0, w8a8 and w8a8_s4 artifacts.
 Skips loudly when node or web/node_modules is missing (``bash scripts/setup-web.sh`` installs them).
 """
 from __future__ import annotations
@@ -68,9 +68,10 @@ def tiny_variants(tiny_artifact, tmp_path_factory) -> dict[str, Path]:
     from quant.cli import main
 
     parent = tmp_path_factory.mktemp("web-quant") / "variants"
-    assert main(["--in", str(tiny_artifact), "--variant", "all", "--out", str(parent), "--method", "rtn",
-                 "--accuracy-level", "4", "--no-check", "-q", "--threads", "1"]) == 0
-    return {v: parent / v for v in ("q8_0", "q4_0", "e4_a8_f4_p4", "w8a8")}
+    for variant, out in (("all", parent), ("w8a8_s4", parent / "w8a8_s4")):
+        assert main(["--in", str(tiny_artifact), "--variant", variant, "--out", str(out), "--method", "rtn",
+                     "--accuracy-level", "4", "--no-check", "-q", "--threads", "1"]) == 0
+    return {v: parent / v for v in ("q8_0", "q4_0", "e4_a8_f4_p4", "w8a8", "w8a8_s4")}
 
 
 def test_node_module_matches_python_runtime(tiny_artifact, tiny_variants, tmp_path):
@@ -79,7 +80,7 @@ def test_node_module_matches_python_runtime(tiny_artifact, tiny_variants, tmp_pa
     _skip_without_node()
     reference = write_reference(tmp_path / "reference.json", {"fp32": tiny_artifact, **tiny_variants})
     got = _run_node("test", reference, tmp_path / "results.json", timeout=600)
-    assert set(got) >= {"fp32", "q4_0", "w8a8", "q4_0 (level-0 arithmetic)"}
+    assert set(got) >= {"fp32", "q4_0", "w8a8", "w8a8_s4", "q4_0 (level-0 arithmetic)"}
     assert all(r["min"] >= r["floor"] for r in got.values())
 
 
@@ -96,7 +97,7 @@ def test_demo_page_in_headless_chromium_tiny(tiny_artifact, tiny_variants, tmp_p
 
 @pytest.fixture(scope="module")
 def real_variants(real_artifact, tmp_path_factory) -> dict[str, Path]:
-    """Real q4_0 and w8a8 (round-to-nearest, accuracy_level 4 like the shipped builds), or the
+    """Real q4_0, w8a8 and w8a8_s4 (round-to-nearest, accuracy_level 4 like the shipped builds), or the
     folders under $EMBEDDINGGEMMA_WEB_ARTIFACTS."""
     given = os.environ.get(REAL_VARIANTS_ENV)
     if given:
@@ -106,13 +107,14 @@ def real_variants(real_artifact, tmp_path_factory) -> dict[str, Path]:
     from quant.recipe import parse_recipe
 
     parent = tmp_path_factory.mktemp("web-real")
-    targets = [(parse_recipe(v), parent / v) for v in ("q4_0", "w8a8")]
+    names = ("q4_0", "w8a8", "w8a8_s4")
+    targets = [(parse_recipe(v), parent / v) for v in names]
     # Parity compares web and Python on the same artifact, so w8a8's smoothing may come from a few
     # texts: 40 of the 439 make the build minutes shorter (the full calibration dominated this test).
     build_variants(real_artifact, targets, BuildOptions(method="rtn", accuracy_level=4, progress=False,
                                                         verify_input=False, check=False,
                                                         calibration_texts=tuple(load_calibration_texts()[:40])))
-    return {v: parent / v for v in ("q4_0", "w8a8")}
+    return {v: parent / v for v in names}
 
 
 @pytest.mark.real_model

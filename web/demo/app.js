@@ -13,7 +13,7 @@ import { Embedder } from "/src/index.js";
 /** Served by web/scripts/serve.js from node_modules: the page fetches nothing from elsewhere. */
 const WASM_PATHS = "/node_modules/onnxruntime-web/dist/";
 /** First of these that the server offers is selected (docs/notes/web.md says why this order). */
-const PREFERRED = ["w8a8", "q4_0", "e4_a8_f4_p4", "q8_0", "fp32"];
+const PREFERRED = ["w8a8", "w8a8_s4", "q4_0", "e4_a8_f4_p4", "q8_0", "fp32"];
 const CORPUS_CHUNK = 8; // passages per encode call: a query waits at most one chunk's run
 const TOP_K = 8;
 

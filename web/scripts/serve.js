@@ -142,7 +142,7 @@ export async function startServer({ artifacts = [], port = 8321, host = "127.0.0
     }
     res.writeHead(200, { ...isolationHeaders(), "Content-Type": type, "Content-Length": info.size, ETag: etag });
     if (req.method === "HEAD") return res.end();
-    createReadStream(file).pipe(res);
+    createReadStream(file, { highWaterMark: 1 << 20 }).pipe(res); // 1 MB reads: fewer trips per gigabyte
   }
 
   async function sendBody(req, res, type, text, key) {

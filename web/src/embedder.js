@@ -50,18 +50,18 @@ export class Embedder {
         onProgress?.({ phase: "download", file: name, loaded: sum(loadedBy.values()), total });
       },
     });
-    // All downloads start at once; the tokenizer is built while the weights still arrive, and
-    // the session starts as soon as the weights are in (with `proxy`, in parallel with the tokenizer).
-    const tokenizer = read(files.tokenizer).then((bytes) => {
-      onProgress?.({ phase: "tokenizer", file: files.tokenizer, loaded: sum(loadedBy.values()), total });
-      const t = now();
-      const tok = new TextTokenizer(JSON.parse(new TextDecoder().decode(bytes)), maxSeqLength);
-      return { tok, ms: now() - t };
-    });
+    // All downloads start at once. The session starts as soon as the weights are in; the tokenizer
+    // is built only then, because building it takes the page's thread for about a second, and the
+    // loop that streams the weights runs on that thread too (with `proxy` the session starts in its
+    // worker while the tokenizer is built here).
     let tFetched = null;
-    const session = Promise.all([read(files.model), Promise.all(files.externalData.map(read))]).then(async ([model, data]) => {
+    configureWasm(ort, { threads, wasmPaths, proxy });
+    const runtimeReady = startRuntime(ort, executionProviders);
+    const weights = Promise.all([read(files.model), Promise.all(files.externalData.map(read))]);
+    const tokenizerBytes = read(files.tokenizer);
+    const session = weights.then(async ([model, data]) => {
       tFetched = now();
-      configureWasm(ort, { threads, wasmPaths, proxy });
+      await runtimeReady;
       onProgress?.({ phase: "session", file: files.model, loaded: total, total });
       try {
         const created = await ort.InferenceSession.create(model, {
@@ -77,6 +77,13 @@ export class Embedder {
       } catch (cause) {
         throw new ArtifactError(`onnxruntime-web could not load ${loader.describe(files.model)}: ${cause?.message ?? cause}`, { file: files.model, cause });
       }
+    });
+    const tokenizer = Promise.all([tokenizerBytes, weights]).then(async ([bytes]) => {
+      await yieldToEventLoop(); // let the session's first steps (a message to the proxy worker) go out
+      onProgress?.({ phase: "tokenizer", file: files.tokenizer, loaded: total, total });
+      const t = now();
+      const tok = new TextTokenizer(JSON.parse(new TextDecoder().decode(bytes)), maxSeqLength);
+      return { tok, ms: now() - t };
     });
     const [tokenized, created] = await Promise.allSettled([tokenizer, session]);
     if (tokenized.status === "rejected" || created.status === "rejected") {
@@ -232,6 +239,25 @@ function effectiveThreads(ort) {
 
 function defaultThreads() {
   return Math.max(1, globalThis.navigator?.hardwareConcurrency ?? 1);
+}
+
+/** An ONNX graph of one Identity node (67 bytes, from onnx.helper): loading it starts onnxruntime-web. */
+const IDENTITY_MODEL = "CAgSADo3ChAKAXgSAXkiCElkZW50aXR5EgF3Wg8KAXgSCgoICAESBAoCCAFiDwoBeRIKCggIARIECgIIAUIECgAQEQ==";
+
+/**
+ * Start onnxruntime-web (fetch and compile its wasm, start its threads and, with `proxy`, its worker)
+ * by loading a one-node graph, so that happens while the artifact downloads instead of after it.
+ * Resolves when it is done; a failure here resurfaces, with its reason, when the real model loads.
+ */
+function startRuntime(ort, executionProviders) {
+  const bytes = Uint8Array.from(atob(IDENTITY_MODEL), (c) => c.charCodeAt(0));
+  return ort.InferenceSession.create(bytes, { executionProviders })
+    .then((s) => s.release(), () => undefined);
+}
+
+/** Resolve after pending tasks (worker messages, timers) had their turn. */
+function yieldToEventLoop() {
+  return new Promise((resolve) => setTimeout(resolve, 0));
 }
 
 function now() {
