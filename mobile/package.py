@@ -42,6 +42,12 @@ def package_for_mobile(source: str | Path, out: str | Path, *, tokenizer: str = 
         raise MobileInputError(f"unknown --tokenizer {tokenizer!r}; choose one of {', '.join(TOKENIZERS)}")
     if platform not in PLATFORMS:
         raise MobileInputError(f"unknown --platform {platform!r}; choose one of {', '.join(PLATFORMS)}")
+    groups = (manifest.get("quantization") or {}).get("groups") or {}
+    if not fold_constants and any("stored_as" in g for g in groups.values()):
+        # the ORT format is not folded when a phone loads it: the blocks would be re-coded on every call
+        raise MobileInputError(f"{source} stores its int8 weights as blocks that a session re-codes when it loads "
+                               f"({manifest.get('variant')}); a mobile folder would re-code them on every call. "
+                               "Pass --fold (the folder then holds the int8 codes, w8a8's size) or package w8a8")
     sp = manifest.get("sentencepiece")
     use_sp = tokenizer == "sentencepiece" or (tokenizer == "auto" and sp is not None)
     if use_sp and not sp:

@@ -104,3 +104,18 @@ def test_real_q4_0_mobile_folder(rtn_variants, tmp_path):
     texts = ["Which planet is known as the Red Planet?", "def mean(xs): return sum(xs) / len(xs)",
              "La tour Eiffel a été construite en 1889.", "東京は日本の首都です。"]
     assert _cosines(rtn_variants["q4_0"], out, texts).min() >= 0.99999
+
+
+def test_block_stored_integer_path_needs_fold(tiny_artifact, tmp_path, capsys):
+    """w8a8_s4 re-codes its Q4_0 blocks when a session loads, which an ORT-format file would do on every
+    call: packaging it asks for --fold, and with --fold the folder holds the int8 codes and matches."""
+    src = tmp_path / "w8a8_s4"
+    assert quant_main(["--in", str(tiny_artifact), "--variant", "w8a8_s4", "--method", "rtn", "--out", str(src),
+                       "-q", "--no-check"]) == 0
+    assert main(["--in", str(src), "--out", str(tmp_path / "packed")]) != 0
+    assert "re-code them on every call. Pass --fold" in capsys.readouterr().err
+    assert not (tmp_path / "packed").exists()
+    out = tmp_path / "folded"
+    assert main(["--in", str(src), "--out", str(out), "--fold", "--platform", "amd64"]) == 0
+    assert read_manifest(out)["mobile"]["constants_folded"] is True
+    assert _cosines(src, out, TINY_TEXTS).min() >= 0.9999
