@@ -57,17 +57,20 @@ export async function sha256Hex(bytes) {
     throw new ArtifactError("the sha256 check needs Web Crypto, which browsers offer only on secure origins (https:// or " +
       "localhost); serve the page from one of those, or load with verify: false to skip the check");
   }
-  const digest = new Uint8Array(await subtle.digest("SHA-256", bytes));
+  // Web Crypto takes no views of shared memory: hash a private copy (freed right after)
+  const shared = typeof SharedArrayBuffer !== "undefined" && bytes.buffer instanceof SharedArrayBuffer;
+  const digest = new Uint8Array(await subtle.digest("SHA-256", shared ? bytes.slice() : bytes));
   return Array.from(digest, (b) => b.toString(16).padStart(2, "0")).join("");
 }
 
 /**
  * Read one manifest-listed file through `loader`, checking its size (always) and sha256 (when
- * `verify`). `onProgress(loadedBytes)` is called while it streams.
+ * `verify`). `onProgress(loadedBytes)` is called while it streams; `shared` asks the loader for
+ * shared memory where it can (the weights, see url-loader.js).
  */
-export async function readChecked(loader, manifest, name, { verify = true, onProgress } = {}) {
+export async function readChecked(loader, manifest, name, { verify = true, onProgress, shared = false } = {}) {
   const entry = manifest.files[name];
-  const bytes = await loader.read(name, { size: entry.size, onProgress });
+  const bytes = await loader.read(name, { size: entry.size, onProgress, shared });
   if (bytes.byteLength !== entry.size) {
     throw new ArtifactError(`artifact file ${JSON.stringify(name)} at ${loader.describe(name)} has ${bytes.byteLength} bytes but ` +
       `the manifest says ${entry.size}: truncated or replaced; re-copy or re-export the artifact`, { file: name });

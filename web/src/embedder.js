@@ -15,7 +15,7 @@ import { cosineMatrix, finish } from "./vectors.js";
 export class Embedder {
   /**
    * Load the artifact at `source`: a folder URL (string or URL) or a loader (`urlLoader`,
-   * `folderLoader`, or any `{describe(name), read(name, {size, onProgress})}`).
+   * `folderLoader`, or any `{describe(name), read(name, {size, onProgress, shared})}`).
    *
    * Options: verify (sha256 of every file with Web Crypto, default true; sizes are always checked),
    * threads (wasm threads, default all cores; needs a cross-origin isolated page, else 1),
@@ -43,8 +43,8 @@ export class Embedder {
 
     const total = [files.model, ...files.externalData, files.tokenizer].reduce((s, n) => s + manifest.files[n].size, 0);
     const loadedBy = new Map();
-    const read = (name) => readChecked(loader, manifest, name, {
-      verify,
+    const read = (name, shared = false) => readChecked(loader, manifest, name, {
+      verify, shared,
       onProgress: (loaded) => {
         loadedBy.set(name, loaded);
         onProgress?.({ phase: "download", file: name, loaded: sum(loadedBy.values()), total });
@@ -57,7 +57,7 @@ export class Embedder {
     let tFetched = null;
     configureWasm(ort, { threads, wasmPaths, proxy });
     const runtimeReady = startRuntime(ort, executionProviders);
-    const weights = Promise.all([read(files.model), Promise.all(files.externalData.map(read))]);
+    const weights = Promise.all([read(files.model), Promise.all(files.externalData.map((name) => read(name, true)))]);
     const tokenizerBytes = read(files.tokenizer);
     const session = weights.then(async ([model, data]) => {
       tFetched = now();

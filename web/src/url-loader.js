@@ -18,7 +18,7 @@ export function urlLoader(baseUrl, { fetch: fetchFn = globalThis.fetch } = {}) {
   const describe = (name) => new URL(name, base).href;
   return {
     describe,
-    async read(name, { size, onProgress } = {}) {
+    async read(name, { size, onProgress, shared = false } = {}) {
       const url = describe(name);
       let response;
       try {
@@ -34,14 +34,14 @@ export function urlLoader(baseUrl, { fetch: fetchFn = globalThis.fetch } = {}) {
       if (!response.ok) {
         throw new ArtifactError(`fetching ${url} failed with HTTP ${response.status} ${response.statusText}; check the server and the URL`, { file: name });
       }
-      return readBody(response, name, url, size, onProgress);
+      return readBody(response, name, url, size, onProgress, shared);
     },
   };
 }
 
-async function readBody(response, name, url, size, onProgress) {
+async function readBody(response, name, url, size, onProgress, shared) {
   if (size == null || !response.body) return new Uint8Array(await response.arrayBuffer());
-  const out = allocate(size);
+  const out = allocate(size, shared);
   const reader = response.body.getReader();
   let loaded = 0;
   for (;;) {
@@ -59,9 +59,19 @@ async function readBody(response, name, url, size, onProgress) {
   return loaded === size ? out : out.subarray(0, loaded);
 }
 
-// Some browsers refuse one plain ArrayBuffer over ~1-2 GB; WebAssembly.Memory can still give one
-// (the same fallback onnxruntime-web uses for its own large downloads).
-function allocate(size) {
+// With `shared` (the weights) in a cross-origin isolated page the bytes go into a SharedArrayBuffer:
+// onnxruntime-web's proxy worker receives external data by structured clone, which shares such
+// memory instead of copying hundreds of MB (docs/notes/web.md). Text decoders and Web Crypto take
+// no shared views, so other files stay private. Some browsers refuse one plain ArrayBuffer over
+// ~1-2 GB; WebAssembly.Memory can still give one (the same fallback onnxruntime-web uses).
+function allocate(size, shared) {
+  if (shared && globalThis.crossOriginIsolated === true && typeof SharedArrayBuffer !== "undefined") {
+    try {
+      return new Uint8Array(new SharedArrayBuffer(size));
+    } catch (error) {
+      if (!(error instanceof RangeError)) throw error;
+    }
+  }
   try {
     return new Uint8Array(new ArrayBuffer(size));
   } catch (error) {
