@@ -38,7 +38,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from runtime.onnx_helpers import MS_DOMAIN
 
-from .graph import QuantizedWeight, norm_scale_initializer
+from .formats import BlockFormat
+from .graph import norm_scale_initializer
 
 #: Weights that take the integer path when their group asks for it (see the module docstring).
 ELIGIBLE = re.compile(r"\.(q_proj|k_proj|o_proj|gate_proj|up_proj)\.weight_t$")
@@ -148,64 +149,32 @@ def input_divisors(smooth: np.ndarray, outliers: np.ndarray, split: int | None =
 
 @dataclass
 class StoredCodes:
-    """An integer-path weight stored in a block format (``a4i``) instead of as int8 codes: its blocks
-    (of the smoothed weight, [N, K]), the per-output-channel int8 scales of their decoded values, and
-    the widened input's columns (``split_columns``). ``codes()`` is what the session computes when it
-    loads: about ``round(decoded / scale)`` per channel (``_recode`` has the exact float32 steps), rows
-    ``cols`` of its transpose."""
+    """An integer-path weight stored in a block format (``a4i``) instead of as int8 codes: its codes and
+    float16 block scales (of the smoothed weight, [N, K]), the per-output-channel int8 scales of their
+    decoded values, and the widened input's columns (``split_columns``). The session computes the
+    int8 codes when it loads (``_recode_nodes``)."""
 
-    blocks: QuantizedWeight
+    fmt: BlockFormat
+    q: np.ndarray             # codes in ``fmt``'s convention [N, K]
+    d: np.ndarray             # float16 [N, K/32]
     scales: np.ndarray        # float32 [N]
     inverse: np.ndarray       # float32 [N]: 1 / scales, as the graph multiplies
     cols: np.ndarray          # int64 [K + copies]
 
-    def codes(self) -> np.ndarray:
-        """The int8 codes [K + copies, N] the graph's constant ops compute (same float32 steps)."""
-        q = _recode(self).reshape(self.blocks.scales.shape[0], -1)
-        return np.ascontiguousarray(q.T[self.cols])
 
-
-def _decoded(qw: QuantizedWeight) -> np.ndarray:
-    """float32 [N, K]: the stored blocks decoded as ggml does (signed code times the float16 scale)."""
-    from .packing import unpack_blocks
-
-    n, nb = qw.scales.shape
-    u = unpack_blocks(qw.format, qw.data).astype(np.float32).reshape(n, nb, -1)
-    return ((u - np.float32(qw.format.zero_point)) * qw.scales.astype(np.float32)[..., None]).reshape(n, -1)
-
-
-def stored_codes(blocks: QuantizedWeight, cols: np.ndarray) -> StoredCodes:
-    """``StoredCodes`` for packed Q4_0 blocks: per-channel scale max |decoded| / 127 (1 for an all-zero channel)."""
-    if blocks.format.bits != 4:
-        raise ValueError(f"the integer path is stored in 4-bit blocks only, not {blocks.format.name}")
-    amax = np.abs(_decoded(blocks)).max(axis=1)
+def stored_codes(fmt: BlockFormat, q: np.ndarray, d: np.ndarray, cols: np.ndarray) -> StoredCodes:
+    """``StoredCodes`` for Q4_0 codes and scales: per-channel scale max |decoded| / 127 (1 for an all-zero channel)."""
+    if fmt.bits != 4:
+        raise ValueError(f"the integer path is stored in 4-bit blocks only, not {fmt.name}")
+    amax = np.abs(fmt.dequantize(q, d)).max(axis=1)
     scales = np.where(amax > 0, amax / np.float32(WEIGHT_QMAX), np.float32(1)).astype(np.float32)
-    return StoredCodes(blocks, scales, (np.float32(1) / scales).astype(np.float32), np.asarray(cols, np.int64))
-
-
-def _block_factors(stored: StoredCodes) -> tuple[np.ndarray, np.ndarray]:
-    """Per block ``g = scale * (1 / channel scale)`` and ``-zero_point * g`` (float32 [N, K/32, 1]), as the graph
-    computes them from the stored float16 scales."""
-    g = stored.blocks.scales.astype(np.float32)[..., None] * stored.inverse[:, None, None]
-    return g, g * np.float32(-stored.blocks.format.zero_point)
-
-
-def _recode(stored: StoredCodes) -> np.ndarray:
-    """int8 [N, K/32, 32]: ``round(code * g - zero_point * g)``, the graph's float32 steps (round half to even)."""
-    from .packing import unpack_blocks
-
-    n, nb = stored.blocks.scales.shape
-    g, offset = _block_factors(stored)
-    u = unpack_blocks(stored.blocks.format, stored.blocks.data).astype(np.float32).reshape(n, nb, -1)
-    return np.rint(u * g + offset).astype(np.int8)
+    return StoredCodes(fmt, q, d, scales, (np.float32(1) / scales).astype(np.float32), np.asarray(cols, np.int64))
 
 
 def _half_packed(stored: StoredCodes) -> np.ndarray:
-    """The blocks' 4-bit codes as ggml packs Q4_0: uint8 [N, K/32, 16], byte j = code j | code j+16 << 4."""
-    from .packing import unpack_blocks
-
-    n, nb = stored.blocks.scales.shape
-    u = unpack_blocks(stored.blocks.format, stored.blocks.data).reshape(n, nb, 32)
+    """The 4-bit codes as ggml packs Q4_0: uint8 [N, K/32, 16], byte j = code j | code j+16 << 4."""
+    n, nb = stored.d.shape
+    u = np.asarray(stored.q, np.uint8).reshape(n, nb, 32)   # Q4_0 codes are unsigned 0..15
     return np.ascontiguousarray(u[..., :16] | (u[..., 16:] << np.uint8(4)))
 
 
@@ -215,11 +184,11 @@ def _recode_nodes(graph, site, stored: StoredCodes, out: str) -> list:
     because the folding keeps every intermediate until it is done with the whole graph (about 17
     bytes per weight, against 40 with the generic block decode)."""
     p = f"{site.name}.recode"
-    n, nb = stored.blocks.scales.shape
-    consts = {f"{site.name}.q4": _half_packed(stored), f"{site.name}.scales": stored.blocks.scales,
+    n, nb = stored.d.shape
+    consts = {f"{site.name}.q4": _half_packed(stored), f"{site.name}.scales": stored.d,
               f"{p}.inverse": stored.inverse.reshape(-1, 1, 1), f"{p}.low_mask": np.array(0x0F, np.uint8),
               f"{p}.shift": np.array(4, np.uint8), f"{p}.last_axis": np.array([-1], np.int64),
-              f"{p}.minus_zero": np.array(-stored.blocks.format.zero_point, np.float32),
+              f"{p}.minus_zero": np.array(-stored.fmt.zero_point, np.float32),
               f"{p}.one": np.array(1.0, np.float32), f"{p}.int8_zero": np.array(0, np.int8),
               f"{p}.shape": np.array([n, nb * 32], np.int64), f"{p}.cols": stored.cols}
     for name, value in consts.items():

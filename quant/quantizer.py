@@ -70,10 +70,9 @@ def kept_fp32(recipe: Recipe, site: G.WeightSite) -> bool:
             and recipe.integer_storage(site.group) is None)
 
 
-def integer_key(recipe: Recipe, site: G.WeightSite) -> str:
-    """The quantizer's bookkeeping key of an integer-path weight: int8 codes, or codes from a block storage."""
-    stored = recipe.integer_storage(site.group)
-    return INTEGER_KEY if stored is None else f"{INTEGER_KEY}:{stored.name}"
+def integer_key(storage: BlockFormat | None) -> str:
+    """The quantizer's bookkeeping key of integer-path weights: int8 codes, or codes from a block ``storage``."""
+    return INTEGER_KEY if storage is None else f"{INTEGER_KEY}:{storage.name}"
 
 
 class SiteQuantizer:
@@ -95,7 +94,7 @@ class SiteQuantizer:
             for site in src.sites:
                 if kept_fp32(recipe, site):
                     continue
-                key = (site.name, integer_key(recipe, site) if on_integer_path(recipe, site) else site_format(recipe, site).name)
+                key = (site.name, integer_key(recipe.integer_storage(site.group)) if on_integer_path(recipe, site) else site_format(recipe, site).name)
                 self._pending[key] = self._pending.get(key, 0) + 1
         self._cache: dict[tuple[str, str], tuple[G.QuantizedWeight, str]] = {}
         self._factors: dict[tuple[str, bool], object] = {}
@@ -192,7 +191,8 @@ class SiteQuantizer:
         The ``I8.OUTLIER_CHANNELS`` largest input channels are split (``I8.split_columns``).
         With a block ``storage`` (``a4i``) the smoothed weights are quantized in that format instead
         (GPTQ or round-to-nearest, along the input) and each weight is an ``I8.StoredCodes``: its
-        blocks plus the per-channel int8 scales of their decoded values, re-coded when the session loads.
+        codes and scales plus the per-channel int8 scales of their decoded values, re-coded when the
+        session loads.
         Returns ``({weight name: (codes [K + copies, N] int8 or StoredCodes, scales [N])}, smoothing
         factors, method, split channel indices)``."""
         weights = {s.name: np.asarray(self._weight(s), dtype=np.float32) for s in members}
@@ -213,13 +213,13 @@ class SiteQuantizer:
                 inv = 1.0 / np.asarray(smooth, np.float64)
                 factor = gptq_factor(self.hessians[activation] * inv[:, None] * inv[None, :])
         packed = {}
-        key = INTEGER_KEY if storage is None else f"{INTEGER_KEY}:{storage.name}"
+        key = integer_key(storage)
         for site in members:
             self._pending[(site.name, key)] -= 1
             if storage is not None:
                 w_nk = np.ascontiguousarray((weights.pop(site.name) * smooth[:, None]).T)   # [N, K], smoothed
                 q, d = gptq_quantize(w_nk, storage, factor=factor) if use_gptq else storage.quantize(w_nk)
-                stored = I8.stored_codes(_packed(storage, q, d), cols)
+                stored = I8.stored_codes(storage, q, d, cols)
                 packed[site.name] = (stored, stored.scales)
                 continue
             w_t = (weights.pop(site.name) * smooth[:, None])[cols]  # [K + copies, N]: rows scaled by s, copied
