@@ -218,7 +218,9 @@ def _write_graph(src: Fp32Source, recipe: Recipe, model_path: Path, quantizer: S
     sites, kept = [], []   # the kept ones are internalized as fp32
     for s in G.find_weight_sites(model):
         (kept if kept_fp32(recipe, s) else sites).append(s)
-    summary.fp32_counts.update({g: sum(s.group == g for s in kept) for g in summary.fp32_counts})
+    # weights an integer-path group computes in float32, stored so (w8a8) or in blocks decoded at load (a4i)
+    in_fp32 = [s for s in sites + kept if s.op == "MatMul" and recipe.uses_integer_path(s.group) and I8.keeps_fp32(s.name)]
+    summary.fp32_counts.update({g: sum(s.group == g for s in in_fp32) for g in summary.fp32_counts})
     internalize_external_data(model, src.folder, skip={s.name for s in sites})
     _divide_norms(model, quantizer.norm_edits(recipe))
     integer_sites: dict[str, list[G.WeightSite]] = {}

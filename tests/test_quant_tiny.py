@@ -646,4 +646,7 @@ def test_block_stored_integer_path_is_smaller(stored_int8, built):
         assert stored < 0.5 * _stored(built / "w8a8", f"{name}.i8").nbytes
     manifest = read_manifest(stored_int8)
     assert manifest["variant"] == "w8a8_s4"
-    assert manifest["quantization"]["groups"]["attention"]["stored_as"]["format"] == "Q4_0"
+    groups = manifest["quantization"]["groups"]
+    assert groups["attention"]["stored_as"]["format"] == "Q4_0"
+    # v_proj / down_proj of every layer compute in float32, from Q8_0 blocks decoded at load
+    assert groups["attention"]["fp32_weights"]["tensors"] == groups["feed_forward"]["fp32_weights"]["tensors"] == TINY_LAYERS
