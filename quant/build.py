@@ -4,7 +4,7 @@ Reads the fp32 graph without its weights, memory-maps the external weights, quan
 a time (``quant.quantizer``), rewrites the consumers to block-quantized ops (``quant.graph``) or the
 integer path (``quant.int8_path``), and writes each self-contained artifact folder atomically with
 its manifest (``quant.manifest``), then embeds a few texts with it against fp32 (``quant.self_check``).
-Needs onnx, onnxruntime, numpy (and tqdm for progress bars); never torch.
+Needs onnx, onnxruntime, numpy (and tqdm for progress bars); torch only for ``--method learned``.
 """
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ from .budget import BudgetPlan, ZeroQuantizer, candidates, plan_budget
 from .calibration import ActivationStats, collect_statistics, load_calibration_texts
 from .formats import matmulnbits_format
 from .manifest import GraphSummary, decoded_at_load, variant_manifest
-from .quantizer import METHODS, SiteQuantizer, kept_fp32, on_integer_path, site_format
+from .quantizer import CALIBRATED, METHODS, SiteQuantizer, kept_fp32, on_integer_path, site_format
 from .recipe import Recipe
 from .self_check import SelfCheck
 from .source import Fp32Source, QuantInputError, open_fp32_artifact, tokenizer_files
@@ -131,6 +131,8 @@ def build_variants(fp32_dir: str | Path, targets: list[tuple[Recipe, str | Path]
             raise QuantInputError(f"--out {str(out)!r} is the --in folder; write the quantized artifact elsewhere")
 
     recipes = [recipe for recipe, _ in targets]
+    if options.method == "learned":
+        _check_learned(recipes)
     stats = _calibrate(src, recipes, options)
     plan = None
     if options.budget is not None:
@@ -139,7 +141,9 @@ def build_variants(fp32_dir: str | Path, targets: list[tuple[Recipe, str | Path]
         plan = _plan_budget(src, recipes[0], options)
         targets = [(plan.recipe, targets[0][1])]
         recipes = [plan.recipe]
-    quantizer = SiteQuantizer(src, options.method, stats, recipes, progress=options.progress)
+    quantizer = SiteQuantizer(src, options.method, stats, recipes, progress=options.progress,
+                              texts=_calibration_texts(options) if options.method == "learned" else None,
+                              threads=options.threads)
     check = SelfCheck(src.folder, options.threads) if options.check else None
     written = []
     for recipe, out in targets:
@@ -153,10 +157,27 @@ def _calibrate(src: Fp32Source, recipes: list[Recipe], options: BuildOptions) ->
     """Activation statistics when the method or an integer-path recipe needs them (the integer path
     always calibrates: its smoothing factors come from the activations), else None."""
     integer = any(recipe.integer for recipe in recipes)
-    if options.method != "gptq" and not integer:
+    if options.method not in CALIBRATED and not integer:
         return None
-    texts = list(options.calibration_texts) if options.calibration_texts is not None else load_calibration_texts()
+    texts = _calibration_texts(options)
     return collect_statistics(src, texts, threads=options.threads, progress=options.progress, with_absmax=integer)
+
+
+def _check_learned(recipes: list[Recipe]) -> None:
+    """Refuse what learned rounding cannot build before anything runs."""
+    from .learned import require_torch
+
+    if len(recipes) != 1:
+        raise QuantInputError("--method learned builds one variant per run (its layers are learned for that "
+                              "recipe's formats); give one --variant")
+    if recipes[0].integer:
+        raise QuantInputError(f"--method learned learns block formats; {recipes[0].name} uses the integer path: "
+                              "build it with --method gptq")
+    require_torch()
+
+
+def _calibration_texts(options: BuildOptions) -> list[str]:
+    return list(options.calibration_texts) if options.calibration_texts is not None else load_calibration_texts()
 
 
 def _plan_budget(src: Fp32Source, base: Recipe, options: BuildOptions) -> BudgetPlan:
@@ -294,6 +315,11 @@ def _describe_extras(quantization: dict, recipe: Recipe, quantizer: SiteQuantize
             "how": "s = rms(x)^alpha per input channel, alpha per input searched on the calibrated output error; "
                    "x / s folded into the preceding RMSNorm weight, v_proj or up_proj columns (quant/awq.py)"}
     quantization["accuracy_level_choice"] = summary.level_notes
+    if quantizer.learned_report is not None:
+        quantization["learned_rounding"] = dict(quantizer.learned_report, how=(
+            "per decoder layer, a rounding offset per weight and a scale factor per block learned by signed gradient "
+            "descent so the quantized layer reproduces the fp32 layer's output (quant/learned.py); stored formats "
+            "unchanged"))
     if act_bits is not None:
         quantization["int8_path"] = {
             "activation_bits": act_bits[0], "activation_bits_choice": act_bits[1],

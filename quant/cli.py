@@ -55,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--method", default=DEFAULT_METHOD, choices=METHODS,
                         help="how stored values are chosen, same formats either way: gptq = calibrated error feedback "
                              "(after activation-aware scales for 4-bit attention and feed-forward; a few minutes), "
+                             "learned = gptq's, with each decoder layer's rounding and block scales learned so the layer reproduces "
+                             "fp32 (needs torch; about 15 minutes on 2 cores; not better than gptq on "
+                             "EmbeddingGemma, see docs/quantization.md), "
                              f"rtn = ggml round-to-nearest, bit-exact to gguf (default: {DEFAULT_METHOD})")
     parser.add_argument("--target", default="host", metavar="NAME",
                         help="the device class the artifact is built for; it fixes the CPU-dependent choices "

@@ -28,7 +28,10 @@ from .source import Fp32Source, QuantInputError
 
 log = logging.getLogger("quant")
 
-METHODS = ("rtn", "gptq")
+METHODS = ("rtn", "gptq", "learned")
+#: Methods that calibrate: ``learned`` is GPTQ's (activation-aware scales, the heads, the table) with
+#: the decoder layers' codes learned by block reconstruction (``quant.learned``).
+CALIBRATED = ("gptq", "learned")
 #: GPTQ needs at least this many calibration rows per input dimension (a full-rank Hessian);
 #: otherwise the calibrated method only weights the scale search by the Hessian diagonal.
 GPTQ_MIN_ROWS_PER_INPUT = 1.0
@@ -82,10 +85,10 @@ class SiteQuantizer:
     """
 
     def __init__(self, src: Fp32Source, method: str, stats: ActivationStats | None, recipes: list[Recipe],
-                 progress: bool = False):
+                 progress: bool = False, texts: list[str] | None = None, threads: int | None = None):
         self.src, self.method = src, method
-        self.hessians = stats.hessians if stats and method == "gptq" else {}   # popped as they are used up
-        self.rows = stats.rows if stats and method == "gptq" else {}
+        self.hessians = stats.hessians if stats and method in CALIBRATED else {}   # popped as they are used up
+        self.rows = stats.rows if stats and method in CALIBRATED else {}
         self.absmax = stats.absmax if stats else {}
         model = src.graph()
         self._inits = {init.name: init for init in model.graph.initializer if init.name in {s.name for s in src.sites}}
@@ -101,7 +104,7 @@ class SiteQuantizer:
         # Chained heads (x @ W1 @ W2): the later head is quantized to undo the earlier one's error
         # (``gptq.chained_head_weights``), from the earlier head's decoded values and input Hessian.
         self._chain_prev: dict[str, G.WeightSite] = {}
-        if method == "gptq":
+        if method in CALIBRATED:
             chain = G.head_chain(model, src.sites)
             self._chain_prev = {b.name: a for a, b in zip(chain, chain[1:])}
         self._chain_next = {a.name for a in self._chain_prev.values()}
@@ -112,11 +115,16 @@ class SiteQuantizer:
             raise QuantInputError("a recipe with per-layer overrides is built on its own (its activation-aware scales "
                                   "reach weights the other recipes keep unscaled); build it in a separate run")
         self.fold = self._plan_folding(model, recipes, progress)
+        self._learned = None
+        self._learn_args = (recipes, texts, threads, progress)
+        if method == "learned" and (len(recipes) != 1 or recipes[0].integer or stats is None or texts is None):
+            raise QuantInputError("--method learned builds one block-format variant per run from calibration "
+                                  "statistics and texts (quant.build checks this first)")
 
     def _plan_folding(self, model, recipes: list[Recipe], progress: bool = False):
         """AWQ scales (``quant.awq``) for the attention / feed-forward groups whose format asks for them."""
         groups = {g for r in recipes for g in AWQ_GROUPS if awq_applies(r, g)}
-        if self.method != "gptq" or not groups or not self.hessians:
+        if self.method not in CALIBRATED or not groups or not self.hessians:
             return None
         from . import awq
 
@@ -159,12 +167,14 @@ class SiteQuantizer:
         self._pending[key] -= 1
         if key in self._cache:
             return self._cache[key] if self._pending[key] else self._cache.pop(key)
-        if site.op == "Gather":
+        if self.method == "learned" and site.op == "MatMul" and G.site_position(site.name) is not None:
+            result = self._learned_site(site, fmt)
+        elif site.op == "Gather":
             # No activations reach a lookup table: the calibrated method uses a plain-MSE scale
             # search, below 8 bits only (at 8 bits it costs a minute and changes almost nothing).
             search = self.method != "rtn" and fmt.bits < 8
             result = (quantize_table(self._weight(site), fmt, search), "scale_search" if search else "rtn")
-        elif (self.method == "gptq" and site.activation in self.hessians
+        elif (self.method in CALIBRATED and site.activation in self.hessians
               and self.rows.get(site.activation, 0) < GPTQ_MIN_ROWS_PER_INPUT * site.k):
             # Too few rows for a full-rank Hessian (the Dense heads, when the graph's pooling is not
             # the shape ``graph.pooling_states`` knows and they get one pooled row per text): error
@@ -175,7 +185,7 @@ class SiteQuantizer:
             result = (_packed(fmt, q, d), "scale_search")
         elif (prev := self._chain_prev.get(site.name)) is not None and (prev.name, fmt.name) in self._chain_done:
             result = self._gptq_chained(site, prev, fmt)
-        elif self.method == "gptq" and site.activation in self.hessians:
+        elif self.method in CALIBRATED and site.activation in self.hessians:
             return self._gptq_group(site, fmt)
         else:
             wt = np.ascontiguousarray(np.asarray(self._weight(site), dtype=np.float32).T)  # [N_out, K_in]
@@ -264,6 +274,53 @@ class SiteQuantizer:
                 self._cache[(s.name, fmt.name)] = part
         self._release(act)
         return result
+
+    def _learned_site(self, site: G.WeightSite, fmt: BlockFormat) -> tuple[G.QuantizedWeight, str]:
+        """A decoder-layer weight from learned rounding; every layer is learned at the first request."""
+        if self._learned is None:
+            from .learned import learn_layers
+
+            recipes, texts, threads, progress = self._learn_args
+            formats = {s.name: site_format(recipes[0], s) for s in self.src.sites
+                       if s.op == "MatMul" and G.site_position(s.name) is not None and not kept_fp32(recipes[0], s)}
+            from . import learned
+
+            start = self._gptq_start(formats) if learned.START == "gptq" else None
+            self._learned = learn_layers(self.src, formats, lambda s: self._weight(s, formats[s.name]),
+                                         self.norm_edits(recipes[0]), texts, threads=threads, progress=progress,
+                                         start=start, start_name=learned.START)
+        q, d = self._learned.codes.pop(site.name)
+        return _packed(fmt, q, d), "awq+learned" if self.folded(site, fmt) else "learned"
+
+    def _gptq_start(self, formats: dict[str, BlockFormat]):
+        """``start(names)`` for learned rounding: GPTQ codes and scales of those weights (one layer's),
+        computed as ``_gptq_group`` does (weights that read one input in one pass) without its bookkeeping."""
+        by_name = {s.name: s for s in self.src.sites}
+
+        def start(names: list[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+            groups: dict[tuple[str, str], list[G.WeightSite]] = {}
+            for name in names:
+                site = by_name[name]
+                groups.setdefault((site.activation, formats[name].name), []).append(site)
+            out = {}
+            for (act, _), members in groups.items():
+                fmt = formats[members[0].name]
+                if act not in self.hessians:
+                    continue
+                h = self.fold.hessian(act, self.hessians[act]) if self.folded(members[0], fmt) else self.hessians[act]
+                wt = np.concatenate([np.asarray(self._weight(s, fmt), dtype=np.float32).T for s in members])
+                q, d = gptq_quantize(wt, fmt, factor=gptq_factor(h, damp=DAMP))
+                at = 0
+                for s in members:
+                    out[s.name] = (q[at:at + s.n], d[at:at + s.n])
+                    at += s.n
+            return out
+        return start
+
+    @property
+    def learned_report(self) -> dict | None:
+        """What learned rounding did (per-layer errors, texts, steps, time), when it ran."""
+        return self._learned.report if self._learned is not None else None
 
     def _gptq_chained(self, site: G.WeightSite, prev: G.WeightSite, fmt: BlockFormat) -> tuple[G.QuantizedWeight, str]:
         """GPTQ of a head whose input is the previous head's output, from weights corrected for the

@@ -1,0 +1,297 @@
+"""Learned rounding (``--method learned``): each decoder layer's block codes and scales optimised so
+the quantized layer reproduces the fp32 layer's output on calibration activations.
+
+Block reconstruction in the style of AutoRound (signed gradient descent on a rounding offset per
+weight and a scale factor per block, straight-through rounding): for layer after layer, the fp32
+layer's output on the calibration texts is the target and the input is what the already quantized
+layers before it produce, so each layer also learns to undo the error that reaches it. The loss is
+the residual stream's error after the layer, relative per token (a token with a large residual
+norm counts as much as any other: mean pooling weighs tokens equally).
+
+The stored formats do not change: codes are ``clip(round(w / d + v))`` in the format's range with
+float16 block scales ``d``, so every block decodes exactly as the format (Q4_0, Q8_0) says. The
+layer runs as the fp32 graph's own nodes (``quant.torch_graph``). Needs torch (an optional
+dependency of the quant stage; the other methods do not import it).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from runtime.batching import length_batches, pad_batch
+from runtime.progress import progress_bar
+
+from .formats import BLOCK_SIZE, BlockFormat, round_half_away
+from .source import QuantInputError
+
+log = logging.getLogger("quant")
+
+#: Optimisation steps per layer (each one calibration batch); AutoRound's default is 200, 100 keeps a
+#: real q4_0 build near 15 minutes on 2 cores (200 not measured yet: docs/notes/learned.md).
+STEPS = 100
+#: Where the codes start: "gptq" (the default method's codes, after the activation-aware scales) or
+#: "rtn" (the format's round-to-nearest, as AutoRound does); docs/notes/learned.md compares them.
+START = "rtn"
+#: Step size of the signed gradient descent, decayed linearly to 0: AutoRound's 1 / steps from
+#: round-to-nearest; a quarter of that from GPTQ's codes, which are already close.
+LEARNING_RATE = {"rtn": 1.0 / STEPS, "gptq": 0.25 / STEPS}
+#: Range of the learned scale factor of each block's ggml scale.
+SCALE_RANGE = (0.6, 1.2)
+#: What each layer's loss compares with the fp32 layer's: the residual stream after it and the
+#: normed state the next layer (after the last layer: the pooling) reads (docs/notes/learned.md).
+LOSS_TERMS = ("residual", "normed")
+#: Every n-th packaged calibration text is used (the prompts alternate, so each stays represented).
+TEXT_STRIDE = 3
+#: Token positions per calibration batch (padded rows are not counted in the loss).
+BATCH_TOKENS = 1024
+
+
+def require_torch():
+    """torch, or a ``QuantInputError`` saying how to install it."""
+    try:
+        import torch
+    except ImportError:
+        raise QuantInputError("--method learned needs torch (an optional dependency of the quant stage): "
+                              "pip install torch==2.13.0, or use --method gptq") from None
+    return torch
+
+
+@dataclass
+class LearnedLayers:
+    """Codes and float16 scales of each learned weight (``{name: (codes [N, K], d [N, K/32])}``, the
+    format's own code convention) and what the optimisation did."""
+
+    codes: dict[str, tuple[np.ndarray, np.ndarray]]
+    report: dict = field(default_factory=dict)
+
+
+class _BlockRounding:
+    """One weight in a block format with a learnable rounding offset ``v`` per weight (in [-0.5, 0.5],
+    from 0 = the format's round-to-nearest) and scale factor ``s`` per block (from 1 = ggml's scale)."""
+
+    def __init__(self, torch, w_t: np.ndarray, fmt: BlockFormat, start: tuple[np.ndarray, np.ndarray] | None = None):
+        self.torch, self.fmt = torch, fmt
+        self.k, self.n = w_t.shape
+        w = np.ascontiguousarray(np.asarray(w_t, np.float32).T)            # [N, K]: blocks along K
+        _, d0 = fmt.quantize(w)
+        self.w = torch.from_numpy(w.reshape(self.n, -1, BLOCK_SIZE))
+        self.d0 = torch.from_numpy(d0.astype(np.float32)[..., None])       # [N, K/32, 1]
+        self.v = torch.zeros_like(self.w)
+        self.s = torch.ones_like(self.d0)
+        self.v_range = (-0.5, 0.5)
+        if start is not None:   # start from given codes (GPTQ's): their scale factor and offsets
+            q, d = start
+            d = torch.from_numpy(d.astype(np.float32)[..., None])
+            self.s = torch.where(self.d0 == 0, torch.ones_like(d), d / torch.where(self.d0 == 0, torch.ones_like(d), self.d0))
+            q = torch.from_numpy(fmt.signed(q).astype(np.float32).reshape(self.w.shape))
+            self.v = torch.where(d == 0, torch.zeros_like(q), q - self.w / torch.where(d == 0, torch.ones_like(d), d))
+            self.v_range = (-1.0, 1.0)
+            self.v.clamp_(*self.v_range)
+            self.s.clamp_(*SCALE_RANGE)
+        self.v.requires_grad_(True)
+        self.s.requires_grad_(True)
+
+    def weight_t(self):
+        """The decoded weight [K, N] as the graph's MatMul reads it (differentiable in ``v`` and ``s``)."""
+        torch = self.torch
+        d = self.d0 * self.s
+        y = self.w / torch.where(d == 0, torch.ones_like(d), d) + self.v
+        q = torch.clamp(y + (torch.round(y) - y).detach(), self.fmt.qmin, self.fmt.qmax)   # straight-through
+        return (q * d).reshape(self.n, self.k).T
+
+    def final(self) -> tuple[np.ndarray, np.ndarray]:
+        """Codes (the format's convention) and float16 scales: the scale is rounded to float16 first and
+        the codes are taken against that stored value, so they decode exactly to what is stored."""
+        d16 = (self.d0 * self.s.detach()).numpy()[..., 0].astype(np.float16)
+        d32 = d16.astype(np.float32)[..., None]
+        w = self.w.numpy()
+        with np.errstate(divide="ignore", invalid="ignore"):
+            y = np.where(d32 == 0, np.float32(0), w / np.where(d32 == 0, np.float32(1), d32)) + self.v.detach().numpy()
+        q = np.clip(round_half_away(y.astype(np.float32)), self.fmt.qmin, self.fmt.qmax)
+        q[np.broadcast_to(d32 == 0, q.shape)] = 0
+        return self.fmt.from_signed(q.astype(np.int8).reshape(self.n, self.k)), d16
+
+    def decoded_t(self, q: np.ndarray, d16: np.ndarray):
+        """The stored weight [K, N] decoded (float32), as a tensor."""
+        return self.torch.from_numpy(np.ascontiguousarray(self.fmt.dequantize(q, d16).reshape(self.n, self.k).T))
+
+
+def learn_layers(src, formats: dict[str, BlockFormat], weight, norm_edits: dict[str, np.ndarray],
+                 texts: list[str], threads: int | None = None, steps: int | None = None, progress: bool = True,
+                 start=None, start_name: str = "rtn") -> LearnedLayers:
+    """Learned codes for every decoder-layer weight named in ``formats`` (site name -> its block format).
+
+    ``weight(site)`` gives the float32 weight [K, N] the codes are for (AWQ-scaled where the recipe
+    folds scales, with ``norm_edits`` the matching norm divisors); ``texts`` are the calibration texts
+    (every ``TEXT_STRIDE``-th is used). Weights of a layer not in ``formats`` stay float32 in its
+    forward pass. ``start(names)``, when given, returns starting codes and scales for those weights
+    (one layer's; GPTQ's), instead of round-to-nearest.
+    """
+    torch = require_torch()
+    steps = STEPS if steps is None else steps
+    lr = LEARNING_RATE[start_name if start is not None else "rtn"]
+    from .calibration import _calibration_inputs
+    from .torch_graph import GraphLayer, decoder_layers, numpy_initializer, side_tensor
+
+    torch.set_num_threads(threads or os.cpu_count() or 1)
+    torch.manual_seed(0)
+    t_start = time.time()
+    model = src.graph()
+    layers = decoder_layers(model, src.sites)
+    read = numpy_initializer(model, src.folder)
+
+    def read_edited(name):
+        x = read(name)
+        return (np.asarray(x, np.float32) / norm_edits[name]).astype(np.float32) if name in norm_edits else x
+
+    used = texts[::TEXT_STRIDE]
+    encodings, _ = _calibration_inputs(src, used, None)
+    batches = _fetch_batches(src, layers, encodings, threads, read_edited, set(norm_edits), torch, side_tensor)
+    tokens = int(sum(b["valid"].sum() for b in batches))
+    h, r = [b.pop("h") for b in batches], [b.pop("r") for b in batches]
+    state = _Streams(h, r, list(h), list(r))   # the first layer's input is the same for both
+    report = {"start": start_name if start is not None else "rtn", "steps_per_layer": steps, "texts": len(used),
+              "tokens": tokens, "batch_tokens": BATCH_TOKENS, "learning_rate": lr,
+              "scale_range": list(SCALE_RANGE), "loss": "+".join(LOSS_TERMS), "layers": []}
+    codes: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    rng = np.random.default_rng(0)
+    bar = progress_bar(len(layers) * steps, "learned rounding", progress, unit="step")
+    for layer in layers:
+        fp32 = {name: torch.from_numpy(np.array(weight(site), np.float32)) for name, site in layer.weights.items()}
+        names = [name for name in layer.weights if name in formats]
+        starts = start(names) if start is not None and names else {}
+        learned = {name: _BlockRounding(torch, fp32[name].numpy(), formats[name], starts.get(name)) for name in names}
+        step = _LayerStep(torch, GraphLayer(layer, read_edited), batches, state, fp32)
+        entry = {"layer": layer.index, "weights": len(learned)}
+        stored = {}
+        if learned:
+            first = {name: w.final() for name, w in learned.items()}
+            entry["loss_start"] = step.mean_loss({n: learned[n].decoded_t(*c) for n, c in first.items()})
+            _optimise(torch, step, learned, steps, lr, rng, bar)
+            final = {name: w.final() for name, w in learned.items()}
+            stored = {n: learned[n].decoded_t(*c) for n, c in final.items()}
+            entry["loss_learned"] = step.mean_loss(stored)
+            if entry["loss_learned"] > entry["loss_start"]:   # keep the better of start and learned
+                final, entry["kept_start"] = first, True
+                stored = {n: learned[n].decoded_t(*c) for n, c in final.items()}
+            codes.update(final)
+        else:
+            bar.update(steps)
+        step.advance(stored)   # this layer as stored becomes the next layer's input
+        report["layers"].append(entry)
+        log.info("learned rounding, layer %d: relative error %.3g (start %.3g)", layer.index,
+                 entry.get("loss_learned", float("nan")), entry.get("loss_start", float("nan")))
+    bar.close()
+    report["seconds"] = round(time.time() - t_start, 1)
+    return LearnedLayers(codes, report)
+
+
+@dataclass
+class _Streams:
+    """Per calibration batch, the current layer's input: from the fp32 layers before it and from the
+    quantized ones."""
+
+    h_fp: list
+    r_fp: list
+    h_q: list
+    r_q: list
+
+
+class _LayerStep:
+    """One layer's targets (the fp32 layer on the fp32 inputs) and its loss on the quantized inputs."""
+
+    def __init__(self, torch, graph_layer, batches: list[dict], state: _Streams, fp32: dict):
+        self.torch, self.layer, self.batches, self.state, self.fp32 = torch, graph_layer, batches, state, fp32
+        with torch.no_grad():
+            self.targets = [graph_layer(state.h_fp[i], state.r_fp[i], b["side"], fp32) for i, b in enumerate(batches)]
+
+    def run(self, i: int, weights: dict):
+        return self.layer(self.state.h_q[i], self.state.r_q[i], self.batches[i]["side"], {**self.fp32, **weights})
+
+    def loss(self, i: int, weights: dict):
+        h, r = self.run(i, weights)
+        th, tr = self.targets[i]
+        valid = self.batches[i]["valid"]
+        # the residual stream and the normed state the next layer (or, after the last, the pooling) reads
+        terms = {"residual": (r, tr), "normed": (h, th)}
+        return sum(_relative_error(*terms[t], valid) for t in LOSS_TERMS)
+
+    def mean_loss(self, weights: dict) -> float:
+        with self.torch.no_grad():
+            return _weighted_mean(self.batches, [float(self.loss(i, weights)) for i in range(len(self.batches))])
+
+    def advance(self, stored: dict) -> None:
+        """Move the streams past this layer (quantized: with the ``stored`` weights)."""
+        with self.torch.no_grad():
+            outs = [self.run(i, stored) for i in range(len(self.batches))]
+        st = self.state
+        st.h_q, st.r_q = [o[0] for o in outs], [o[1] for o in outs]
+        st.h_fp, st.r_fp = [t[0] for t in self.targets], [t[1] for t in self.targets]
+
+
+def _optimise(torch, step: _LayerStep, learned: dict, steps: int, lr0: float, rng, bar) -> None:
+    """Signed gradient descent on every weight's offsets and scale factors, one random batch per step,
+    the step size decaying linearly to 0."""
+    n = len(step.batches)
+    order = np.concatenate([rng.permutation(n) for _ in range(steps // n + 1)])[:steps]
+    for k, i in enumerate(order):
+        loss = step.loss(int(i), {name: w.weight_t() for name, w in learned.items()})
+        loss.backward()
+        lr = lr0 * (1 - k / steps)
+        with torch.no_grad():
+            for w in learned.values():
+                w.v -= lr * torch.sign(w.v.grad)
+                w.v.clamp_(*w.v_range)
+                w.s -= lr * torch.sign(w.s.grad)
+                w.s.clamp_(*SCALE_RANGE)
+                w.v.grad = w.s.grad = None
+        bar.update(1)
+
+
+def _relative_error(out, target, valid):
+    """Mean over real tokens of |out - target|^2 / |target|^2 (per token)."""
+    d = (out - target)[valid]
+    t = target[valid]
+    return ((d * d).sum(-1) / (t * t).sum(-1).clamp_min(1e-30)).mean()
+
+
+def _weighted_mean(batches: list[dict], losses: list[float]) -> float:
+    """Mean of per-batch losses weighted by each batch's real tokens."""
+    weights = [int(b["valid"].sum()) for b in batches]
+    return sum(x * w for x, w in zip(losses, weights)) / max(1, sum(weights))
+
+
+def _fetch_batches(src, layers, encodings, threads, read_edited, edited: set[str], torch, side_tensor) -> list[dict]:
+    """Per calibration batch: the first layer's inputs, the side inputs every layer reads (masks, RoPE
+    tables, shapes) and which positions are real tokens, from one onnxruntime run of the fp32 graph."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import helper, numpy_helper
+
+    from runtime.embedder import runtime_session_options
+
+    model = onnx.load(str(src.folder / src.manifest["model_file"]), load_external_data=False)
+    first = layers[0]
+    side = sorted({t for layer in layers for t in layer.side_inputs})
+    fetch = [first.h_in, first.r_in] + side
+    known = {o.name for o in model.graph.output}
+    model.graph.output.extend(helper.make_empty_tensor_value_info(n) for n in fetch if n not in known)
+    for init in model.graph.initializer:   # the graph as the fold leaves it (the first norm may carry AWQ divisors)
+        if init.name in edited:
+            init.CopyFrom(numpy_helper.from_array(np.asarray(read_edited(init.name), np.float32), init.name))
+    options = runtime_session_options(threads, low_memory=False)
+    options.add_session_config_entry("session.model_external_initializers_file_folder_path", str(src.folder))
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    pad_id = int(src.manifest.get("pad_token_id", 0))
+    batches = []
+    for batch in length_batches([len(e) for e in encodings], max_rows=len(encodings), max_tokens=BATCH_TOKENS):
+        ids, mask = pad_batch([encodings[i] for i in batch], pad_id)
+        outs = dict(zip(fetch, session.run(fetch, {"input_ids": ids, "attention_mask": mask})))
+        batches.append({"h": side_tensor(outs[first.h_in]), "r": side_tensor(outs[first.r_in]),
+                        "side": {n: side_tensor(outs[n]) for n in side},
+                        "valid": torch.from_numpy(mask.astype(bool))})
+    return batches
