@@ -133,7 +133,8 @@ def build_variants(fp32_dir: str | Path, targets: list[tuple[Recipe, str | Path]
     recipes = [recipe for recipe, _ in targets]
     if options.method == "learned":
         _check_learned(recipes)
-    stats = _calibrate(src, recipes, options)
+    texts = list(options.calibration_texts) if options.calibration_texts is not None else load_calibration_texts()
+    stats = _calibrate(src, recipes, options, texts)
     plan = None
     if options.budget is not None:
         if len(targets) != 1:
@@ -142,7 +143,7 @@ def build_variants(fp32_dir: str | Path, targets: list[tuple[Recipe, str | Path]
         targets = [(plan.recipe, targets[0][1])]
         recipes = [plan.recipe]
     quantizer = SiteQuantizer(src, options.method, stats, recipes, progress=options.progress,
-                              texts=_calibration_texts(options) if options.method == "learned" else None,
+                              texts=texts if options.method == "learned" else None,
                               threads=options.threads)
     check = SelfCheck(src.folder, options.threads) if options.check else None
     written = []
@@ -153,13 +154,12 @@ def build_variants(fp32_dir: str | Path, targets: list[tuple[Recipe, str | Path]
     return written
 
 
-def _calibrate(src: Fp32Source, recipes: list[Recipe], options: BuildOptions) -> ActivationStats | None:
+def _calibrate(src: Fp32Source, recipes: list[Recipe], options: BuildOptions, texts: list[str]) -> ActivationStats | None:
     """Activation statistics when the method or an integer-path recipe needs them (the integer path
     always calibrates: its smoothing factors come from the activations), else None."""
     integer = any(recipe.integer for recipe in recipes)
     if options.method not in CALIBRATED and not integer:
         return None
-    texts = _calibration_texts(options)
     return collect_statistics(src, texts, threads=options.threads, progress=options.progress, with_absmax=integer)
 
 
@@ -174,10 +174,6 @@ def _check_learned(recipes: list[Recipe]) -> None:
         raise QuantInputError(f"--method learned learns block formats; {recipes[0].name} uses the integer path: "
                               "build it with --method gptq")
     require_torch()
-
-
-def _calibration_texts(options: BuildOptions) -> list[str]:
-    return list(options.calibration_texts) if options.calibration_texts is not None else load_calibration_texts()
 
 
 def _plan_budget(src: Fp32Source, base: Recipe, options: BuildOptions) -> BudgetPlan:

@@ -139,17 +139,17 @@ def _calibration_inputs(src, texts: list[str], max_tokens: int | None) -> tuple[
 
 
 def _instrumented_session(src, model, fetch: list[str], threads: int | None):
-    """An onnxruntime session of the fp32 graph with ``fetch`` added as outputs (the graph from
-    memory, its weights from the artifact folder, which is never written to)."""
+    """An onnxruntime session of the fp32 graph with ``fetch`` added as outputs, of whatever type each
+    is (the graph from memory, its weights from the artifact folder, which is never written to)."""
     import onnxruntime as ort
-    from onnx import TensorProto, helper
+    from onnx import helper
 
     from runtime.embedder import runtime_session_options
 
     existing = {o.name for o in model.graph.output}
     for name in fetch:
         if name not in existing:
-            model.graph.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, None))
+            model.graph.output.append(helper.make_empty_tensor_value_info(name))
     options = runtime_session_options(threads, low_memory=False)
     options.add_session_config_entry("session.model_external_initializers_file_folder_path", str(src.folder))
     return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])

@@ -5,8 +5,9 @@ Block reconstruction in the style of AutoRound (signed gradient descent on a rou
 weight and a scale factor per block, straight-through rounding): for layer after layer, the fp32
 layer's output on the calibration texts is the target and the input is what the already quantized
 layers before it produce, so each layer also learns to undo the error that reaches it. The loss is
-the residual stream's error after the layer, relative per token (a token with a large residual
-norm counts as much as any other: mean pooling weighs tokens equally).
+the error of the residual stream after the layer plus that of the normed state the next layer reads,
+each relative per token (a token with a large residual norm counts as much as any other: mean
+pooling weighs tokens equally).
 
 The stored formats do not change: codes are ``clip(round(w / d + v))`` in the format's range with
 float16 block scales ``d``, so every block decodes exactly as the format (Q4_0, Q8_0) says. The
@@ -33,12 +34,9 @@ log = logging.getLogger("quant")
 #: Optimisation steps per layer (each one calibration batch); AutoRound's default is 200, 100 keeps a
 #: real q4_0 build near 15 minutes on 2 cores (200 not measured yet: docs/notes/learned.md).
 STEPS = 100
-#: Where the codes start: "gptq" (the default method's codes, after the activation-aware scales) or
-#: "rtn" (the format's round-to-nearest, as AutoRound does); docs/notes/learned.md compares them.
-START = "rtn"
-#: Step size of the signed gradient descent, decayed linearly to 0: AutoRound's 1 / steps from
-#: round-to-nearest; a quarter of that from GPTQ's codes, which are already close.
-LEARNING_RATE = {"rtn": 1.0 / STEPS, "gptq": 0.25 / STEPS}
+#: Step size of the signed gradient descent, decayed linearly to 0 (AutoRound's 1 / steps). The codes
+#: start from round-to-nearest, as in AutoRound (starting from GPTQ's was worse: docs/notes/learned.md).
+LEARNING_RATE = 1.0 / STEPS
 #: Range of the learned scale factor of each block's ggml scale.
 SCALE_RANGE = (0.6, 1.2)
 #: What each layer's loss compares with the fp32 layer's: the residual stream after it and the
@@ -73,27 +71,15 @@ class _BlockRounding:
     """One weight in a block format with a learnable rounding offset ``v`` per weight (in [-0.5, 0.5],
     from 0 = the format's round-to-nearest) and scale factor ``s`` per block (from 1 = ggml's scale)."""
 
-    def __init__(self, torch, w_t: np.ndarray, fmt: BlockFormat, start: tuple[np.ndarray, np.ndarray] | None = None):
+    def __init__(self, torch, w_t: np.ndarray, fmt: BlockFormat):
         self.torch, self.fmt = torch, fmt
         self.k, self.n = w_t.shape
         w = np.ascontiguousarray(np.asarray(w_t, np.float32).T)            # [N, K]: blocks along K
         _, d0 = fmt.quantize(w)
         self.w = torch.from_numpy(w.reshape(self.n, -1, BLOCK_SIZE))
         self.d0 = torch.from_numpy(d0.astype(np.float32)[..., None])       # [N, K/32, 1]
-        self.v = torch.zeros_like(self.w)
-        self.s = torch.ones_like(self.d0)
-        self.v_range = (-0.5, 0.5)
-        if start is not None:   # start from given codes (GPTQ's): their scale factor and offsets
-            q, d = start
-            d = torch.from_numpy(d.astype(np.float32)[..., None])
-            self.s = torch.where(self.d0 == 0, torch.ones_like(d), d / torch.where(self.d0 == 0, torch.ones_like(d), self.d0))
-            q = torch.from_numpy(fmt.signed(q).astype(np.float32).reshape(self.w.shape))
-            self.v = torch.where(d == 0, torch.zeros_like(q), q - self.w / torch.where(d == 0, torch.ones_like(d), d))
-            self.v_range = (-1.0, 1.0)
-            self.v.clamp_(*self.v_range)
-            self.s.clamp_(*SCALE_RANGE)
-        self.v.requires_grad_(True)
-        self.s.requires_grad_(True)
+        self.v = torch.zeros_like(self.w, requires_grad=True)
+        self.s = torch.ones_like(self.d0, requires_grad=True)
 
     def weight_t(self):
         """The decoded weight [K, N] as the graph's MatMul reads it (differentiable in ``v`` and ``s``)."""
@@ -121,21 +107,19 @@ class _BlockRounding:
 
 
 def learn_layers(src, formats: dict[str, BlockFormat], weight, norm_edits: dict[str, np.ndarray],
-                 texts: list[str], threads: int | None = None, steps: int | None = None, progress: bool = True,
-                 start=None, start_name: str = "rtn") -> LearnedLayers:
+                 texts: list[str], threads: int | None = None, steps: int | None = None,
+                 progress: bool = True) -> LearnedLayers:
     """Learned codes for every decoder-layer weight named in ``formats`` (site name -> its block format).
 
     ``weight(site)`` gives the float32 weight [K, N] the codes are for (AWQ-scaled where the recipe
     folds scales, with ``norm_edits`` the matching norm divisors); ``texts`` are the calibration texts
     (every ``TEXT_STRIDE``-th is used). Weights of a layer not in ``formats`` stay float32 in its
-    forward pass. ``start(names)``, when given, returns starting codes and scales for those weights
-    (one layer's; GPTQ's), instead of round-to-nearest.
+    forward pass.
     """
     torch = require_torch()
     steps = STEPS if steps is None else steps
-    lr = LEARNING_RATE[start_name if start is not None else "rtn"]
     from .calibration import _calibration_inputs
-    from .torch_graph import GraphLayer, decoder_layers, numpy_initializer, side_tensor
+    from .torch_graph import GraphLayer, decoder_layers, numpy_initializer
 
     torch.set_num_threads(threads or os.cpu_count() or 1)
     torch.manual_seed(0)
@@ -150,44 +134,48 @@ def learn_layers(src, formats: dict[str, BlockFormat], weight, norm_edits: dict[
 
     used = texts[::TEXT_STRIDE]
     encodings, _ = _calibration_inputs(src, used, None)
-    batches = _fetch_batches(src, layers, encodings, threads, read_edited, set(norm_edits), torch, side_tensor)
+    batches = _fetch_batches(src, layers, encodings, threads, read_edited, set(norm_edits))
     tokens = int(sum(b["valid"].sum() for b in batches))
     h, r = [b.pop("h") for b in batches], [b.pop("r") for b in batches]
     state = _Streams(h, r, list(h), list(r))   # the first layer's input is the same for both
-    report = {"start": start_name if start is not None else "rtn", "steps_per_layer": steps, "texts": len(used),
-              "tokens": tokens, "batch_tokens": BATCH_TOKENS, "learning_rate": lr,
+    report = {"start": "rtn", "steps_per_layer": steps, "texts": len(used),
+              "tokens": tokens, "batch_tokens": BATCH_TOKENS, "learning_rate": LEARNING_RATE,
               "scale_range": list(SCALE_RANGE), "loss": "+".join(LOSS_TERMS), "layers": []}
     codes: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     rng = np.random.default_rng(0)
     bar = progress_bar(len(layers) * steps, "learned rounding", progress, unit="step")
     for layer in layers:
         fp32 = {name: torch.from_numpy(np.array(weight(site), np.float32)) for name, site in layer.weights.items()}
-        names = [name for name in layer.weights if name in formats]
-        starts = start(names) if start is not None and names else {}
-        learned = {name: _BlockRounding(torch, fp32[name].numpy(), formats[name], starts.get(name)) for name in names}
+        learned = {name: _BlockRounding(torch, fp32[name].numpy(), formats[name])
+                   for name in layer.weights if name in formats}
         step = _LayerStep(torch, GraphLayer(layer, read_edited), batches, state, fp32)
         entry = {"layer": layer.index, "weights": len(learned)}
-        stored = {}
         if learned:
             first = {name: w.final() for name, w in learned.items()}
-            entry["loss_start"] = step.mean_loss({n: learned[n].decoded_t(*c) for n, c in first.items()})
-            _optimise(torch, step, learned, steps, lr, rng, bar)
+            entry["loss_start"] = step.loss_of(step.outputs(_decoded(learned, first)))
+            _optimise(torch, step, learned, steps, rng, bar)
             final = {name: w.final() for name, w in learned.items()}
-            stored = {n: learned[n].decoded_t(*c) for n, c in final.items()}
-            entry["loss_learned"] = step.mean_loss(stored)
+            outs = step.outputs(_decoded(learned, final))
+            entry["loss_learned"] = step.loss_of(outs)
             if entry["loss_learned"] > entry["loss_start"]:   # keep the better of start and learned
                 final, entry["kept_start"] = first, True
-                stored = {n: learned[n].decoded_t(*c) for n, c in final.items()}
+                outs = step.outputs(_decoded(learned, first))
             codes.update(final)
         else:
             bar.update(steps)
-        step.advance(stored)   # this layer as stored becomes the next layer's input
+            outs = step.outputs({})
+        step.advance(outs)   # this layer as stored becomes the next layer's input
         report["layers"].append(entry)
         log.info("learned rounding, layer %d: relative error %.3g (start %.3g)", layer.index,
                  entry.get("loss_learned", float("nan")), entry.get("loss_start", float("nan")))
     bar.close()
     report["seconds"] = round(time.time() - t_start, 1)
     return LearnedLayers(codes, report)
+
+
+def _decoded(learned: dict, codes: dict) -> dict:
+    """The stored weights [K, N] of ``codes`` (name -> (codes, scales)) as tensors."""
+    return {name: learned[name].decoded_t(*c) for name, c in codes.items()}
 
 
 @dataclass
@@ -212,28 +200,33 @@ class _LayerStep:
     def run(self, i: int, weights: dict):
         return self.layer(self.state.h_q[i], self.state.r_q[i], self.batches[i]["side"], {**self.fp32, **weights})
 
-    def loss(self, i: int, weights: dict):
-        h, r = self.run(i, weights)
-        th, tr = self.targets[i]
-        valid = self.batches[i]["valid"]
+    def _loss(self, i: int, out) -> object:
+        (h, r), (th, tr), valid = out, self.targets[i], self.batches[i]["valid"]
         # the residual stream and the normed state the next layer (or, after the last, the pooling) reads
         terms = {"residual": (r, tr), "normed": (h, th)}
         return sum(_relative_error(*terms[t], valid) for t in LOSS_TERMS)
 
-    def mean_loss(self, weights: dict) -> float:
-        with self.torch.no_grad():
-            return _weighted_mean(self.batches, [float(self.loss(i, weights)) for i in range(len(self.batches))])
+    def loss(self, i: int, weights: dict):
+        """Batch ``i``'s loss with ``weights`` (differentiable)."""
+        return self._loss(i, self.run(i, weights))
 
-    def advance(self, stored: dict) -> None:
-        """Move the streams past this layer (quantized: with the ``stored`` weights)."""
+    def outputs(self, weights: dict) -> list:
+        """The layer's outputs on every batch's quantized input, with ``weights`` (no gradients)."""
         with self.torch.no_grad():
-            outs = [self.run(i, stored) for i in range(len(self.batches))]
+            return [self.run(i, weights) for i in range(len(self.batches))]
+
+    def loss_of(self, outs: list) -> float:
+        """The loss of ``outputs``, averaged over the real tokens of all batches."""
+        return _weighted_mean(self.batches, [float(self._loss(i, o)) for i, o in enumerate(outs)])
+
+    def advance(self, outs: list) -> None:
+        """Move the streams past this layer: ``outs`` (the quantized layer's outputs) and the targets."""
         st = self.state
         st.h_q, st.r_q = [o[0] for o in outs], [o[1] for o in outs]
         st.h_fp, st.r_fp = [t[0] for t in self.targets], [t[1] for t in self.targets]
 
 
-def _optimise(torch, step: _LayerStep, learned: dict, steps: int, lr0: float, rng, bar) -> None:
+def _optimise(torch, step: _LayerStep, learned: dict, steps: int, rng, bar) -> None:
     """Signed gradient descent on every weight's offsets and scale factors, one random batch per step,
     the step size decaying linearly to 0."""
     n = len(step.batches)
@@ -241,11 +234,11 @@ def _optimise(torch, step: _LayerStep, learned: dict, steps: int, lr0: float, rn
     for k, i in enumerate(order):
         loss = step.loss(int(i), {name: w.weight_t() for name, w in learned.items()})
         loss.backward()
-        lr = lr0 * (1 - k / steps)
+        lr = LEARNING_RATE * (1 - k / steps)
         with torch.no_grad():
             for w in learned.values():
                 w.v -= lr * torch.sign(w.v.grad)
-                w.v.clamp_(*w.v_range)
+                w.v.clamp_(-0.5, 0.5)
                 w.s -= lr * torch.sign(w.s.grad)
                 w.s.clamp_(*SCALE_RANGE)
                 w.v.grad = w.s.grad = None
@@ -265,33 +258,30 @@ def _weighted_mean(batches: list[dict], losses: list[float]) -> float:
     return sum(x * w for x, w in zip(losses, weights)) / max(1, sum(weights))
 
 
-def _fetch_batches(src, layers, encodings, threads, read_edited, edited: set[str], torch, side_tensor) -> list[dict]:
+def _fetch_batches(src, layers, encodings, threads, read_edited, edited: set[str]) -> list[dict]:
     """Per calibration batch: the first layer's inputs, the side inputs every layer reads (masks, RoPE
     tables, shapes) and which positions are real tokens, from one onnxruntime run of the fp32 graph."""
     import onnx
-    import onnxruntime as ort
-    from onnx import helper, numpy_helper
+    import torch
+    from onnx import numpy_helper
 
-    from runtime.embedder import runtime_session_options
+    from .calibration import _instrumented_session
+    from .torch_graph import as_tensor
 
     model = onnx.load(str(src.folder / src.manifest["model_file"]), load_external_data=False)
     first = layers[0]
     side = sorted({t for layer in layers for t in layer.side_inputs})
     fetch = [first.h_in, first.r_in] + side
-    known = {o.name for o in model.graph.output}
-    model.graph.output.extend(helper.make_empty_tensor_value_info(n) for n in fetch if n not in known)
     for init in model.graph.initializer:   # the graph as the fold leaves it (the first norm may carry AWQ divisors)
         if init.name in edited:
             init.CopyFrom(numpy_helper.from_array(np.asarray(read_edited(init.name), np.float32), init.name))
-    options = runtime_session_options(threads, low_memory=False)
-    options.add_session_config_entry("session.model_external_initializers_file_folder_path", str(src.folder))
-    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    session = _instrumented_session(src, model, fetch, threads)
     pad_id = int(src.manifest.get("pad_token_id", 0))
     batches = []
     for batch in length_batches([len(e) for e in encodings], max_rows=len(encodings), max_tokens=BATCH_TOKENS):
         ids, mask = pad_batch([encodings[i] for i in batch], pad_id)
         outs = dict(zip(fetch, session.run(fetch, {"input_ids": ids, "attention_mask": mask})))
-        batches.append({"h": side_tensor(outs[first.h_in]), "r": side_tensor(outs[first.r_in]),
-                        "side": {n: side_tensor(outs[n]) for n in side},
+        batches.append({"h": as_tensor(outs[first.h_in]), "r": as_tensor(outs[first.r_in]),
+                        "side": {n: as_tensor(outs[n]) for n in side},
                         "valid": torch.from_numpy(mask.astype(bool))})
     return batches

@@ -115,11 +115,9 @@ class SiteQuantizer:
             raise QuantInputError("a recipe with per-layer overrides is built on its own (its activation-aware scales "
                                   "reach weights the other recipes keep unscaled); build it in a separate run")
         self.fold = self._plan_folding(model, recipes, progress)
+        # learned rounding (one recipe: ``quant.build`` refuses others before calibrating), run at first use
         self._learned = None
-        self._learn_args = (recipes, texts, threads, progress)
-        if method == "learned" and (len(recipes) != 1 or recipes[0].integer or stats is None or texts is None):
-            raise QuantInputError("--method learned builds one block-format variant per run from calibration "
-                                  "statistics and texts (quant.build checks this first)")
+        self._learn_args = (recipes[0], texts, threads, progress)
 
     def _plan_folding(self, model, recipes: list[Recipe], progress: bool = False):
         """AWQ scales (``quant.awq``) for the attention / feed-forward groups whose format asks for them."""
@@ -280,42 +278,13 @@ class SiteQuantizer:
         if self._learned is None:
             from .learned import learn_layers
 
-            recipes, texts, threads, progress = self._learn_args
-            formats = {s.name: site_format(recipes[0], s) for s in self.src.sites
-                       if s.op == "MatMul" and G.site_position(s.name) is not None and not kept_fp32(recipes[0], s)}
-            from . import learned
-
-            start = self._gptq_start(formats) if learned.START == "gptq" else None
+            recipe, texts, threads, progress = self._learn_args
+            formats = {s.name: site_format(recipe, s) for s in self.src.sites
+                       if s.op == "MatMul" and G.site_position(s.name) is not None and not kept_fp32(recipe, s)}
             self._learned = learn_layers(self.src, formats, lambda s: self._weight(s, formats[s.name]),
-                                         self.norm_edits(recipes[0]), texts, threads=threads, progress=progress,
-                                         start=start, start_name=learned.START)
+                                         self.norm_edits(recipe), texts, threads=threads, progress=progress)
         q, d = self._learned.codes.pop(site.name)
         return _packed(fmt, q, d), "awq+learned" if self.folded(site, fmt) else "learned"
-
-    def _gptq_start(self, formats: dict[str, BlockFormat]):
-        """``start(names)`` for learned rounding: GPTQ codes and scales of those weights (one layer's),
-        computed as ``_gptq_group`` does (weights that read one input in one pass) without its bookkeeping."""
-        by_name = {s.name: s for s in self.src.sites}
-
-        def start(names: list[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-            groups: dict[tuple[str, str], list[G.WeightSite]] = {}
-            for name in names:
-                site = by_name[name]
-                groups.setdefault((site.activation, formats[name].name), []).append(site)
-            out = {}
-            for (act, _), members in groups.items():
-                fmt = formats[members[0].name]
-                if act not in self.hessians:
-                    continue
-                h = self.fold.hessian(act, self.hessians[act]) if self.folded(members[0], fmt) else self.hessians[act]
-                wt = np.concatenate([np.asarray(self._weight(s, fmt), dtype=np.float32).T for s in members])
-                q, d = gptq_quantize(wt, fmt, factor=gptq_factor(h, damp=DAMP))
-                at = 0
-                for s in members:
-                    out[s.name] = (q[at:at + s.n], d[at:at + s.n])
-                    at += s.n
-            return out
-        return start
 
     @property
     def learned_report(self) -> dict | None:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 import torch
-from onnx import helper, numpy_helper
+from onnx import helper
 
 from runtime.onnx_helpers import GraphError
 
@@ -170,7 +170,7 @@ class GraphLayer:
 
     def __init__(self, layer: DecoderLayer, read_initializer):
         self.layer = layer
-        self.consts = {name: _tensor(read_initializer(name)) for name in layer.initializers
+        self.consts = {name: as_tensor(read_initializer(name)) for name in layer.initializers
                        if name not in layer.weights}
 
     def __call__(self, h: torch.Tensor, r: torch.Tensor, side: dict, weights: dict) -> tuple[torch.Tensor, torch.Tensor]:
@@ -190,14 +190,10 @@ class GraphLayer:
         return env[self.layer.h_out], env[self.layer.r_out]
 
 
-def _tensor(x) -> torch.Tensor:
+def as_tensor(x) -> torch.Tensor:
+    """A writable torch copy of an initializer or a fetched tensor (float64 narrowed to float32)."""
     a = np.asarray(x)
     return torch.from_numpy(np.array(a, dtype=np.float32 if a.dtype == np.float64 else a.dtype))
-
-
-def side_tensor(x: np.ndarray) -> torch.Tensor:
-    """A fetched side input as a torch tensor."""
-    return _tensor(x)
 
 
 def _ints(t) -> list[int]:
@@ -282,5 +278,4 @@ def numpy_initializer(model: onnx.ModelProto, folder) -> callable:
     from runtime.onnx_helpers import read_initializer
 
     by_name = {i.name: i for i in model.graph.initializer}
-    return lambda name: (read_initializer(by_name[name], folder) if by_name[name].data_location == onnx.TensorProto.EXTERNAL
-                         else numpy_helper.to_array(by_name[name]))
+    return lambda name: read_initializer(by_name[name], folder)

@@ -38,12 +38,9 @@ def learned(tiny_artifact, tmp_path_factory):
 def test_torch_layers_reproduce_onnxruntime(tiny_artifact):
     """Each decoder layer run in torch from the graph's own nodes gives onnxruntime's outputs (texts
     longer than the tiny model's sliding window included)."""
-    import onnxruntime as ort
-    from onnx import helper
-
-    from quant.calibration import _calibration_inputs, load_calibration_texts
+    from quant.calibration import _calibration_inputs, _instrumented_session, load_calibration_texts
     from quant.source import open_fp32_artifact
-    from quant.torch_graph import GraphLayer, decoder_layers, numpy_initializer, side_tensor
+    from quant.torch_graph import GraphLayer, as_tensor, decoder_layers, numpy_initializer
     from runtime.batching import pad_batch
 
     src = open_fp32_artifact(tiny_artifact)
@@ -55,10 +52,7 @@ def test_torch_layers_reproduce_onnxruntime(tiny_artifact):
     fetch = sorted({t for la in layers for t in [la.h_in, la.r_in, la.h_out, la.r_out] + la.side_inputs
                     if not t.startswith("learned.")})
     bare = onnx.load(str(src.folder / src.manifest["model_file"]), load_external_data=False)
-    bare.graph.output.extend(helper.make_empty_tensor_value_info(n) for n in fetch)
-    options = ort.SessionOptions()
-    options.add_session_config_entry("session.model_external_initializers_file_folder_path", str(src.folder))
-    session = ort.InferenceSession(bare.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    session = _instrumented_session(src, bare, fetch, 1)
     ids, _ = _calibration_inputs(src, sorted(load_calibration_texts(), key=len)[-3:] + ["short"], None)
     ids, mask = pad_batch(ids, 0)
     assert ids.shape[1] == src.manifest["max_seq_length"] and mask.sum(1).min() < ids.shape[1]   # cut and padded
@@ -66,9 +60,9 @@ def test_torch_layers_reproduce_onnxruntime(tiny_artifact):
     valid = torch.from_numpy(mask.astype(bool))
     for layer in layers:
         weights = {n: torch.from_numpy(np.array(read(n), np.float32)) for n in layer.weights}
-        side = {n: side_tensor(outs[n]) for n in layer.side_inputs}
+        side = {n: as_tensor(outs[n]) for n in layer.side_inputs}
         with torch.no_grad():
-            h, r = GraphLayer(layer, read)(side_tensor(outs[layer.h_in]), side_tensor(outs[layer.r_in]), side, weights)
+            h, r = GraphLayer(layer, read)(as_tensor(outs[layer.h_in]), as_tensor(outs[layer.r_in]), side, weights)
         want_h = torch.from_numpy(outs[layer.h_out])
         assert float((h - want_h)[valid].norm() / want_h[valid].norm()) < 1e-5
         if layer.r_out in outs:
