@@ -112,12 +112,12 @@ class _Presets(Mapping):
 
 #: Names of the registered tasks, in the order the suite runs and reports them.
 TASK_NAMES: Sequence[str] = _TaskNames()
-#: Sizes per preset ('default', 'smoke'): the union of every task's sizes.
+#: Sizes per preset ('default', 'precise', 'smoke'): the union of every task's sizes.
 PRESETS: Mapping[str, dict[str, int]] = _Presets()
 
 
 def build_tasks(preset: str = "default", *, seed: int = 42, names: Sequence[str] | None = None) -> list[Task]:
-    """The suite's tasks, subsampled per ``preset`` ('default' or 'smoke') with a fixed seed.
+    """The suite's tasks, subsampled per ``preset`` ('default', 'precise' or 'smoke') with a fixed seed.
 
     names restricts the suite to some tasks (see ``TASK_NAMES``) and sets their order. Raises
     ``DataUnavailable`` when a package holding the data is not installed.

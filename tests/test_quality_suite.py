@@ -66,6 +66,31 @@ def test_default_preset_is_within_budget():
     assert PRESETS["default"]["n_experiments"] == 50 and PRESETS["default"]["n_bootstrap"] == 10
 
 
+def test_precise_preset_grows_what_the_data_allow():
+    default = {t.name: t for t in build_tasks("default")}
+    precise = {t.name: t for t in build_tasks("precise")}
+    assert list(precise) == list(TASK_NAMES)
+    # every size at least the default's; the STS tasks already use all their data, so they are the same texts
+    assert all(PRESETS["precise"][k] >= v for k, v in PRESETS["default"].items())
+    for name in ("LeeDocSimilarity", "SimLex999", "WordSim353"):
+        assert precise[name].texts == default[name].texts and precise[name].pairs == default[name].pairs
+    sizes = {n: t.sizes() for n, t in precise.items()}
+    # the sizes asked are the sizes built (the data hold them: nothing silently smaller) ...
+    assert sizes["RTReviewPlotRetrieval"]["queries"] == PRESETS["precise"]["rt_retrieval_queries"] == 2200
+    assert sizes["RTReviewPlotReranking"]["queries"] == PRESETS["precise"]["rt_rerank_queries"] == 960
+    assert sizes["RTSentimentClassification"]["test"] == 2 * PRESETS["precise"]["cls_test_per_label"] == 1400
+    assert sizes["ConventionPartyClassification"]["test"] == 2 * PRESETS["precise"]["party_test_per_label"] == 872
+    assert sizes["SnowNLPSentimentClassification"]["test"] == 2 * PRESETS["precise"]["zh_test_per_label"] == 800
+    assert sizes["TwoNewsgroupsClustering"]["bootstraps"] == 200 and sizes["RTSentimentClassification"]["n_experiments"] == 100
+    # ... and the Rotten Tomatoes tasks still never share a review, nor the party tasks a speaker's passage
+    rt = [set(precise["RTReviewPlotRetrieval"].queries), set(precise["RTReviewPlotReranking"].queries),
+          set(precise["RTSentimentClassification"].train_texts), set(precise["RTSentimentClassification"].test_texts)]
+    assert sum(map(len, rt)) == len(set().union(*rt))
+    party = precise["ConventionPartyClassification"]
+    assert not set(party.train_texts) & set(party.test_texts)
+    assert party.test_labels.count("republican") == 436   # every republican passage of the test speakers
+
+
 def test_adding_a_task_is_one_definition():
     """One decorated builder registers a task: it shows up in TASK_NAMES, PRESETS, build_tasks and the CLI."""
     from quality import datasets as ds
