@@ -43,10 +43,16 @@ MODEL_CARD_MTEB = {
 
 
 def target_for(label: str, variant: str | None) -> float | None:
-    """The allowed drop (points) for a variant, looked up by its manifest variant name, then its label."""
+    """The allowed drop (points) for a variant, looked up by its manifest variant name, then its label.
+    A recipe with per-site overrides (``Q4_0:v8@0-23,...``, as a size budget writes) is held to its
+    base format's line: it is built to beat that format."""
     for key in (variant, label):
-        if key and key.lower() in TARGETS:
-            return TARGETS[key.lower()]
+        if not key:
+            continue
+        key = key.lower()
+        base = key.split(":", 1)[0]
+        if key in TARGETS or base in TARGETS:
+            return TARGETS.get(key, TARGETS.get(base))
     return None
 
 

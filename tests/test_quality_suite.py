@@ -12,7 +12,7 @@ pytest.importorskip("sklearn", reason="the quality extra is not installed (pip i
 
 from quality import build_report, build_tasks, run_suite, write_report  # noqa: E402
 from quality.cli import main  # noqa: E402
-from quality.report import TARGETS  # noqa: E402
+from quality.report import TARGETS, target_for  # noqa: E402
 from quality.suite import ArtifactEncoder  # noqa: E402
 from quality.tasks import PRESETS, TASK_NAMES  # noqa: E402
 
@@ -404,3 +404,10 @@ def test_not_resolved_tasks_make_no_verdict(tiny_run, smoke_tasks):
              "status": "not resolved" if i == 0 else "met"} for i, t in enumerate(smoke_tasks)]
     v = _verdict(rows)
     assert v["meets_target"] is None and v["not_resolved"] == [smoke_tasks[0].name] and v["misses"] == []
+
+
+def test_override_recipes_are_held_to_their_base_formats_line():
+    assert target_for("budget-200mb", "Q4_0:v8@0-23,down8@16-23") == TARGETS["q4_0"] == 0.5
+    assert target_for("mine", "q8_0:k4@3") == TARGETS["q8_0"] == 0.1
+    assert target_for("q4_0", None) == 0.5 and target_for("e4_a8_f4_p4", "e4_a8_f4_p4") == 0.5
+    assert target_for("fp32", "fp32") is None and target_for("w8a8", "w8a8") is None
