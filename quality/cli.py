@@ -55,9 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--baseline", help="label of the fp32 baseline (default: 'fp32' if given, else the first)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads per model (default: all cores)")
     p.add_argument("--preset", choices=sorted(PRESETS), default="default",
-                   help="task sizes: 'default' (~240k tokens per variant), 'precise' (every task whose data allows it "
-                        "grown to resolve a 0.5-point line; ~1.6x the tokens, 200 k-means bootstraps) or 'smoke' "
-                        "(a few hundred texts)")
+                   help="task sizes: 'default' (~240k tokens per variant), 'precise' (every task grown to the end of its "
+                        "data for the smallest standard errors: ~1.5x the tokens, 200 k-means bootstraps) or "
+                        "'smoke' (a few hundred texts)")
     p.add_argument("--tasks", nargs="+", choices=TASK_NAMES, metavar="TASK",
                    help=f"run only these tasks (default: all: {', '.join(TASK_NAMES)})")
     p.add_argument("--seed", type=int, default=42, help="seed of every subsample (default 42)")

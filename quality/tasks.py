@@ -7,7 +7,7 @@ does not change when another task's size does, and every model sees exactly the 
 
 "default" keeps one variant's embedding work near 240k tokens, each task sized by how precisely it
 measures a drop (the standard error in the report); "precise" grows every task whose data allows it
-until that data runs out (about 1.6x the tokens), to resolve the 4-bit variants' 0.5-point line;
+until that data runs out (about 1.5x the tokens), for the smallest standard errors the data give;
 "smoke" is for the fast tests on the tiny model. The measurements behind the sizes are in
 docs/notes/quality.md (findings 3 and 5).
 """
