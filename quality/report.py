@@ -21,6 +21,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from quant.recipe import RecipeError, parse_recipe
 from runtime.cpu import cpu_name
 
 from .suite import RunResult, fidelity
@@ -49,10 +50,14 @@ def target_for(label: str, variant: str | None) -> float | None:
     for key in (variant, label):
         if not key:
             continue
-        key = key.lower()
-        base = key.split(":", 1)[0]
-        if key in TARGETS or base in TARGETS:
-            return TARGETS.get(key, TARGETS.get(base))
+        if key.lower() in TARGETS:
+            return TARGETS[key.lower()]
+        try:   # the recipe grammar (overrides after a colon) is quant.recipe's
+            base = parse_recipe(key).base_name
+        except RecipeError:
+            continue
+        if base in TARGETS:
+            return TARGETS[base]
     return None
 
 

@@ -168,14 +168,18 @@ class Recipe:
         return self.base + (":" + ",".join(o.text for o in self.overrides) if self.overrides else "")
 
     @property
+    def base_name(self) -> str:
+        """The named recipe the groups equal without overrides (``q4_0`` for ``q4_0:f8@20-23``), else ``base``."""
+        return next((named for named, recipe in NAMED.items() if recipe == self.base), self.base)
+
+    @property
     def name(self) -> str:
         """The variant name: the named recipe it equals (``q8_0``, ``w8a8``, ...), else the recipe string;
         overrides follow the name (``q4_0:f8@20-23``)."""
         whole = next((named for named, recipe in NAMED.items() if recipe == self.recipe), None)
         if whole is not None:
             return whole
-        base = next((named for named, recipe in NAMED.items() if recipe == self.base), self.base)
-        return base + (":" + ",".join(o.text for o in self.overrides) if self.overrides else "")
+        return self.base_name + (":" + ",".join(o.text for o in self.overrides) if self.overrides else "")
 
     def format_for(self, group: str, position: tuple[int, str] | None = None) -> BlockFormat:
         """The block format of one weight: its group's, unless an override selects its (layer, projection)."""

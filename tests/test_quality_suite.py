@@ -409,5 +409,6 @@ def test_not_resolved_tasks_make_no_verdict(tiny_run, smoke_tasks):
 def test_override_recipes_are_held_to_their_base_formats_line():
     assert target_for("budget-200mb", "Q4_0:v8@0-23,down8@16-23") == TARGETS["q4_0"] == 0.5
     assert target_for("mine", "q8_0:k4@3") == TARGETS["q8_0"] == 0.1
+    assert target_for("mine", "e4_a4_f4_p4:f8@20-23") == 0.5   # q4_0's groups spelled as a recipe string
     assert target_for("q4_0", None) == 0.5 and target_for("e4_a8_f4_p4", "e4_a8_f4_p4") == 0.5
     assert target_for("fp32", "fp32") is None and target_for("w8a8", "w8a8") is None
