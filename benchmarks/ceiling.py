@@ -29,6 +29,7 @@ class Peak:
     fp32_per_cycle: int      # fp32 FLOPs per cycle per core (an FMA counts 2)
     int8_per_cycle: int      # int8 ops per cycle per core (a multiply-add counts 2)
     assumption: str
+    int8_matrix_per_cycle: int = 0   # int8 ops per cycle per core of a matrix unit (AMX); 0: none
 
     @property
     def fp32_gflops(self) -> float:
@@ -37,6 +38,10 @@ class Peak:
     @property
     def int8_gops(self) -> float:
         return self.int8_per_cycle * self.cores * self.ghz
+
+    @property
+    def int8_matrix_gops(self) -> float:
+        return self.int8_matrix_per_cycle * self.cores * self.ghz
 
 
 def per_cycle(flags: set[str], vendor: str = "") -> tuple[int, int, str]:
@@ -60,6 +65,17 @@ def per_cycle(flags: set[str], vendor: str = "") -> tuple[int, int, str]:
     if has_int8_dot(flags):   # VNNI / sdot: 4 multiply-adds per 32-bit lane at the FMA's rate
         return fp32, 4 * fp32, why + "; int8 dot products (VNNI / dotprod) at 4x the fp32 lane rate"
     return fp32, 2 * fp32, why + "; int8 without dot products: 16-bit pair products, 2x the fp32 lane rate"
+
+
+def matrix_int8_per_cycle(flags: set[str]) -> tuple[int, str]:
+    """int8 ops per cycle per core of the CPU's matrix unit (0 without one), and the assumption.
+
+    Only onnxruntime's integer GEMM (MatMulIntegerToFloat, MatMulInteger: the w8a8 path) has AMX
+    kernels; MatMulNBits runs on the vector units at every accuracy level (docs/notes/bench.md).
+    """
+    if "amx_int8" in flags:   # TDPBUSD: a 16 x 64 by 64 x 16 tile product (16,384 multiply-adds) per 16 cycles
+        return 2048, "AMX-INT8 tiles: 1,024 int8 multiply-adds per cycle per core"
+    return 0, ""
 
 
 _CHAIN_C = r"""
@@ -141,7 +157,9 @@ def machine_peak(cores: int | None = None, ghz: float | None = None, flags: set[
     if ghz is None:
         return None
     fp32, int8, why = per_cycle(flags, vendor)
-    return Peak(cores or os.cpu_count() or 1, ghz, source, fp32, int8, why)
+    matrix, matrix_why = matrix_int8_per_cycle(flags)
+    return Peak(cores or os.cpu_count() or 1, ghz, source, fp32, int8, why + (f"; {matrix_why}" if matrix else ""),
+                matrix)
 
 
 @dataclass(frozen=True)

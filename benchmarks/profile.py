@@ -79,9 +79,13 @@ def _table(name: str, ops: dict[str, dict], peak, int8: bool) -> str:
         rate = o["gflop"] / (o["ms"] / 1000) if o["gflop"] and o["ms"] else None
         share = ""
         if rate and peak:
-            on_int8 = op in ("MatMulIntegerToFloat", "MatMulInteger") or (op == "MatMulNBits" and int8)
-            ceiling = peak.int8_gops if on_int8 else peak.fp32_gflops
-            share = f"{100 * rate / ceiling:.0f} % of {'int8' if ceiling == peak.int8_gops else 'fp32'}"
+            gemm = op in ("MatMulIntegerToFloat", "MatMulInteger")   # onnxruntime's integer GEMM: AMX where present
+            if gemm and peak.int8_matrix_gops:
+                share = f"{100 * rate / peak.int8_matrix_gops:.0f} % of AMX int8, {100 * rate / peak.int8_gops:.0f} % of vector int8"
+            elif gemm or (op == "MatMulNBits" and int8):
+                share = f"{100 * rate / peak.int8_gops:.0f} % of int8"
+            else:
+                share = f"{100 * rate / peak.fp32_gflops:.0f} % of fp32"
         lines.append(f"| {op} | {o['ms']:.1f} | {100 * o['ms'] / total:.0f} % | "
                      f"{'' if rate is None else f'{rate:.0f}'} | {share} |")
     return "\n".join(lines)

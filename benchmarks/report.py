@@ -78,6 +78,9 @@ def fidelity_of(name: str, entry: dict, fidelity: dict) -> dict | None:
 def _peak_cell(e: dict) -> str:
     if "of_fp32_peak" not in e:
         return ""
+    if "of_matrix_peak" in e:   # onnxruntime's integer GEMM runs on the matrix unit (AMX) where there is one
+        return (f"{100 * e['of_matrix_peak']:.1f} % of AMX int8, {100 * e['of_int8_peak']:.1f} % of vector int8, "
+                f"{100 * e['of_fp32_peak']:.0f} % of fp32")
     if "of_int8_peak" in e:   # its matmuls run on int8 dot products: that is its ceiling
         return f"{100 * e['of_int8_peak']:.1f} % of int8, {100 * e['of_fp32_peak']:.0f} % of fp32"
     return f"{100 * e['of_fp32_peak']:.0f} % of fp32"
@@ -114,7 +117,11 @@ def _ceiling(meta: dict, summary: dict, through: list[str]) -> list[str]:
     work = ", ".join(f"{w} {meta['workloads'][w]['gflop']:.1f}" for w in through if "gflop" in meta["workloads"][w])
     lines = ["", f"Ceiling: {c['cores']} cores x {c['ghz']:.2f} GHz ({c['clock_source']}) x {c['fp32_per_cycle']} fp32 "
              f"FLOPs per cycle = **{c['fp32_gflops']:.0f} GFLOP/s fp32**, x {c['int8_per_cycle']} int8 ops per cycle = "
-             f"**{c['int8_gops']:.0f} GOP/s int8** ({c['assumption']}). Useful arithmetic per workload (linear layers, "
+             f"**{c['int8_gops']:.0f} GOP/s int8**"
+             + (f", x {c['int8_matrix_per_cycle']} on the matrix unit = **{c['int8_matrix_gops']:.0f} GOP/s AMX int8**, "
+                "the ceiling of the rows on onnxruntime's integer GEMM (w8a8); MatMulNBits has no AMX kernel"
+                if c.get("int8_matrix_gops") else "")
+             + f" ({c['assumption']}). Useful arithmetic per workload (linear layers, "
              f"attention within its windows, heads; padding not counted), GFLOP: {work}. Rows whose matmuls multiply "
              "int8 (w8a8, MatMulNBits at accuracy level 4, llama.cpp's quantized types, sentence-transformers' int8) "
              "are held against the int8 peak; the rest of each row's time goes to what the per-op profile shows "

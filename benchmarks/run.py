@@ -37,9 +37,10 @@ def _systems(args) -> list[dict]:
         systems.append({"name": name, "system": "onnx", "path": str(Path(path).resolve()),
                         "size_mb": sum(f["size"] for f in m["files"].values()) / 1e6,
                         "variant": m.get("variant"), "accuracy_level": level,
-                        # MatMulNBits at level 4 multiplies int8-quantized activations; the int8 path
-                        # (w8a8, w8a8_s4) is integer
-                        "arith": "int8" if (m.get("quantization") or {}).get("int8_path") or "4" in level else "fp32"})
+                        # MatMulNBits at level 4 multiplies int8-quantized activations on the vector units;
+                        # the int8 path (w8a8, w8a8_s4) runs onnxruntime's integer GEMM, which has AMX kernels
+                        "arith": ("int8-gemm" if (m.get("quantization") or {}).get("int8_path")
+                                  else "int8" if "4" in level else "fp32")})
     if args.torch:
         try:
             import sentence_transformers  # noqa: F401
@@ -197,11 +198,14 @@ def _ceiling(summary: dict, systems: list[dict], token_counts: dict, args) -> di
             if "seconds" in e:
                 e["gflops"] = token_counts[w]["gflop"] / e["seconds"]
                 e["of_fp32_peak"] = e["gflops"] / peak.fp32_gflops
-                if arith[name] == "int8":
+                if arith[name] in ("int8", "int8-gemm"):
                     e["of_int8_peak"] = e["gflops"] / peak.int8_gops
+                if arith[name] == "int8-gemm" and peak.int8_matrix_gops:
+                    e["of_matrix_peak"] = e["gflops"] / peak.int8_matrix_gops
     return {"cores": peak.cores, "ghz": peak.ghz, "clock_source": peak.clock_source,
             "fp32_per_cycle": peak.fp32_per_cycle, "int8_per_cycle": peak.int8_per_cycle,
-            "fp32_gflops": peak.fp32_gflops, "int8_gops": peak.int8_gops, "assumption": peak.assumption}
+            "int8_matrix_per_cycle": peak.int8_matrix_per_cycle, "fp32_gflops": peak.fp32_gflops,
+            "int8_gops": peak.int8_gops, "int8_matrix_gops": peak.int8_matrix_gops, "assumption": peak.assumption}
 
 
 def main(argv=None) -> int:

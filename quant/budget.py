@@ -150,6 +150,8 @@ def _model_bytes(write_graph, recipe: Recipe) -> int:
 class ZeroQuantizer:
     """Stands in for ``SiteQuantizer`` when only sizes matter: every weight's codes and scales are zeros."""
 
+    two_pass = False   # budgets plan block formats; the integer path's form does not arise
+
     def get(self, site: G.WeightSite, fmt: BlockFormat) -> tuple[G.QuantizedWeight, str]:
         """Zero codes of ``site`` in ``fmt``, shaped as the real ones."""
         nb = site.k // BLOCK_SIZE

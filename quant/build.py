@@ -28,7 +28,7 @@ from .budget import BudgetPlan, ZeroQuantizer, candidates, plan_budget
 from .calibration import ActivationStats, collect_statistics, load_calibration_texts
 from .formats import matmulnbits_format
 from .manifest import GraphSummary, decoded_at_load, variant_manifest
-from .quantizer import CALIBRATED, METHODS, SiteQuantizer, kept_fp32, on_integer_path, site_format
+from .quantizer import CALIBRATED, METHODS, SiteQuantizer, kept_fp32, on_integer_path, site_format, two_pass_site
 from .recipe import Recipe
 from .self_check import SelfCheck
 from .source import Fp32Source, QuantInputError, open_fp32_artifact, tokenizer_files
@@ -94,6 +94,11 @@ class BuildOptions:
         return dict(target.levels), {matmulnbits_format(bits).name: f"target {target.name}: {level}"
                                      for bits, level in target.levels.items()}
 
+    def two_pass(self, target: Target) -> tuple[bool, str]:
+        """Whether the integer path computes down_proj in two int8 passes (``quant.int8_path.TWO_PASS``)
+        rather than float32, and why: the target's choice (``x86-amx``)."""
+        return target.two_pass, f"target {target.name}"
+
     def activation_bits(self, target: Target) -> tuple[int, str]:
         """The integer path's activation code width and why: given, the target's, or this CPU's (8 where
         it has int8 dot products, on which 8-bit codes are exact, else 7)."""
@@ -142,9 +147,10 @@ def build_variants(fp32_dir: str | Path, targets: list[tuple[Recipe, str | Path]
         plan = _plan_budget(src, recipes[0], options)
         targets = [(plan.recipe, targets[0][1])]
         recipes = [plan.recipe]
+    two_pass = options.two_pass(get_target(options.target)) if any(r.integer for r in recipes) else (False, "")
     quantizer = SiteQuantizer(src, options.method, stats, recipes, progress=options.progress,
                               texts=texts if options.method == "learned" else None,
-                              threads=options.threads)
+                              threads=options.threads, two_pass=two_pass[0])
     check = SelfCheck(src.folder, options.threads) if options.check else None
     written = []
     for recipe, out in targets:
@@ -203,7 +209,8 @@ def _build_one(src: Fp32Source, recipe: Recipe, out: Path, quantizer: SiteQuanti
     target = get_target(options.target)
     levels, notes = options.levels(target)
     # timed levels: written at level 0, then timed at both levels per bit width once written
-    summary = GraphSummary(levels=levels or {4: 0, 8: 0}, level_notes=notes)
+    summary = GraphSummary(levels=levels or {4: 0, 8: 0}, level_notes=notes,
+                           two_pass=(0, options.two_pass(target)[1] if recipe.integer else ""))
     act_bits = options.activation_bits(target) if recipe.integer else None
     with staged_output(out, force=options.force) as stage:
         model_path = stage / src.manifest["model_file"]
@@ -232,18 +239,20 @@ def _write_graph(src: Fp32Source, recipe: Recipe, model_path: Path, quantizer: S
     """Quantize every site of ``recipe`` into the fp32 graph and save it with one weights file;
     records counts, methods and opsets in ``summary``; returns the vocabulary size."""
     model = src.graph()
+    two_pass = quantizer.two_pass
     sites, kept = [], []   # the kept ones are internalized as fp32
     for s in G.find_weight_sites(model):
-        (kept if kept_fp32(recipe, s) else sites).append(s)
+        (kept if kept_fp32(recipe, s, two_pass) else sites).append(s)
     # weights an integer-path group computes in float32, stored so (w8a8) or in blocks decoded at load (a4i)
-    in_fp32 = [s for s in sites + kept if s.op == "MatMul" and recipe.uses_integer_path(s.group) and I8.keeps_fp32(s.name)]
+    in_fp32 = [s for s in sites + kept if s.op == "MatMul" and recipe.uses_integer_path(s.group) and I8.keeps_fp32(s.name)
+               and not two_pass_site(recipe, s, two_pass)]
     summary.fp32_counts.update({g: sum(s.group == g for s in in_fp32) for g in summary.fp32_counts})
     internalize_external_data(model, src.folder, skip={s.name for s in sites})
     _divide_norms(model, quantizer.norm_edits(recipe))
     integer_sites: dict[str, list[G.WeightSite]] = {}
     with progress_bar(len(sites), f"quantizing {recipe.name}", progress, unit="tensor") as bar:
         for site in sites:
-            if on_integer_path(recipe, site):
+            if on_integer_path(recipe, site, two_pass):
                 integer_sites.setdefault(site.activation, []).append(site)
                 continue
             fmt = site_format(recipe, site)
@@ -258,8 +267,10 @@ def _write_graph(src: Fp32Source, recipe: Recipe, model_path: Path, quantizer: S
         for activation, members in integer_sites.items():
             packed, smooth, used, outliers = quantizer.get_integer(activation, members,
                                                                    recipe.integer_storage(members[0].group))
+            twice = {m.name for m in members if two_pass_site(recipe, m, two_pass)}
             I8.add_integer_path(model, activation, members, packed, smooth, activation_bits=act_bits[0],
-                                outliers=outliers)
+                                outliers=outliers, two_pass=twice)
+            summary.two_pass = (summary.two_pass[0] + len(twice), summary.two_pass[1])
             for site in members:
                 summary.integer_counts[site.group] += 1
                 summary.methods[site.group] = used
@@ -321,7 +332,10 @@ def _describe_extras(quantization: dict, recipe: Recipe, quantizer: SiteQuantize
             "activation_bits": act_bits[0], "activation_bits_choice": act_bits[1],
             "needs_int8_dot_products": act_bits[0] == 8,
             "why": "8-bit activation codes times 8-bit weights saturate in the u8 x s8 kernel of x86 CPUs "
-                   "without VNNI; the runtime refuses such an artifact there"}
+                   "without VNNI; the runtime refuses such an artifact there",
+            # v_proj / down_proj: float32 MatMuls, or two int8 passes (value and rounding residual) where
+            # an int8 matrix unit makes those faster (quant.int8_path)
+            "two_pass_weights": summary.two_pass[0], "two_pass_choice": summary.two_pass[1]}
 
 
 def _target_entry(target: Target, summary: GraphSummary, act_bits: tuple[int, str] | None) -> dict:

@@ -22,8 +22,13 @@ still far above the rest are split into copies (``OUTLIER_CHANNELS``) so they do
 
 Which weights take the path is measured, not assumed (``ELIGIBLE``, ``KEPT_FP32``): 8-bit inputs
 of ``v_proj`` and ``down_proj`` cost several times the Q8_0 error budget, and plain fp32 MatMuls
-for these two are exact and faster than quantizing their inputs in two passes, so they stay fp32
-(docs/notes/quant.md).
+for these two are exact and faster than quantizing their inputs in two passes on CPUs whose int8
+products run on the vector units, so they stay fp32 there (docs/notes/quant.md). Where an int8
+matrix unit runs the integer GEMM (AMX: about 5x the fp32 GEMM against 2x with VNNI) two passes
+are the faster form for down_proj (``TWO_PASS``, ``two_pass``): the row's codes ``q`` and then its
+rounding residual ``x_s / m - (q - zero) step``, coded again at a ``2 half`` times finer step, both
+multiplied by the same int8 weight. v_proj in two passes too was slower and missed the fidelity
+minimum (docs/notes/bench.md).
 
 numpy and onnx only.
 """
@@ -46,6 +51,9 @@ ELIGIBLE = re.compile(r"\.(q_proj|k_proj|o_proj|gate_proj|up_proj)\.weight_t$")
 #: Weights of an integer-path group that stay fp32: their inputs need ~16-bit activations, and the
 #: fp32 GEMM is faster than two integer passes (see the module docstring).
 KEPT_FP32 = re.compile(r"\.(v_proj|down_proj)\.weight_t$")
+#: Of those, the weight computed in two integer passes where an int8 matrix unit makes that faster
+#: (``--target x86-amx``; with v_proj too: slower and below the fidelity minimum, docs/notes/bench.md).
+TWO_PASS = re.compile(r"\.down_proj\.weight_t$")
 #: Largest weight code; -128 is never used, as in ggml's Q8_0 (keeps the codes symmetric).
 WEIGHT_QMAX = 127
 #: SmoothQuant migration strength: s_k = max|x_k|^alpha / max|w_k|^(1-alpha). Of 0.4 / 0.5 / 0.65 / 0.8
@@ -214,7 +222,7 @@ def _recode_nodes(graph, site, stored: StoredCodes, out: str) -> list:
 
 def add_integer_path(model: onnx.ModelProto, activation: str, sites: list, packed: dict[str, tuple[np.ndarray, np.ndarray]],
                      smooth: np.ndarray | None, activation_bits: int = 8, outliers: np.ndarray | None = None,
-                     split: int | None = None) -> None:
+                     split: int | None = None, two_pass: frozenset[str] | set[str] = frozenset()) -> None:
     """Rewrite every MatMul in ``sites`` (all reading ``activation``) to the integer path, in place.
 
     ``packed`` maps each site's weight name to its (int8 codes [K, N], float32 scales [N]), already
@@ -226,8 +234,10 @@ def add_integer_path(model: onnx.ModelProto, activation: str, sites: list, packe
     column, ``[K + len(outliers) * (split - 1), N]``. The per-token quantization of the input
     is inserted once, before the first consumer, and shared by all of them; its division by the
     smoothing factors and split divisors is folded into the input's producer where that is exact
-    (``_fold_divisors``), else it is a Mul. Each node keeps its name and output, so nothing
-    downstream changes; the fp32 weights are removed from the graph.
+    (``_fold_divisors``), else it is a Mul. Sites named in ``two_pass`` also read the codes of the
+    rounding residual (widened alike): two integer products through the same weight, summed. Each
+    node keeps its name and output, so nothing downstream changes; the fp32 weights are removed from
+    the graph.
     """
     graph = model.graph
     p = f"{activation}.int8"
@@ -263,10 +273,19 @@ def add_integer_path(model: onnx.ModelProto, activation: str, sites: list, packe
     codes = f"{p}.q_narrow" if has_outliers else f"{p}.q"
     pre.append(helper.make_node("QuantizeLinear", [f"{p}.unit", f"{p}.a_scale", f"{p}.a_zero"], [codes],
                                 name=f"{p}/quantize"))
+    if two_pass:
+        # the residual lies in [-step/2, step/2]: the same code range at a 2 x half times finer step
+        consts[f"{p}.a_scale2"] = np.array(1.0 / half / (2 * half), np.float32)
+        pre += [helper.make_node("DequantizeLinear", [codes, f"{p}.a_scale", f"{p}.a_zero"], [f"{p}.coarse"],
+                                 name=f"{p}/coarse"),
+                helper.make_node("Sub", [f"{p}.unit", f"{p}.coarse"], [f"{p}.residual"], name=f"{p}/residual"),
+                helper.make_node("QuantizeLinear", [f"{p}.residual", f"{p}.a_scale2", f"{p}.a_zero"],
+                                 [f"{p}.q2_narrow" if has_outliers else f"{p}.q2"], name=f"{p}/quantize_residual")]
     if has_outliers:
         consts[f"{p}.copies"] = split_columns(sites[0].k, outliers, split)[sites[0].k:]  # the codes' extra rows
-        pre += [helper.make_node("Gather", [codes, f"{p}.copies"], [f"{p}.q_copies"], name=f"{p}.q/copies", axis=-1),
-                helper.make_node("Concat", [codes, f"{p}.q_copies"], [f"{p}.q"], name=f"{p}.q/widen", axis=-1)]
+        for narrow, wide in [(codes, f"{p}.q")] + ([(f"{p}.q2_narrow", f"{p}.q2")] if two_pass else []):
+            pre += [helper.make_node("Gather", [narrow, f"{p}.copies"], [f"{wide}_copies"], name=f"{wide}/copies", axis=-1),
+                    helper.make_node("Concat", [narrow, f"{wide}_copies"], [wide], name=f"{wide}/widen", axis=-1)]
     for name, value in consts.items():
         graph.initializer.append(numpy_helper.from_array(value, name))
     by_node = {s.node_name: s for s in sites}
@@ -289,12 +308,21 @@ def add_integer_path(model: onnx.ModelProto, activation: str, sites: list, packe
                               [f"{p}.q", f"{site.name}.i8", f"{p}.a_scale", f"{site.name}.scale", f"{p}.a_zero"],
                               [f"{y}.unit"], name=node.name, domain=MS_DOMAIN)
         mm.metadata_props.extend(node.metadata_props)
+        if site.name in two_pass:
+            second = helper.make_node("MatMulIntegerToFloat", [f"{p}.q2", f"{site.name}.i8", f"{p}.a_scale2",
+                                                                f"{site.name}.scale", f"{p}.a_zero"],
+                                      [f"{y}.unit2"], name=f"{node.name}/residual", domain=MS_DOMAIN)
+            out_nodes += [mm, second]
+            mm = helper.make_node("Add", [f"{y}.unit", f"{y}.unit2"], [f"{y}.sum"], name=f"{node.name}/sum")
+            y_unit = f"{y}.sum"
+        else:
+            y_unit = f"{y}.unit"
         # Undo the per-token row scale. A following RMSNorm does not cancel it: rows divided by a
         # large max fall below the norm's epsilon (min cosine 0.957 instead of 0.998 with down_proj),
         # and even with a constant that keeps rows >= the true ones the post-attention and
         # post-feed-forward norms, whose inputs' mean square goes down to 1e-3 and 1e-7 (eps 1e-6),
         # rely on the epsilon: mean cosine 0.992 without the Muls of q/k/o/up (docs/notes/quant.md).
-        out_nodes += [mm, helper.make_node("Mul", [f"{y}.unit", f"{p}.rowmax"], [y], name=f"{node.name}/rows")]
+        out_nodes += [mm, helper.make_node("Mul", [y_unit, f"{p}.rowmax"], [y], name=f"{node.name}/rows")]
     del graph.node[:]
     graph.node.extend(out_nodes)
 

@@ -61,16 +61,25 @@ def mixed_groups(recipes: list[Recipe]) -> set[str]:
     return {g for r in recipes for g in AWQ_GROUPS if awq_applies(r, g) and len(r.group_formats(g)) > 1}
 
 
-def on_integer_path(recipe: Recipe, site: G.WeightSite) -> bool:
-    """Whether ``site`` takes the integer path in ``recipe``."""
-    return site.op == "MatMul" and recipe.uses_integer_path(site.group) and I8.is_eligible(site.name)
+def two_pass_site(recipe: Recipe, site: G.WeightSite, two_pass: bool) -> bool:
+    """Whether ``site`` is an integer-path down_proj (``I8.TWO_PASS``) computed in two integer passes:
+    with ``two_pass`` (a target with an int8 matrix unit) and int8 storage (``a4i`` keeps it float32)."""
+    return (two_pass and site.op == "MatMul" and recipe.uses_integer_path(site.group) and I8.keeps_fp32(site.name)
+            and I8.TWO_PASS.search(site.name) is not None and recipe.integer_storage(site.group) is None)
 
 
-def kept_fp32(recipe: Recipe, site: G.WeightSite) -> bool:
+def on_integer_path(recipe: Recipe, site: G.WeightSite, two_pass: bool = False) -> bool:
+    """Whether ``site`` takes the integer path in ``recipe`` (``two_pass``: see ``two_pass_site``)."""
+    return (site.op == "MatMul" and recipe.uses_integer_path(site.group) and I8.is_eligible(site.name)
+            or two_pass_site(recipe, site, two_pass))
+
+
+def kept_fp32(recipe: Recipe, site: G.WeightSite, two_pass: bool = False) -> bool:
     """Whether ``site`` is stored float32 in ``recipe`` (the integer path's v_proj and down_proj when the
-    group stores int8 codes; with a block storage, ``a4i``, they are stored in it and decoded at load)."""
+    group stores int8 codes and they are not computed in two passes, ``two_pass_site``; with a block
+    storage, ``a4i``, they are stored in it and decoded at load)."""
     return (site.op == "MatMul" and recipe.uses_integer_path(site.group) and I8.keeps_fp32(site.name)
-            and recipe.integer_storage(site.group) is None)
+            and recipe.integer_storage(site.group) is None and not (two_pass and I8.TWO_PASS.search(site.name)))
 
 
 def integer_key(storage: BlockFormat | None) -> str:
@@ -85,8 +94,9 @@ class SiteQuantizer:
     """
 
     def __init__(self, src: Fp32Source, method: str, stats: ActivationStats | None, recipes: list[Recipe],
-                 progress: bool = False, texts: list[str] | None = None, threads: int | None = None):
-        self.src, self.method = src, method
+                 progress: bool = False, texts: list[str] | None = None, threads: int | None = None,
+                 two_pass: bool = False):
+        self.src, self.method, self.two_pass = src, method, two_pass
         self.hessians = stats.hessians if stats and method in CALIBRATED else {}   # popped as they are used up
         self.rows = stats.rows if stats and method in CALIBRATED else {}
         self.absmax = stats.absmax if stats else {}
@@ -95,9 +105,10 @@ class SiteQuantizer:
         self._pending: dict[tuple[str, str], int] = {}
         for recipe in recipes:
             for site in src.sites:
-                if kept_fp32(recipe, site):
+                if kept_fp32(recipe, site, two_pass):
                     continue
-                key = (site.name, integer_key(recipe.integer_storage(site.group)) if on_integer_path(recipe, site) else site_format(recipe, site).name)
+                key = (site.name, integer_key(recipe.integer_storage(site.group)) if on_integer_path(recipe, site, two_pass)
+                       else site_format(recipe, site).name)
                 self._pending[key] = self._pending.get(key, 0) + 1
         self._cache: dict[tuple[str, str], tuple[G.QuantizedWeight, str]] = {}
         self._factors: dict[tuple[str, bool], object] = {}
@@ -201,13 +212,23 @@ class SiteQuantizer:
         (GPTQ or round-to-nearest, along the input) and each weight is an ``I8.StoredCodes``: its
         codes and scales plus the per-channel int8 scales of their decoded values, re-coded when the
         session loads.
+        With ``two_pass`` (see ``two_pass_site``) down_proj is a member too, quantized as the others
+        (the graph gives it a second pass, ``I8.add_integer_path``).
         Returns ``({weight name: (codes [K + copies, N] int8 or StoredCodes, scales [N])}, smoothing
         factors, method, split channel indices)``."""
         weights = {s.name: np.asarray(self._weight(s), dtype=np.float32) for s in members}
         if activation not in self.absmax:
             raise QuantInputError(f"no calibration statistics for {activation!r}; the integer path needs calibration")
-        smooth = I8.smoothing_factors(self.absmax[activation], list(weights.values()))
-        outliers = I8.outlier_channels(self.absmax[activation] / smooth)
+        # two-pass members (down_proj on an AMX target) are quantized as the others; an input that only
+        # they read is neither smoothed nor split: its residual pass is near exact, and smoothing would
+        # only move difficulty into the weights
+        twice = {s.name for s in members if I8.TWO_PASS.search(s.name)} if self.two_pass and storage is None else set()
+        once = len(twice) < len(members)
+        if once:
+            smooth = I8.smoothing_factors(self.absmax[activation], list(weights.values()))
+            outliers = I8.outlier_channels(self.absmax[activation] / smooth)
+        else:
+            smooth, outliers = np.ones(members[0].k, np.float32), np.zeros(0, np.int64)
         cols = I8.split_columns(members[0].k, outliers)
         divisors = I8.input_divisors(smooth, outliers).astype(np.float64)
         use_gptq = self.method == "gptq" and activation in self.hessians
@@ -238,7 +259,7 @@ class SiteQuantizer:
                 codes, scales = I8.quantize_per_channel(w_t)
             packed[site.name] = (np.ascontiguousarray(codes), scales)
         self._release(activation)
-        return packed, smooth, "gptq" if use_gptq else "rtn", outliers
+        return packed, smooth if once else None, "gptq" if use_gptq else "rtn", outliers
 
     def _release(self, activation: str) -> None:
         """Free an input's Hessian once no request that needs it is still to be computed."""

@@ -5,7 +5,9 @@ recipe: the MatMulNBits accuracy level per bit width (level 4 quantizes activati
 for integer dot products; level 0 computes in float32 and, for 8-bit blocks, decodes the weight on
 every call) and the integer path's activation code width (8 bits saturate the u8 x s8 kernel of x86
 CPUs without VNNI). ``host`` times and probes the building machine; every other target fixes the
-choices from what is known about that class (docs/devices.md has the measurements).
+choices from what is known about that class (docs/devices.md has the measurements). A third choice
+is the integer path's form for down_proj: a float32 MatMul, or two integer passes where an int8
+matrix unit (AMX) makes the integer GEMM about 5x the fp32 one (docs/notes/bench.md).
 """
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ class Target:
     arch: str | None                      # "x86_64", "aarch64", "wasm"; None: this machine's
     cpu_flags: tuple[str, ...] = ()       # flags (as /proc/cpuinfo spells them) the choices assume
     requires: dict[str, str] = field(default_factory=dict)   # package -> minimum version at run time
+    two_pass: bool = False                # integer path's down_proj in two int8 passes instead of fp32 (AMX)
 
     def describe(self) -> dict:
         """The manifest's ``target`` entry."""
@@ -51,6 +54,13 @@ TARGETS: dict[str, Target] = {t.name: t for t in (
     # level 0; 8-bit blocks level 4; 8-bit activation codes are exact with VNNI.
     Target("x86-vnni", "x86-64 CPUs with AVX-512 VNNI or AVX-VNNI (Intel Ice Lake and later, AMD Zen 4 and later)",
            levels={4: 0, 8: 4}, activation_bits=8, arch="x86_64", cpu_flags=("avx2", "avx512_vnni|avx_vnni")),
+    # AMX: onnxruntime's integer GEMM runs on the tile unit (4-7x the fp32 GEMM per weight shape), so
+    # w8a8's down_proj takes two integer passes instead of fp32; opt-in, not what host picks on such a
+    # CPU: it meets w8a8's fidelity minimum by a hair (docs/notes/bench.md). MatMulNBits has no AMX
+    # kernel, so the block formats keep x86-vnni's levels.
+    Target("x86-amx", "x86-64 CPUs with AMX-INT8 (Intel Xeon Sapphire Rapids and later); w8a8's down_proj on "
+           "the integer GEMM too", levels={4: 0, 8: 4}, activation_bits=8, arch="x86_64",
+           cpu_flags=("avx2", "avx512_vnni|avx_vnni", "amx_int8"), two_pass=True),
     # Arm: level 4 runs onnxruntime's int8 dot-product (KleidiAI) kernels; Arm's int8 products do not
     # saturate, so 8-bit activation codes are exact; 8-bit MatMulNBits needs onnxruntime >= 1.23 there.
     Target("arm64", "64-bit Arm: phones (Android, iOS), Apple silicon, Graviton, Raspberry Pi 4/5",

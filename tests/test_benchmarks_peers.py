@@ -35,6 +35,16 @@ def test_peak_is_width_times_cores_times_clock():
     assert peak.clock_source == "given"
 
 
+def test_amx_adds_a_matrix_int8_peak_beside_the_vector_one():
+    flags = {"avx512f", "avx2", "fma", "avx512_vnni", "amx_tile", "amx_int8"}
+    peak = ceiling.machine_peak(cores=2, ghz=3.0, flags=flags, vendor="GenuineIntel", measure=False)
+    assert peak.int8_gops == pytest.approx(2 * 256 * 3.0)             # VNNI on two 512-bit units
+    assert peak.int8_matrix_gops == pytest.approx(2 * 2048 * 3.0)     # AMX: 1,024 multiply-adds per cycle
+    assert "AMX" in peak.assumption
+    no_amx = ceiling.machine_peak(cores=2, ghz=3.0, flags=flags - {"amx_int8"}, vendor="GenuineIntel", measure=False)
+    assert no_amx.int8_matrix_gops == 0 and "AMX" not in no_amx.assumption
+
+
 def test_nominal_clock_prefers_lscpu_max_then_cpuinfo():
     assert ceiling.nominal_clock_ghz("", "CPU max MHz:  3700.0000\n") == (3.7, "lscpu max MHz")
     ghz, source = ceiling.nominal_clock_ghz("cpu MHz\t\t: 2596.142\n", "")
@@ -181,3 +191,13 @@ def test_profile_sums_kernel_time_and_matmul_flops_per_encode():
     ops = summarise_profile(events, repeats=2)
     assert ops["MatMulNBits"]["ms"] == pytest.approx(2.0) and ops["Gelu"]["ms"] == pytest.approx(0.25)
     assert ops["MatMulNBits"]["gflop"] == pytest.approx(2 * 4 * 30 * 1152 * 768 / 1e9)
+
+
+def test_peak_cells_name_the_ceiling_each_row_is_held_against():
+    from benchmarks.report import _peak_cell
+
+    assert _peak_cell({"of_fp32_peak": 0.8}) == "80 % of fp32"
+    assert _peak_cell({"of_fp32_peak": 1.5, "of_int8_peak": 0.375}) == "37.5 % of int8, 150 % of fp32"
+    # the integer GEMM on an AMX CPU: its matrix-unit ceiling first, the vector one beside it
+    assert _peak_cell({"of_fp32_peak": 2.0, "of_int8_peak": 0.5, "of_matrix_peak": 0.0625}) == (
+        "6.2 % of AMX int8, 50.0 % of vector int8, 200 % of fp32")

@@ -74,6 +74,51 @@ def test_rewrite_matches_the_arithmetic_it_claims(bits):
     assert rel < 0.02 * 2 ** (8 - bits), rel
 
 
+@pytest.mark.parametrize("bits, split", [(7, False), (8, False), (8, True)])
+def test_two_pass_rewrite_codes_the_rounding_residual_too(bits, split):
+    """down_proj on an AMX target: the row's codes, then the residual at a 2 x half finer step, both
+    through the same int8 weight (widened alike when channels are split); the activation error all but
+    vanishes."""
+    rng = np.random.default_rng(1)
+    w = rng.normal(size=(K, N)).astype(np.float32)
+    x = rng.normal(size=(2, 5, K)).astype(np.float32)
+    x[0, 1] *= 40
+    name = "backbone.layers.0.mlp.down_proj.weight_t"
+    assert I8.keeps_fp32(name) and I8.TWO_PASS.search(name) and not I8.is_eligible(name)
+    idx = np.array([5, 17]) if split else np.zeros(0, np.int64)
+    cols = I8.split_columns(K, idx, 4)
+    divisors = I8.input_divisors(np.ones(K, np.float32), idx, 4)
+    codes, scales = I8.quantize_per_channel((w * divisors[:, None])[cols])
+    model = _one_matmul_model(w, name)
+    site = WeightSite(name, "feed_forward", "MatMul", "mm", "x", K, N)
+    I8.add_integer_path(model, "x", [site], {name: (codes, scales)}, None, activation_bits=bits,
+                        outliers=idx if split else None, split=4, two_pass={name})
+    onnx.checker.check_model(model)
+    ops = [n.op_type for n in model.graph.node]
+    assert ops.count("MatMulIntegerToFloat") == 2 and ops.count("QuantizeLinear") == 2 and "MatMul" not in ops
+    got = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    # numpy model of the arithmetic: codes q of x / m, then codes of the residual x / m - (q - zero) step
+    half = 2 ** (bits - 1) - 1
+    step, step2 = np.float32(1.0 / half), np.float32(1.0 / half / (2 * half))
+    x = (x / divisors).astype(np.float32)[..., cols]   # what the codes are of: each split copy x / 4
+    xd = x.astype(np.float64)
+    rowmax = np.maximum(np.abs(xd).max(axis=-1, keepdims=True), 1e-30)
+    unit = (x / rowmax.astype(np.float32)).astype(np.float32)
+    q1 = _quantize(unit, step, half + 1)
+    residual = unit - ((q1 - half - 1) * step).astype(np.float32)
+    q2 = _quantize(residual, step2, half + 1)
+    assert np.abs(q2 - half - 1).max() <= half   # the residual fits the code range
+    cw = codes.astype(np.float64)
+    want = (((q1 - half - 1) @ cw) * step + ((q2 - half - 1) @ cw) * step2) * scales * rowmax
+    np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-5 * np.abs(want).max())
+    # against the product with the same int8 weight and exact activations, two passes leave about
+    # 1 / (2 half) of one pass's activation error
+    exact = xd @ (cw * scales)
+    one_pass = _numpy_integer_path(xd, codes, scales, np.ones(xd.shape[-1]), bits)
+    err = lambda y: np.linalg.norm(y - exact) / np.linalg.norm(exact)  # noqa: E731
+    assert err(got) < err(one_pass) / half, (err(got), err(one_pass))
+
+
 def test_split_outlier_channels_keep_the_product_and_the_other_channels_precision():
     rng = np.random.default_rng(3)
     w = rng.normal(size=(K, N)).astype(np.float32)
@@ -196,16 +241,24 @@ def test_per_channel_gptq_beats_round_to_nearest_on_correlated_inputs():
     assert err(codes) < 0.7 * err(rtn), (err(codes), err(rtn))
 
 
+def _tiny_w8a8(tiny_artifact, out, method: str, target: str) -> tuple[onnx.ModelProto, list[str]]:
+    """w8a8 of the tiny model built through the CLI for a fixed target (the build's choices then do not
+    depend on the CPU running the test; activation width from its flags, so it runs here), its graph
+    and op types."""
+    from quant.cli import main
+
+    assert main(["--in", str(tiny_artifact), "--variant", "w8a8", "--out", str(out), "-q", "--threads", "1",
+                 "--method", method, "--accuracy-level", "0", "--target", target,
+                 "--int8-activation-bits", "auto"]) == 0
+    model = onnx.load(str(out / "model.onnx"), load_external_data=False)
+    return model, [n.op_type for n in model.graph.node]
+
+
 def test_w8a8_on_the_tiny_model(tiny_artifact, tmp_path):
     """Built through the CLI (round-to-nearest weights, calibrated smoothing): q/k/o and gate/up on the
     integer path, v and down fp32, Q8_0 embeddings and heads, and close to fp32."""
-    from quant.cli import main
-
     out = tmp_path / "w8a8"
-    assert main(["--in", str(tiny_artifact), "--variant", "w8a8", "--out", str(out), "-q", "--threads", "1",
-                 "--method", "rtn", "--accuracy-level", "0"]) == 0
-    model = onnx.load(str(out / "model.onnx"), load_external_data=False)
-    ops = [n.op_type for n in model.graph.node]
+    model, ops = _tiny_w8a8(tiny_artifact, out, "rtn", "x86-vnni")
     layers = 4
     assert ops.count("MatMulIntegerToFloat") == 5 * layers        # q, k, o, gate, up
     assert ops.count("QuantizeLinear") == 3 * layers              # their 3 inputs per layer
@@ -234,6 +287,32 @@ def test_w8a8_on_the_tiny_model(tiny_artifact, tmp_path):
         ref = Embedder(tiny_artifact, threads=1).encode(TINY_TEXTS)
         got = Embedder(out, threads=1).encode(TINY_TEXTS)
     assert np.sum(ref * got, axis=1).min() >= 0.999     # measured 0.99966
+
+
+def test_w8a8_for_amx_computes_down_in_two_integer_passes(tiny_artifact, tmp_path):
+    """--target x86-amx: down_proj on the integer path too, twice (codes and residual codes, GPTQ weights),
+    v_proj still fp32, recorded in the manifest, and close to fp32."""
+    out = tmp_path / "w8a8"
+    model, ops = _tiny_w8a8(tiny_artifact, out, "gptq", "x86-amx")
+    layers = 4
+    assert ops.count("MatMulIntegerToFloat") == (5 + 2) * layers   # q, k, o, gate, up; down twice
+    assert ops.count("QuantizeLinear") == (4 + 1) * layers         # 4 inputs per layer, down's residual too
+    fp32_matmuls = sorted(n.input[1].split(".")[-2] for n in model.graph.node
+                          if n.op_type == "MatMul" and n.input[1].endswith(".weight_t"))
+    assert fp32_matmuls == ["v_proj"] * layers
+    m = read_manifest(out)
+    assert m["quantization"]["int8_path"]["two_pass_weights"] == layers
+    assert m["quantization"]["int8_path"]["two_pass_choice"] == "target x86-amx"
+    groups = m["quantization"]["groups"]
+    assert groups["attention"]["tensors"] == 3 * layers and groups["feed_forward"]["tensors"] == 3 * layers
+    assert groups["feed_forward"]["two_pass_weights"]["which"] == "down_proj"
+    assert groups["attention"]["fp32_weights"]["which"] == "v_proj" and "fp32_weights" not in groups["feed_forward"]
+    assert m["target"]["name"] == "x86-amx" and "amx_int8" in m["target"]["cpu_flags"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")   # built for x86-amx: a warning on CPUs without it, same vectors
+        ref = Embedder(tiny_artifact, threads=1).encode(TINY_TEXTS)
+        got = Embedder(out, threads=1).encode(TINY_TEXTS)
+    assert np.sum(ref * got, axis=1).min() >= 0.999
 
 
 def test_runtime_refuses_8_bit_codes_on_x86_without_vnni(tmp_path, monkeypatch):

@@ -527,7 +527,7 @@ def test_wasm_target_is_exact_in_the_browser(tiny_artifact, tmp_path):
 def test_target_errors(tiny_artifact, tmp_path, capsys, monkeypatch):
     assert run_cli("--in", tiny_artifact, "--variant", "q4_0", "--target", "riscv", "--out", tmp_path / "x") == 2
     err = capsys.readouterr().err
-    assert "unknown --target 'riscv'; choose one of host, x86-avx2, x86-vnni, arm64, wasm" in err
+    assert "unknown --target 'riscv'; choose one of host, x86-avx2, x86-vnni, x86-amx, arm64, wasm" in err
     import onnxruntime
 
     monkeypatch.setattr(onnxruntime, "__version__", "1.20.1")
