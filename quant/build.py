@@ -333,8 +333,8 @@ def _describe_extras(quantization: dict, recipe: Recipe, quantizer: SiteQuantize
             "needs_int8_dot_products": act_bits[0] == 8,
             "why": "8-bit activation codes times 8-bit weights saturate in the u8 x s8 kernel of x86 CPUs "
                    "without VNNI; the runtime refuses such an artifact there",
-            # v_proj / down_proj: float32 MatMuls, or two int8 passes (value and rounding residual) where
-            # an int8 matrix unit makes those faster (quant.int8_path)
+            # down_proj: a float32 MatMul, or two int8 passes (value and rounding residual) where an
+            # int8 matrix unit makes those faster (--target x86-amx, quant.int8_path.TWO_PASS)
             "two_pass_weights": summary.two_pass[0], "two_pass_choice": summary.two_pass[1]}
 
 

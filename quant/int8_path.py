@@ -84,6 +84,11 @@ def is_eligible(weight_name: str) -> bool:
     return bool(ELIGIBLE.search(weight_name))
 
 
+def is_two_pass(weight_name: str) -> bool:
+    """Whether a weight (by its export name) is computed in two integer passes where the target asks for it."""
+    return bool(TWO_PASS.search(weight_name))
+
+
 def keeps_fp32(weight_name: str) -> bool:
     """Whether a weight (by its export name) stays fp32 in a group on the integer path."""
     return bool(KEPT_FP32.search(weight_name))

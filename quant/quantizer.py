@@ -64,8 +64,8 @@ def mixed_groups(recipes: list[Recipe]) -> set[str]:
 def two_pass_site(recipe: Recipe, site: G.WeightSite, two_pass: bool) -> bool:
     """Whether ``site`` is an integer-path down_proj (``I8.TWO_PASS``) computed in two integer passes:
     with ``two_pass`` (a target with an int8 matrix unit) and int8 storage (``a4i`` keeps it float32)."""
-    return (two_pass and site.op == "MatMul" and recipe.uses_integer_path(site.group) and I8.keeps_fp32(site.name)
-            and I8.TWO_PASS.search(site.name) is not None and recipe.integer_storage(site.group) is None)
+    return (two_pass and site.op == "MatMul" and recipe.uses_integer_path(site.group) and I8.is_two_pass(site.name)
+            and recipe.integer_storage(site.group) is None)
 
 
 def on_integer_path(recipe: Recipe, site: G.WeightSite, two_pass: bool = False) -> bool:
@@ -79,7 +79,7 @@ def kept_fp32(recipe: Recipe, site: G.WeightSite, two_pass: bool = False) -> boo
     group stores int8 codes and they are not computed in two passes, ``two_pass_site``; with a block
     storage, ``a4i``, they are stored in it and decoded at load)."""
     return (site.op == "MatMul" and recipe.uses_integer_path(site.group) and I8.keeps_fp32(site.name)
-            and recipe.integer_storage(site.group) is None and not (two_pass and I8.TWO_PASS.search(site.name)))
+            and recipe.integer_storage(site.group) is None and not two_pass_site(recipe, site, two_pass))
 
 
 def integer_key(storage: BlockFormat | None) -> str:
@@ -222,7 +222,7 @@ class SiteQuantizer:
         # two-pass members (down_proj on an AMX target) are quantized as the others; an input that only
         # they read is neither smoothed nor split: its residual pass is near exact, and smoothing would
         # only move difficulty into the weights
-        twice = {s.name for s in members if I8.TWO_PASS.search(s.name)} if self.two_pass and storage is None else set()
+        twice = {s.name for s in members if I8.is_two_pass(s.name)} if self.two_pass and storage is None else set()
         once = len(twice) < len(members)
         if once:
             smooth = I8.smoothing_factors(self.absmax[activation], list(weights.values()))
