@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -19,5 +20,9 @@ def call_worker(system: dict, spec: dict, threads: int) -> dict:
     proc = subprocess.run([system.get("python") or sys.executable, "-m", "benchmarks.worker"], input=json.dumps(spec),
                           capture_output=True, text=True, env=env, cwd=ROOT)
     if proc.returncode != 0:
-        raise RuntimeError(f"{system['name']} / {spec.get('workload', spec.get('mode'))} failed:\n{proc.stderr[-3000:]}")
+        # a native crash leaves no traceback: name the signal (llama.cpp's AMX path: docs/notes/bench.md)
+        how = (f"killed by {signal.Signals(-proc.returncode).name}" if proc.returncode < 0
+               else f"exit code {proc.returncode}")
+        raise RuntimeError(f"{system['name']} / {spec.get('workload', spec.get('mode'))} failed ({how}):\n"
+                           f"{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])

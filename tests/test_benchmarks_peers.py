@@ -201,3 +201,15 @@ def test_peak_cells_name_the_ceiling_each_row_is_held_against():
     # the integer GEMM on an AMX CPU: its matrix-unit ceiling first, the vector one beside it
     assert _peak_cell({"of_fp32_peak": 2.0, "of_int8_peak": 0.5, "of_matrix_peak": 0.0625}) == (
         "6.2 % of AMX int8, 50.0 % of vector int8, 200 % of fp32")
+
+
+def test_a_crashed_worker_is_named_with_its_signal(tmp_path):
+    """A native crash (llama.cpp's AMX path segfaulted on one CPU) leaves no traceback: the error names the signal."""
+    from benchmarks.process import call_worker
+
+    fake = tmp_path / "python"
+    fake.write_text("#!/bin/sh\nkill -SEGV $$\n")
+    fake.chmod(0o755)
+    system = {"name": "llama.cpp Q8_0", "system": "llama.cpp", "path": str(tmp_path), "python": str(fake)}
+    with pytest.raises(RuntimeError, match=r"llama\.cpp Q8_0 / embed failed \(killed by SIGSEGV\)"):
+        call_worker(system, {"mode": "embed"}, 1)
