@@ -94,11 +94,6 @@ class BuildOptions:
         return dict(target.levels), {matmulnbits_format(bits).name: f"target {target.name}: {level}"
                                      for bits, level in target.levels.items()}
 
-    def two_pass(self, target: Target) -> tuple[bool, str]:
-        """Whether the integer path computes down_proj in two int8 passes (``quant.int8_path.TWO_PASS``)
-        rather than float32, and why: the target's choice (``x86-amx``)."""
-        return target.two_pass, f"target {target.name}"
-
     def activation_bits(self, target: Target) -> tuple[int, str]:
         """The integer path's activation code width and why: given, the target's, or this CPU's (8 where
         it has int8 dot products, on which 8-bit codes are exact, else 7)."""
@@ -147,10 +142,11 @@ def build_variants(fp32_dir: str | Path, targets: list[tuple[Recipe, str | Path]
         plan = _plan_budget(src, recipes[0], options)
         targets = [(plan.recipe, targets[0][1])]
         recipes = [plan.recipe]
-    two_pass = options.two_pass(get_target(options.target)) if any(r.integer for r in recipes) else (False, "")
+    # the integer path's down_proj in two int8 passes: the target's choice (x86-amx), quant.int8_path.TWO_PASS
+    two_pass = get_target(options.target).two_pass and any(r.integer for r in recipes)
     quantizer = SiteQuantizer(src, options.method, stats, recipes, progress=options.progress,
                               texts=texts if options.method == "learned" else None,
-                              threads=options.threads, two_pass=two_pass[0])
+                              threads=options.threads, two_pass=two_pass)
     check = SelfCheck(src.folder, options.threads) if options.check else None
     written = []
     for recipe, out in targets:
@@ -210,7 +206,7 @@ def _build_one(src: Fp32Source, recipe: Recipe, out: Path, quantizer: SiteQuanti
     levels, notes = options.levels(target)
     # timed levels: written at level 0, then timed at both levels per bit width once written
     summary = GraphSummary(levels=levels or {4: 0, 8: 0}, level_notes=notes,
-                           two_pass=(0, options.two_pass(target)[1] if recipe.integer else ""))
+                           two_pass_choice=f"target {target.name}" if recipe.integer else "")
     act_bits = options.activation_bits(target) if recipe.integer else None
     with staged_output(out, force=options.force) as stage:
         model_path = stage / src.manifest["model_file"]
@@ -265,14 +261,14 @@ def _write_graph(src: Fp32Source, recipe: Recipe, model_path: Path, quantizer: S
             summary.methods[site.group] = used
             bar.update(1)
         for activation, members in integer_sites.items():
-            packed, smooth, used, outliers = quantizer.get_integer(activation, members,
-                                                                   recipe.integer_storage(members[0].group))
             twice = {m.name for m in members if two_pass_site(recipe, m, two_pass)}
+            packed, smooth, used, outliers = quantizer.get_integer(activation, members,
+                                                                   recipe.integer_storage(members[0].group), twice)
             I8.add_integer_path(model, activation, members, packed, smooth, activation_bits=act_bits[0],
                                 outliers=outliers, two_pass=twice)
-            summary.two_pass = (summary.two_pass[0] + len(twice), summary.two_pass[1])
             for site in members:
                 summary.integer_counts[site.group] += 1
+                summary.two_pass_counts[site.group] += int(site.name in twice)
                 summary.methods[site.group] = used
             bar.update(len(members))
     add_contrib_opset(model)
@@ -335,7 +331,7 @@ def _describe_extras(quantization: dict, recipe: Recipe, quantizer: SiteQuantize
                    "without VNNI; the runtime refuses such an artifact there",
             # down_proj: a float32 MatMul, or two int8 passes (value and rounding residual) where an
             # int8 matrix unit makes those faster (--target x86-amx, quant.int8_path.TWO_PASS)
-            "two_pass_weights": summary.two_pass[0], "two_pass_choice": summary.two_pass[1]}
+            "two_pass_weights": sum(summary.two_pass_counts.values()), "two_pass_choice": summary.two_pass_choice}
 
 
 def _target_entry(target: Target, summary: GraphSummary, act_bits: tuple[int, str] | None) -> dict:

@@ -40,7 +40,8 @@ class GraphSummary:
     opsets: dict[str, int] = field(default_factory=dict)
     levels: dict[int, int] = field(default_factory=dict)        # MatMulNBits bits -> accuracy_level
     level_notes: dict[str, str] = field(default_factory=dict)
-    two_pass: tuple[int, str] = (0, "")     # integer-path weights computed in two int8 passes, and why
+    two_pass_counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(GROUPS, 0))   # two int8 passes
+    two_pass_choice: str = ""                                     # why (or why not) two passes: the target
 
 
 def variant_manifest(src: Fp32Source, recipe: Recipe, method: str, summary: GraphSummary,
@@ -91,14 +92,15 @@ def _integer_storage_entry(recipe: Recipe, group: str) -> dict:
 def _group_entry(recipe: Recipe, group: str, method: str, summary: GraphSummary) -> dict:
     if recipe.uses_integer_path(group):
         wide = "v_proj" if group == "attention" else "down_proj"   # inputs that need ~16-bit activations
-        if not (summary.two_pass[0] and group == "feed_forward"):   # down_proj only: I8.TWO_PASS
+        if not summary.two_pass_counts.get(group, 0):
             rest = {"fp32_weights": {"which": wide, "tensors": summary.fp32_counts.get(group, 0),
                                      "why": "their inputs need ~16-bit activations; the fp32 GEMM is faster "
                                             "than two integer passes on the vector units (quant/int8_path.py)"}}
         else:
-            rest = {"two_pass_weights": {"which": wide, "why": "its input needs ~16-bit activations: the codes and "
-                                         "the rounding residual's codes, two integer products (quant/int8_path.py)",
-                                         "choice": summary.two_pass[1]}}
+            rest = {"two_pass_weights": {"which": wide, "tensors": summary.two_pass_counts[group],
+                                         "why": "its input needs ~16-bit activations: the codes and the rounding "
+                                                "residual's codes, two integer products (quant/int8_path.py)",
+                                         "choice": summary.two_pass_choice}}
         return {"format": recipe.format(group), "bits": 8,
                 "op": "MatMulIntegerToFloat on per-token codes (QuantizeLinear of rows scaled to [-1, 1])",
                 "weights": "q/k/o_proj" if group == "attention" else "gate/up_proj",

@@ -203,7 +203,8 @@ class SiteQuantizer:
             self._cache[key] = result
         return result
 
-    def get_integer(self, activation: str, members: list[G.WeightSite], storage: BlockFormat | None = None) -> tuple:
+    def get_integer(self, activation: str, members: list[G.WeightSite], storage: BlockFormat | None = None,
+                    twice: set[str] = frozenset()) -> tuple:
         """Integer-path weights of every site in ``members`` (all reading ``activation``): smoothing
         factors from the calibrated max |x| and the weights, then per-channel int8 codes of the
         smoothed weights (GPTQ on the smoothed Hessian with ``gptq``, round-to-nearest with ``rtn``).
@@ -212,17 +213,15 @@ class SiteQuantizer:
         (GPTQ or round-to-nearest, along the input) and each weight is an ``I8.StoredCodes``: its
         codes and scales plus the per-channel int8 scales of their decoded values, re-coded when the
         session loads.
-        With ``two_pass`` (see ``two_pass_site``) down_proj is a member too, quantized as the others
-        (the graph gives it a second pass, ``I8.add_integer_path``).
+        ``twice`` names the members computed in two passes (``two_pass_site``: down_proj on an AMX
+        target), quantized as the others (the graph gives them a second pass, ``I8.add_integer_path``).
         Returns ``({weight name: (codes [K + copies, N] int8 or StoredCodes, scales [N])}, smoothing
         factors, method, split channel indices)``."""
         weights = {s.name: np.asarray(self._weight(s), dtype=np.float32) for s in members}
         if activation not in self.absmax:
             raise QuantInputError(f"no calibration statistics for {activation!r}; the integer path needs calibration")
-        # two-pass members (down_proj on an AMX target) are quantized as the others; an input that only
-        # they read is neither smoothed nor split: its residual pass is near exact, and smoothing would
-        # only move difficulty into the weights
-        twice = {s.name for s in members if I8.is_two_pass(s.name)} if self.two_pass and storage is None else set()
+        # an input that only two-pass members read is neither smoothed nor split: its residual pass is
+        # near exact, and smoothing would only move difficulty into the weights
         once = len(twice) < len(members)
         if once:
             smooth = I8.smoothing_factors(self.absmax[activation], list(weights.values()))

@@ -31,13 +31,13 @@ mkdir -p "$cache"
 
 setup_llama() {
   # GGML_NATIVE compiles for this CPU's instruction set: a wheel is valid only on the same flags.
-  local tag wheels sdist src extra=""
+  local tag wheels sdist src arch="-DGGML_NATIVE=ON"
   tag="$(grep -m1 -E '^(flags|Features)' /proc/cpuinfo | md5sum | cut -c1-10)"
   # On AMX CPUs its AMX buffer type crashed (general protection fault in libggml-cpu on the Q8_0
   # file; docs/notes/bench.md): build without AMX; the AVX-512 VNNI kernels and repacking stay.
   if grep -m1 -E '^flags' /proc/cpuinfo | grep -qw amx_int8; then
     # GGML_NATIVE would compile the AMX code back in (-march=native): name this CPU's other extensions instead
-    extra="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_AVX_VNNI=ON -DGGML_FMA=ON -DGGML_F16C=ON \
+    arch="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_AVX_VNNI=ON -DGGML_FMA=ON -DGGML_F16C=ON \
 -DGGML_BMI2=ON -DGGML_AVX512=ON -DGGML_AVX512_VBMI=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON \
 -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF"
     tag="$tag-noamx"
@@ -48,7 +48,7 @@ setup_llama() {
     sdist="$cache/sdist/llama_cpp_python-$llama_version.tar.gz"
     [ -f "$sdist" ] || "$py" -m pip download -q "llama-cpp-python==$llama_version" --no-binary :all: --no-deps -d "$cache/sdist"
     echo "building llama-cpp-python $llama_version for this CPU (~15 min on 2 cores) into $wheels"
-    CMAKE_ARGS="-DGGML_NATIVE=ON $extra -DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
+    CMAKE_ARGS="$arch -DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
 -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF" CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" \
       nice "$py" -m pip wheel -q --no-deps "$sdist" -w "$wheels"
   fi

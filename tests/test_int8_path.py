@@ -307,6 +307,7 @@ def test_w8a8_for_amx_computes_down_in_two_integer_passes(tiny_artifact, tmp_pat
     groups = m["quantization"]["groups"]
     assert groups["attention"]["tensors"] == 3 * layers and groups["feed_forward"]["tensors"] == 3 * layers
     assert groups["feed_forward"]["two_pass_weights"]["which"] == "down_proj"
+    assert groups["feed_forward"]["two_pass_weights"]["tensors"] == layers
     assert groups["attention"]["fp32_weights"]["which"] == "v_proj" and "fp32_weights" not in groups["feed_forward"]
     assert m["target"]["name"] == "x86-amx" and "amx_int8" in m["target"]["cpu_flags"]
     with warnings.catch_warnings():
