@@ -44,6 +44,22 @@ class Peak:
         return self.int8_matrix_per_cycle * self.cores * self.ghz
 
 
+def share_text(fp32: float | None = None, int8: float | None = None, matrix: float | None = None) -> str:
+    """A rate's shares of the peaks given (fractions): "12 % of AMX int8, 94 % of vector int8, 3 % of
+    fp32"; the vector int8 peak is called "int8" when no matrix-unit share is given."""
+    def pct(x: float) -> str:
+        return f"{100 * x:.1f} %" if x < 0.1 else f"{100 * x:.0f} %"
+
+    parts = []
+    if matrix is not None:
+        parts.append(f"{pct(matrix)} of AMX int8")
+    if int8 is not None:
+        parts.append(f"{pct(int8)} of {'vector int8' if matrix is not None else 'int8'}")
+    if fp32 is not None:
+        parts.append(f"{pct(fp32)} of fp32")
+    return ", ".join(parts)
+
+
 def per_cycle(flags: set[str], vendor: str = "") -> tuple[int, int, str]:
     """(fp32 FLOPs, int8 ops) per cycle per core for a flag set, and the assumption behind them."""
     amd = "amd" in vendor.lower()

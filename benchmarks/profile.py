@@ -14,6 +14,8 @@ import tempfile
 from collections import defaultdict
 from pathlib import Path
 
+from benchmarks.ceiling import share_text
+
 #: Ops that multiply matrices; their FLOPs are 2 x M x K x N from the profiled shapes.
 MATMUL_OPS = ("MatMul", "MatMulNBits", "MatMulIntegerToFloat", "FusedMatMul", "MatMulInteger", "Gemm")
 
@@ -81,11 +83,11 @@ def _table(name: str, ops: dict[str, dict], peak, int8: bool) -> str:
         if rate and peak:
             gemm = op in ("MatMulIntegerToFloat", "MatMulInteger")   # onnxruntime's integer GEMM: AMX where present
             if gemm and peak.int8_matrix_gops:
-                share = f"{100 * rate / peak.int8_matrix_gops:.0f} % of AMX int8, {100 * rate / peak.int8_gops:.0f} % of vector int8"
+                share = share_text(int8=rate / peak.int8_gops, matrix=rate / peak.int8_matrix_gops)
             elif gemm or (op == "MatMulNBits" and int8):
-                share = f"{100 * rate / peak.int8_gops:.0f} % of int8"
+                share = share_text(int8=rate / peak.int8_gops)
             else:
-                share = f"{100 * rate / peak.fp32_gflops:.0f} % of fp32"
+                share = share_text(fp32=rate / peak.fp32_gflops)
         lines.append(f"| {op} | {o['ms']:.1f} | {100 * o['ms'] / total:.0f} % | "
                      f"{'' if rate is None else f'{rate:.0f}'} | {share} |")
     return "\n".join(lines)

@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from benchmarks.ceiling import share_text
+
 
 def write_report(out: Path, meta: dict, summary: dict, raw: dict) -> Path:
     """Write results.json, results.md and results.png into ``out``; returns the Markdown path."""
@@ -70,20 +72,10 @@ def _markdown(meta: dict, summary: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def fidelity_of(name: str, entry: dict, fidelity: dict) -> dict | None:
-    """A row's fidelity entry: our variants are keyed by variant, the peers by system name."""
-    return fidelity.get(entry["variant"] if entry["system"] == "onnx" else name)
-
-
 def _peak_cell(e: dict) -> str:
-    if "of_fp32_peak" not in e:
-        return ""
-    if "of_matrix_peak" in e:   # onnxruntime's integer GEMM runs on the matrix unit (AMX) where there is one
-        return (f"{100 * e['of_matrix_peak']:.1f} % of AMX int8, {100 * e['of_int8_peak']:.1f} % of vector int8, "
-                f"{100 * e['of_fp32_peak']:.0f} % of fp32")
-    if "of_int8_peak" in e:   # its matmuls run on int8 dot products: that is its ceiling
-        return f"{100 * e['of_int8_peak']:.1f} % of int8, {100 * e['of_fp32_peak']:.0f} % of fp32"
-    return f"{100 * e['of_fp32_peak']:.0f} % of fp32"
+    # onnxruntime's integer GEMM runs on the matrix unit (AMX) where there is one; MatMulNBits at level
+    # 4 on int8 dot products: each row is shown against the ceiling of the units it runs on
+    return share_text(e.get("of_fp32_peak"), e.get("of_int8_peak"), e.get("of_matrix_peak"))
 
 
 def _side_by_side(meta: dict, summary: dict, through: list[str]) -> list[str]:
@@ -98,7 +90,7 @@ def _side_by_side(meta: dict, summary: dict, through: list[str]) -> list[str]:
              "and the share of the machine's peak each reaches (below):", "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name, entry in summary.items():
-        f = fidelity_of(name, entry, fidelity)
+        f = fidelity.get(name)
         if entry["system"] == "onnx" and entry["variant"] == "fp32":
             cos = "1 (reference)"
         else:

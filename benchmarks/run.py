@@ -92,7 +92,7 @@ def summarise(systems, raw, token_counts) -> dict:
                              # host whose speed changes (docs/notes/bench.md); reported beside it.
                              best_tokens_per_s=token_counts[w]["tokens"] / min(times))
             per[w] = entry
-        summary[s["name"]] = {"system": s["system"], "variant": s["variant"], "size_mb": s["size_mb"],
+        summary[s["name"]] = {"system": s["system"], "variant": s["variant"], "path": s["path"], "size_mb": s["size_mb"],
                               "accuracy_level": s.get("accuracy_level", "–"), "workloads": per}
     fp32 = next((s["name"] for s in systems if s["system"] == "onnx" and s["variant"] == "fp32"), None)
     torch_name = next((s["name"] for s in systems if s["system"] == "torch"), None)
@@ -232,7 +232,7 @@ def main(argv=None) -> int:
         out_dir = Path(args.out)
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "fidelity.json").write_text(json.dumps(fidelity_raw, indent=2))
-    fidelity = load_fidelity(fidelity_raw)
+    fidelity = load_fidelity(fidelity_raw, summary)
     flags = cpu_flags()
     meta = {"threads": args.threads, "rounds": args.rounds, "cpu": cpu_name(), "seconds": time.time() - started,
             "cpu_features": sorted(f for f in flags if f in ("avx2", "fma", "avx512f", "f16c", *INT8_DOT_FLAGS)),

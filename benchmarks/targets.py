@@ -16,22 +16,40 @@ Q4_0_MAX_RSS_MB = 350
 Q4_0_MAX_LOAD_S = 1.5
 
 
-def load_fidelity(source: str | Path | dict | None) -> dict[str, dict]:
-    """``{variant: {"mean", "min", "target", "meets"}}`` from a quant.fidelity JSON (a path, or the
-    parsed dict), worst prompt; a peer's variant is its system name ("llama.cpp Q4_0")."""
+def load_fidelity(source: str | Path | dict | None, summary: dict) -> dict[str, dict]:
+    """``{row name: {"variant", "mean", "min", "target", "meets"}}`` for the rows of ``summary`` that
+    ``source`` (a quant.fidelity JSON: a path or the parsed dict) has, worst prompt. Our rows are found
+    by their artifact folder (two builds of one variant stay apart), else by a variant only one row
+    has; a peer's entry is keyed by its system name ("llama.cpp Q4_0")."""
     if not source:
         return {}
     from quant.fidelity import TARGETS
 
     data = source if isinstance(source, dict) else json.loads(Path(source).read_text(encoding="utf-8"))
+    variants = [e["variant"] for e in summary.values()]
     out = {}
-    for entry in data.values():
+    for name, row in summary.items():
+        if row["system"] != "onnx":
+            entry = data.get(name)
+        else:
+            entry = next((e for key, e in data.items() if row.get("path") and _same_folder(key, row["path"])), None)
+            if entry is None and variants.count(row["variant"]) == 1:
+                entry = next((e for e in data.values() if e["variant"] == row["variant"]), None)
+        if entry is None:
+            continue
         prompts = entry["prompts"].values()
         mean, low = min(p["mean"] for p in prompts), min(p["min"] for p in prompts)
         target = TARGETS.get(entry["variant"])
-        out[entry["variant"]] = {"mean": mean, "min": low, "target": target,
-                                 "meets": target is not None and mean >= target[0] and low >= target[1]}
+        out[name] = {"variant": entry["variant"], "mean": mean, "min": low, "target": target,
+                     "meets": target is not None and mean >= target[0] and low >= target[1]}
     return out
+
+
+def _same_folder(a: str, b: str) -> bool:
+    try:
+        return Path(a).resolve() == Path(b).resolve()
+    except OSError:
+        return False
 
 
 def check(summary: dict, fidelity: dict) -> list[dict]:
@@ -64,7 +82,7 @@ def check(summary: dict, fidelity: dict) -> list[dict]:
                      "ok": e["load_s"] <= Q4_0_MAX_LOAD_S})
     if fp32 and fidelity and tps(fp32, "short"):
         name = f"fastest variant meeting its fidelity target >= {MIN_SPEEDUP}x fp32 ONNX and torch"
-        meeting = [n for n, e in onnx.items() if fidelity.get(e["variant"], {}).get("meets")]
+        meeting = [n for n in onnx if fidelity.get(n, {}).get("meets")]
         if not meeting:
             rows.append({"target": name, "measured": "no variant meets its fidelity target", "ok": False})
         else:
@@ -87,25 +105,31 @@ PEER_PAIRS = (("q8_0", "llama.cpp Q8_0"), ("q4_0", "llama.cpp Q4_0"), ("q4_0", "
 def check_peers(summary: dict, fidelity: dict) -> list[dict]:
     """One row per (our variant, peer) pair present: speed on short and long texts, fidelity, size."""
     rows = []
-    ours = {e["variant"]: n for n, e in summary.items() if e["system"] == "onnx"}
     for variant, peer in PEER_PAIRS:
-        mine = ours.get(variant)
-        if not mine or peer not in summary:
+        if peer not in summary:
             continue
-        a, b = summary[mine], summary[peer]
-        for w in ("short", "long"):
-            ta, tb = a["workloads"].get(w, {}).get("tokens_per_s"), b["workloads"].get(w, {}).get("tokens_per_s")
-            if ta and tb:
-                rows.append({"target": f"{variant} faster than {peer}, {w} workload",
-                             "measured": f"{ta:.0f} vs {tb:.0f} tokens/s ({ta / tb:.2f}x)", "ok": ta > tb})
-        fa, fb = fidelity.get(variant), fidelity.get(peer)
-        if fa and fb:
-            rows.append({"target": f"{variant} at least as close to fp32 as {peer} (mean and min cosine)",
-                         "measured": f"{fa['mean']:.4f} / {fa['min']:.4f} vs {fb['mean']:.4f} / {fb['min']:.4f}",
-                         "ok": fa["mean"] >= fb["mean"] and fa["min"] >= fb["min"]})
-        if variant != "w8a8":   # the integer path trades size for speed; its pair is judged on speed and fidelity
-            rows.append({"target": f"{variant} no larger than {peer}",
-                         "measured": f"{a['size_mb']:.0f} vs {b['size_mb']:.0f} MB", "ok": a["size_mb"] <= b["size_mb"]})
+        for mine in [n for n, e in summary.items() if e["system"] == "onnx" and e["variant"] == variant]:
+            rows += _pair(summary, fidelity, mine, variant, peer)
+    return rows
+
+
+def _pair(summary: dict, fidelity: dict, mine: str, variant: str, peer: str) -> list[dict]:
+    """The verdicts of our row ``mine`` (a build of ``variant``) against ``peer``."""
+    rows = []
+    a, b = summary[mine], summary[peer]
+    for w in ("short", "long"):
+        ta, tb = a["workloads"].get(w, {}).get("tokens_per_s"), b["workloads"].get(w, {}).get("tokens_per_s")
+        if ta and tb:
+            rows.append({"target": f"{mine} faster than {peer}, {w} workload",
+                         "measured": f"{ta:.0f} vs {tb:.0f} tokens/s ({ta / tb:.2f}x)", "ok": ta > tb})
+    fa, fb = fidelity.get(mine), fidelity.get(peer)
+    if fa and fb:
+        rows.append({"target": f"{mine} at least as close to fp32 as {peer} (mean and min cosine)",
+                     "measured": f"{fa['mean']:.4f} / {fa['min']:.4f} vs {fb['mean']:.4f} / {fb['min']:.4f}",
+                     "ok": fa["mean"] >= fb["mean"] and fa["min"] >= fb["min"]})
+    if variant != "w8a8":   # the integer path trades size for speed; its pair is judged on speed and fidelity
+        rows.append({"target": f"{mine} no larger than {peer}",
+                     "measured": f"{a['size_mb']:.0f} vs {b['size_mb']:.0f} MB", "ok": a["size_mb"] <= b["size_mb"]})
     return rows
 
 
@@ -122,7 +146,7 @@ def main(argv=None) -> int:
     run = Path(args.run)
     data = json.loads((run / "results.json").read_text(encoding="utf-8"))
     meta, summary = data["meta"], data["summary"]
-    meta["fidelity"] = load_fidelity(args.fidelity)
+    meta["fidelity"] = load_fidelity(args.fidelity, summary)
     meta["targets"] = check(summary, meta["fidelity"])
     print(write_report(run, meta, summary, data["raw"]).read_text())
     return 0

@@ -197,10 +197,20 @@ def test_peak_cells_name_the_ceiling_each_row_is_held_against():
     from benchmarks.report import _peak_cell
 
     assert _peak_cell({"of_fp32_peak": 0.8}) == "80 % of fp32"
-    assert _peak_cell({"of_fp32_peak": 1.5, "of_int8_peak": 0.375}) == "37.5 % of int8, 150 % of fp32"
+    assert _peak_cell({"of_fp32_peak": 1.5, "of_int8_peak": 0.375}) == "38 % of int8, 150 % of fp32"
     # the integer GEMM on an AMX CPU: its matrix-unit ceiling first, the vector one beside it
     assert _peak_cell({"of_fp32_peak": 2.0, "of_int8_peak": 0.5, "of_matrix_peak": 0.0625}) == (
-        "6.2 % of AMX int8, 50.0 % of vector int8, 200 % of fp32")
+        "6.2 % of AMX int8, 50 % of vector int8, 200 % of fp32")
+    # the per-op profile writes its shares the same way (one owner: benchmarks.ceiling.share_text)
+    from benchmarks.ceiling import Peak
+    from benchmarks.profile import _table
+
+    peak = Peak(cores=2, ghz=1.0, clock_source="given", fp32_per_cycle=100, int8_per_cycle=400, assumption="",
+                int8_matrix_per_cycle=4000)
+    ops = {"MatMulIntegerToFloat": {"ms": 1000.0, "gflop": 400.0}, "MatMul": {"ms": 1000.0, "gflop": 50.0}}
+    table = _table("w8a8", ops, peak, int8=False)
+    assert "| MatMulIntegerToFloat | 1000.0 | 50 % | 400 | 5.0 % of AMX int8, 50 % of vector int8 |" in table
+    assert "| MatMul | 1000.0 | 50 % | 50 | 25 % of fp32 |" in table
 
 
 def test_a_crashed_worker_is_named_with_its_signal(tmp_path):

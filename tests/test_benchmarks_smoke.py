@@ -45,14 +45,17 @@ def test_benchmark_command_writes_report(tiny_artifact, tmp_path):
     assert "Best repeat of each system" in md and "| system | short best |" in md
     assert "MatMulNBits accuracy level (chosen when each variant was built): q4 0." in md
     assert (out / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    # verdicts can be re-checked later with fidelity numbers measured elsewhere
+    # verdicts can be re-checked later with fidelity numbers measured elsewhere (keyed by folder, as
+    # quant.fidelity writes them; a folder the run does not have is left out)
     fid = tmp_path / "fid.json"
-    fid.write_text(json.dumps({"x": {"variant": "q8_0", "prompts": {"document": {"mean": 0.9999, "min": 0.9995}}}}))
+    fid.write_text(json.dumps({str(q4): {"variant": "q4_0", "prompts": {"document": {"mean": 0.95, "min": 0.90}}},
+                               "x": {"variant": "q8_0", "prompts": {"document": {"mean": 0.9999, "min": 0.9995}}}}))
     rerun = subprocess.run([sys.executable, "-m", "benchmarks.targets", str(out), "--fidelity", str(fid)],
                            capture_output=True, text=True, cwd=ROOT)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     again = json.loads((out / "results.json").read_text())
-    assert again["meta"]["fidelity"]["q8_0"]["meets"] and again["summary"] == result["summary"]
+    assert set(again["meta"]["fidelity"]) == {"q4"} and not again["meta"]["fidelity"]["q4"]["meets"]
+    assert again["summary"] == result["summary"]
     rows = {r["target"]: r for r in again["meta"]["targets"]}
     assert rows["fastest variant meeting its fidelity target >= 1.5x fp32 ONNX and torch"]["measured"] == \
         "no variant meets its fidelity target"
@@ -81,7 +84,7 @@ def test_target_verdicts_on_a_hand_made_run(tmp_path):
         "a": {"variant": "q8_0", "prompts": {"document": {"mean": 0.9999, "min": 0.9995}, "query": {"mean": 0.9998, "min": 0.9992}}},
         "b": {"variant": "w8a8", "prompts": {"document": {"mean": 0.9996, "min": 0.9989}, "query": {"mean": 0.9996, "min": 0.9995}}},
     }))
-    fidelity = load_fidelity(fid)
+    fidelity = load_fidelity(fid, summary)
     assert fidelity["q8_0"]["meets"] and not fidelity["w8a8"]["meets"] and fidelity["w8a8"]["min"] == 0.9989
     rows = {r["target"]: r for r in check(summary, fidelity)}
     assert not rows["short workload: no variant slower than fp32 ONNX"]["ok"]       # q4_0 0.88x
@@ -92,6 +95,37 @@ def test_target_verdicts_on_a_hand_made_run(tmp_path):
     fastest = rows["fastest variant meeting its fidelity target >= 1.5x fp32 ONNX and torch"]
     # w8a8 is faster but misses its fidelity target, so q8_0 decides: 950/800 = 1.19x -> MISS
     assert not fastest["ok"] and fastest["measured"].startswith("q8_0: 1.19x fp32, 1.36x torch")
+
+
+def test_fidelity_follows_each_artifact_folder(tmp_path):
+    """Two builds of one variant (w8a8 for the host and for x86-amx) keep their own fidelity and peer
+    verdicts; a JSON keyed by other names is matched by a variant only one row has."""
+    from benchmarks.targets import check_peers, load_fidelity
+
+    def row(variant, path, short, system="onnx"):
+        return {"system": system, "variant": variant, "path": str(path), "size_mb": 400.0,
+                "workloads": {"short": {"tokens_per_s": short}}}
+
+    host, amx = tmp_path / "host", tmp_path / "amx"
+    summary = {"w8a8": row("w8a8", host, 2000), "w8a8 x86-amx": row("w8a8", amx, 2300), "q8_0": row("q8_0", "x", 900),
+               "st-onnx int8": row("int8", "st", 2700, system="st-onnx")}
+
+    def fid(mean, low):
+        return {"document": {"mean": mean, "min": low}, "query": {"mean": mean, "min": low}}
+
+    raw = {str(host): {"variant": "w8a8", "prompts": fid(0.9998, 0.9994)},
+           str(amx / "." / ""): {"variant": "w8a8", "prompts": fid(0.9997, 0.9990)},
+           "elsewhere/q8_0": {"variant": "q8_0", "prompts": fid(0.9999, 0.9996)},
+           "st-onnx int8": {"variant": "st-onnx int8", "prompts": fid(0.92, 0.38)}}
+    fidelity = load_fidelity(raw, summary)
+    assert fidelity["w8a8"]["min"] == 0.9994 and fidelity["w8a8 x86-amx"]["min"] == 0.9990
+    assert fidelity["q8_0"]["mean"] == 0.9999 and fidelity["st-onnx int8"]["min"] == 0.38
+    rows = {r["target"]: r for r in check_peers(summary, fidelity)}
+    assert not rows["w8a8 faster than st-onnx int8, short workload"]["ok"]
+    assert "2300 vs 2700" in rows["w8a8 x86-amx faster than st-onnx int8, short workload"]["measured"]
+    assert rows["w8a8 x86-amx at least as close to fp32 as st-onnx int8 (mean and min cosine)"]["measured"].startswith("0.9997 / 0.9990")
+    # two rows of one variant and a JSON that names neither folder: no guess
+    assert "w8a8" not in load_fidelity({"other": {"variant": "w8a8", "prompts": fid(0.9, 0.9)}}, summary)
 
 
 def test_worker_peak_memory_is_its_own_not_the_parents():
