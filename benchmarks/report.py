@@ -21,6 +21,12 @@ def _fmt_ratio(x):
     return "" if x is None else f"{x:.2f}×"
 
 
+def _ratios(*xs) -> str:
+    """" (1.86×, 2.40×)" of the ratios there are (none when torch or fp32 was not measured)."""
+    got = [_fmt_ratio(x) for x in xs if x is not None]
+    return f" ({', '.join(got)})" if got else ""
+
+
 def _markdown(meta: dict, summary: dict) -> str:
     features = ", ".join(meta.get("cpu_features") or []) or "unknown"
     lines = [f"# Benchmark ({meta['time']})", "",
@@ -40,7 +46,7 @@ def _markdown(meta: dict, summary: dict) -> str:
         row = [name, f"{entry['size_mb']:.0f}"]
         for w in through:
             e = ws[w]
-            row.append(f"{e['tokens_per_s']:.0f} ({_fmt_ratio(e.get('vs_fp32_onnx'))}, {_fmt_ratio(e.get('vs_torch'))})")
+            row.append(f"{e['tokens_per_s']:.0f}{_ratios(e.get('vs_fp32_onnx'), e.get('vs_torch'))}")
         if "latency" in ws:
             row.append(f"{ws['latency']['p50_ms']:.1f} / {ws['latency']['p95_ms']:.1f}")
         mem_w = "short" if "short" in ws else next(iter(ws))
@@ -58,8 +64,8 @@ def _markdown(meta: dict, summary: dict) -> str:
         for name, entry in summary.items():
             ws = entry["workloads"]
             lines.append(f"| {name} | " + " | ".join(
-                f"{ws[w]['best_tokens_per_s']:.0f} ({_fmt_ratio(ws[w].get('best_vs_fp32_onnx'))}, "
-                f"{_fmt_ratio(ws[w].get('best_vs_torch'))})" for w in through) + " |")
+                f"{ws[w]['best_tokens_per_s']:.0f}{_ratios(ws[w].get('best_vs_fp32_onnx'), ws[w].get('best_vs_torch'))}"
+                for w in through) + " |")
     lines += _side_by_side(meta, summary, through)
     lines += _ceiling(meta, summary, through)
     if meta.get("fidelity"):

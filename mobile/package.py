@@ -54,7 +54,12 @@ def package_for_mobile(source: str | Path, out: str | Path, *, tokenizer: str = 
         raise MobileInputError(f"{source} ships no sentencepiece model (its checkpoint had no tokenizer.model); "
                                "use --tokenizer tokenizers")
     with staged_output(out, force=force) as stage:
-        _convert(source / manifest["model_file"], stage / MODEL_FILE, platform, fold_constants)
+        model = source / manifest["model_file"]
+        if not fold_constants:
+            model = _with_wide_matmulnbits_scales(model, stage / "widened")
+        _convert(model, stage / MODEL_FILE, platform, fold_constants)
+        if model.parent == stage / "widened":
+            shutil.rmtree(model.parent)
         _operator_config(stage)
         mobile = {k: v for k, v in manifest.items() if k not in ("files", "format", "format_version", "quant_check")}
         mobile["model_file"] = MODEL_FILE
@@ -98,6 +103,46 @@ def _checked_source(source: Path, verify: bool) -> dict:
     if manifest.get("mobile"):
         raise MobileInputError(f"--in {str(source)!r} is already a mobile folder; package the artifact it came from")
     return manifest
+
+
+def _with_wide_matmulnbits_scales(model: Path, folder: Path) -> Path:
+    """``model``, or a copy in ``folder`` in which every Cast of an initializer that only MatMulNBits
+    reads (its scales, stored as float16) is replaced by the float32 initializer it makes: what
+    constant folding does at load, done here because the conversion runs without it, so the kernels
+    get constant scales to pre-pack, as from an artifact whose scales are stored in float32."""
+    import onnx
+    from onnx import numpy_helper
+
+    graph = onnx.load(str(model), load_external_data=False).graph
+    inits = {i.name for i in graph.initializer}
+    readers: dict[str, list] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    casts = [n for n in graph.node if n.op_type == "Cast" and n.input[0] in inits
+             and all(r.op_type == "MatMulNBits" for r in readers.get(n.output[0], [None]) if r is not None)
+             and readers.get(n.output[0])]
+    if not casts:
+        return model
+    full = onnx.load(str(model))
+    by_name = {i.name: i for i in full.graph.initializer}
+    drop = {n.output[0] for n in casts}
+    for n in casts:
+        to = next(a.i for a in n.attribute if a.name == "to")
+        wide = numpy_helper.to_array(by_name[n.input[0]]).astype(onnx.helper.tensor_dtype_to_np_dtype(to))
+        full.graph.initializer.append(numpy_helper.from_array(wide, n.output[0]))
+    kept = [n for n in full.graph.node if not (n.op_type == "Cast" and n.output[0] in drop)]
+    del full.graph.node[:]
+    full.graph.node.extend(kept)
+    used = {i for n in kept for i in n.input}
+    keep_inits = [i for i in full.graph.initializer if i.name in used or i.name in {o.name for o in full.graph.output}]
+    del full.graph.initializer[:]
+    full.graph.initializer.extend(keep_inits)
+    folder.mkdir()
+    target = folder / model.name
+    onnx.save(full, str(target), save_as_external_data=True, all_tensors_to_one_file=True,
+              location=f"{model.name}.data", size_threshold=1024)
+    return target
 
 
 def _convert(model: Path, target: Path, platform: str, fold_constants: bool) -> None:

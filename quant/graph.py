@@ -182,6 +182,9 @@ class QuantizedWeight:
     scales: np.ndarray   # float16 [rows, K/32], the ggml scales
 
 
+#: Suffix of the Cast (and its output) that widens a MatMulNBits' stored float16 scales to the float32
+#: the op takes, folded to a constant when a session loads (``replace_site``).
+STORED_SCALES_CAST = "/widen_scales"
 #: Manifest name of a MatMul whose block-quantized weight is decoded at session load (``replace_site``).
 DECODED_MATMUL_OP = "MatMul on blocks decoded once at session load (standard ops, float16 scales)"
 #: Manifest name of the quantized token-table lookup.
@@ -192,7 +195,7 @@ def replace_site(model: onnx.ModelProto, site: WeightSite, qw: QuantizedWeight, 
                  decode_at_load: bool = False) -> None:
     """Swap one weight's consumer for its quantized form, in place, and replace the fp32 initializer.
 
-    MatMul sites become ``com.microsoft.MatMulNBits`` (float32 scales), or, with ``decode_at_load`` or
+    MatMul sites become ``com.microsoft.MatMulNBits``, or, with ``decode_at_load`` or
     a format MatMulNBits cannot run, keep their MatMul and read the weight from standard ops that
     decode the packed blocks (float16 scales): those ops have only initializers as inputs, so
     onnxruntime's default constant folding decodes the weight once when the session loads and the
@@ -200,6 +203,10 @@ def replace_site(model: onnx.ModelProto, site: WeightSite, qw: QuantizedWeight, 
     4 bytes per weight of memory at run time. The token table (Gather site) becomes standard ops
     that gather the packed rows and float16 scales of the looked-up tokens only, then decode them.
     Every decode is ``(code - zero_point) * scale`` in float32, as ggml decodes, bit for bit.
+
+    MatMulNBits takes its scales in its input's type (float32), so they are stored as the float16
+    values they are (ggml's) and widened by a ``Cast`` that onnxruntime's constant folding runs once at
+    load: 2 bytes per block less on disk, the same values in the kernel (``STORED_SCALES_CAST``).
 
     The fp32 initializer is removed before the packed ones are added, so the graph never holds both
     copies of the data for long.
@@ -220,12 +227,14 @@ def replace_site(model: onnx.ModelProto, site: WeightSite, qw: QuantizedWeight, 
     data_name, scales_name = f"{site.name}.q{fmt.bits}", f"{site.name}.scales"
     nbits_op = site.op == "MatMul" and fmt.matmulnbits and not decode_at_load
     data = qw.data if site.op == "MatMul" else qw.data.reshape(qw.data.shape[0], -1)
-    scales = qw.scales.astype(np.float32) if nbits_op else qw.scales
     graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(data), data_name))
-    graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(scales), scales_name))
+    graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(qw.scales), scales_name))
 
     if nbits_op:
-        new = [helper.make_node("MatMulNBits", [old.input[0], data_name, scales_name], list(old.output),
+        wide = f"{scales_name}{STORED_SCALES_CAST}"
+        new = [helper.make_node("Cast", [scales_name], [wide], name=f"{old.name}{STORED_SCALES_CAST}",
+                                to=TensorProto.FLOAT),
+               helper.make_node("MatMulNBits", [old.input[0], data_name, wide], list(old.output),
                                 name=old.name, domain=MS_DOMAIN,
                                 **matmulnbits_attributes(site.n, site.k, fmt, accuracy_level))]
     elif site.op == "MatMul":

@@ -120,6 +120,6 @@ def _group_entry(recipe: Recipe, group: str, method: str, summary: GraphSummary)
              "method": summary.methods.get(group, method)}
     if op == "MatMulNBits":
         entry["accuracy_level"] = summary.levels[fmt.bits]
-    else:
-        entry["scales_stored_as"] = "float16"
+    # every block op stores ggml's float16 scales (MatMulNBits' are widened by a Cast folded at load)
+    entry["scales_stored_as"] = "float16"
     return entry

@@ -43,6 +43,7 @@ def test_benchmark_command_writes_report(tiny_artifact, tmp_path):
     md = (out / "results.md").read_text()
     assert "| fp32 |" in md and "| copy |" in md and "latency p50 / p95 ms" in md
     assert "Best repeat of each system" in md and "| system | short best |" in md
+    assert "(1.00×)" in md and ", )" not in md   # no torch in this run: no empty ×torch ratio
     assert "MatMulNBits accuracy level (chosen when each variant was built): q4 0." in md
     assert (out / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # verdicts can be re-checked later with fidelity numbers measured elsewhere (keyed by folder, as

@@ -119,3 +119,37 @@ def test_block_stored_integer_path_needs_fold(tiny_artifact, tmp_path, capsys):
     assert main(["--in", str(src), "--out", str(out), "--fold", "--platform", "amd64"]) == 0
     assert read_manifest(out)["mobile"]["constants_folded"] is True
     assert _cosines(src, out, TINY_TEXTS).min() >= 0.9999
+
+
+def test_mobile_conversion_gets_constant_float32_scales(tiny_q4_0, tmp_path):
+    """The artifact stores MatMulNBits' scales in float16 behind a Cast that a session folds at load;
+    the mobile conversion runs without constant folding, so the packager widens them first: every
+    MatMulNBits reads a float32 initializer again, equal to the stored float16 values, and the model
+    computes the same numbers bit for bit."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import numpy_helper
+
+    from mobile.package import _with_wide_matmulnbits_scales
+
+    src = tiny_q4_0 / "model.onnx"
+    out = _with_wide_matmulnbits_scales(src, tmp_path / "widened")
+    before, after = onnx.load(str(src)), onnx.load(str(out))
+    old = {i.name: numpy_helper.to_array(i) for i in before.graph.initializer}
+    new = {i.name: numpy_helper.to_array(i) for i in after.graph.initializer}
+    mm = [n for n in after.graph.node if n.op_type == "MatMulNBits"]
+    assert mm and all(new[n.input[2]].dtype == np.float32 for n in mm)
+    producers = {o: n for n in before.graph.node for o in n.output}
+    for n in mm:
+        stored = old[producers[n.input[2]].input[0]]
+        assert stored.dtype == np.float16 and np.array_equal(stored.astype(np.float32), new[n.input[2]])
+    assert not {n.input[2] for n in mm} & {o for n in after.graph.node for o in n.output}
+    assert len(after.graph.node) == len(before.graph.node) - len(mm)   # only those Casts went
+    ids = np.array([[2, 10, 20, 30, 1], [2, 40, 1, 0, 0]], np.int64)
+    feed = {"input_ids": ids, "attention_mask": (ids > 0).astype(np.int64)}
+    so = ort.SessionOptions()
+    a = ort.InferenceSession(str(src), so, providers=["CPUExecutionProvider"]).run(None, feed)
+    b = ort.InferenceSession(str(out), so, providers=["CPUExecutionProvider"]).run(None, feed)
+    assert all(np.array_equal(x, y) for x, y in zip(a, b))
+    # an artifact without such Casts (older builds) is converted as it is
+    assert _with_wide_matmulnbits_scales(out, tmp_path / "again") == out and not (tmp_path / "again").exists()
