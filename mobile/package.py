@@ -113,31 +113,29 @@ def _with_wide_matmulnbits_scales(model: Path, folder: Path) -> Path:
     import onnx
     from onnx import numpy_helper
 
-    graph = onnx.load(str(model), load_external_data=False).graph
-    inits = {i.name for i in graph.initializer}
-    readers: dict[str, list] = {}
-    for node in graph.node:
-        for name in node.input:
-            readers.setdefault(name, []).append(node)
-    casts = [n for n in graph.node if n.op_type == "Cast" and n.input[0] in inits
-             and all(r.op_type == "MatMulNBits" for r in readers.get(n.output[0], [None]) if r is not None)
-             and readers.get(n.output[0])]
-    if not casts:
+    def widen_casts(graph) -> list:
+        inits = {i.name for i in graph.initializer}
+        readers: dict[str, list] = {}
+        for node in graph.node:
+            for name in node.input:
+                readers.setdefault(name, []).append(node)
+        return [n for n in graph.node if n.op_type == "Cast" and n.input[0] in inits and readers.get(n.output[0])
+                and all(r.op_type == "MatMulNBits" for r in readers[n.output[0]])]
+
+    if not widen_casts(onnx.load(str(model), load_external_data=False).graph):
         return model
     full = onnx.load(str(model))
-    by_name = {i.name: i for i in full.graph.initializer}
-    drop = {n.output[0] for n in casts}
-    for n in casts:
-        to = next(a.i for a in n.attribute if a.name == "to")
-        wide = numpy_helper.to_array(by_name[n.input[0]]).astype(onnx.helper.tensor_dtype_to_np_dtype(to))
-        full.graph.initializer.append(numpy_helper.from_array(wide, n.output[0]))
-    kept = [n for n in full.graph.node if not (n.op_type == "Cast" and n.output[0] in drop)]
-    del full.graph.node[:]
-    full.graph.node.extend(kept)
-    used = {i for n in kept for i in n.input}
-    keep_inits = [i for i in full.graph.initializer if i.name in used or i.name in {o.name for o in full.graph.output}]
-    del full.graph.initializer[:]
-    full.graph.initializer.extend(keep_inits)
+    graph = full.graph
+    casts = widen_casts(graph)
+    stored = {i.name: i for i in graph.initializer}
+    for cast in casts:
+        to = onnx.helper.tensor_dtype_to_np_dtype(next(a.i for a in cast.attribute if a.name == "to"))
+        graph.initializer.append(numpy_helper.from_array(numpy_helper.to_array(stored[cast.input[0]]).astype(to),
+                                                         cast.output[0]))
+        graph.node.remove(cast)
+    still_read = {i for n in graph.node for i in n.input}
+    for name in {c.input[0] for c in casts} - still_read:
+        graph.initializer.remove(stored[name])
     folder.mkdir()
     target = folder / model.name
     onnx.save(full, str(target), save_as_external_data=True, all_tensors_to_one_file=True,
