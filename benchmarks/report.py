@@ -17,13 +17,9 @@ def write_report(out: Path, meta: dict, summary: dict, raw: dict) -> Path:
     return md
 
 
-def _fmt_ratio(x):
-    return "" if x is None else f"{x:.2f}×"
-
-
 def _ratios(*xs) -> str:
     """" (1.86×, 2.40×)" of the ratios there are (none when torch or fp32 was not measured)."""
-    got = [_fmt_ratio(x) for x in xs if x is not None]
+    got = [f"{x:.2f}×" for x in xs if x is not None]
     return f" ({', '.join(got)})" if got else ""
 
 

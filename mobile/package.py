@@ -54,12 +54,11 @@ def package_for_mobile(source: str | Path, out: str | Path, *, tokenizer: str = 
         raise MobileInputError(f"{source} ships no sentencepiece model (its checkpoint had no tokenizer.model); "
                                "use --tokenizer tokenizers")
     with staged_output(out, force=force) as stage:
-        model = source / manifest["model_file"]
+        model, widened = source / manifest["model_file"], stage / "widened"
         if not fold_constants:
-            model = _with_wide_matmulnbits_scales(model, stage / "widened")
+            model = _with_wide_matmulnbits_scales(model, widened)
         _convert(model, stage / MODEL_FILE, platform, fold_constants)
-        if model.parent == stage / "widened":
-            shutil.rmtree(model.parent)
+        shutil.rmtree(widened, ignore_errors=True)   # the converter's input only, not part of the folder
         _operator_config(stage)
         mobile = {k: v for k, v in manifest.items() if k not in ("files", "format", "format_version", "quant_check")}
         mobile["model_file"] = MODEL_FILE
