@@ -96,7 +96,7 @@ def _table(name: str, ops: dict[str, dict], peak, int8: bool) -> str:
 def main(argv=None) -> int:
     """Print the per-op profile of each artifact on one workload."""
     from benchmarks.ceiling import machine_peak
-    from benchmarks.workloads import NAMES, build_workloads
+    from benchmarks.workloads import NAMES, build_workloads, tokenizer_json_of
     from runtime.artifact import accuracy_levels, read_manifest
 
     parser = argparse.ArgumentParser(prog="python -m benchmarks.profile", description=__doc__.split("\n\n")[0])
@@ -107,7 +107,7 @@ def main(argv=None) -> int:
     parser.add_argument("--json", help="also write the profiles here")
     args = parser.parse_args(argv)
     items = [(a.partition("=")[0], a.partition("=")[2] or a) for a in args.artifacts]
-    work = build_workloads(Path(items[0][1]) / "tokenizer.json", [args.workload])[args.workload]
+    work = build_workloads(tokenizer_json_of(path for _, path in items), [args.workload])[args.workload]
     peak = machine_peak(cores=args.threads)
     out = {}
     for name, path in items:

@@ -130,12 +130,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _build_workloads(systems: list[dict], torch_path: str | None, workloads: list[str]):
-    """The named workloads, cut with the first system's tokenizer, and their text and token counts."""
-    from benchmarks.workloads import build_workloads
+    """The named workloads, cut with the first tokenizer.json among the systems, and their text and token counts."""
+    from benchmarks.workloads import build_workloads, tokenizer_json_of
     from tokenizers import Tokenizer
 
     onnx_paths = [s["path"] for s in systems if s["system"] == "onnx"]
-    tokenizer = str(Path(onnx_paths[0] if onnx_paths else torch_path) / "tokenizer.json")
+    tokenizer = str(tokenizer_json_of(onnx_paths + ([torch_path] if torch_path else [])))
     tok = Tokenizer.from_file(tokenizer)
     built = build_workloads(tokenizer, workloads)
     lengths = {w: [len(tok.encode(t).ids) for t in built[w].texts] for w in workloads}

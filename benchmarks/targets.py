@@ -23,7 +23,7 @@ def load_fidelity(source: str | Path | dict | None, summary: dict) -> dict[str, 
     has; a peer's entry is keyed by its system name ("llama.cpp Q4_0")."""
     if not source:
         return {}
-    from quant.fidelity import TARGETS
+    from quant.fidelity import target_for
 
     data = source if isinstance(source, dict) else json.loads(Path(source).read_text(encoding="utf-8"))
     variants = [e["variant"] for e in summary.values()]
@@ -39,7 +39,7 @@ def load_fidelity(source: str | Path | dict | None, summary: dict) -> dict[str, 
             continue
         prompts = entry["prompts"].values()
         mean, low = min(p["mean"] for p in prompts), min(p["min"] for p in prompts)
-        target = TARGETS.get(entry["variant"])
+        target = target_for(entry["variant"])
         out[name] = {"variant": entry["variant"], "mean": mean, "min": low, "target": target,
                      "meets": target is not None and mean >= target[0] and low >= target[1]}
     return out

@@ -65,6 +65,16 @@ _SPECS = {  # name: ((count, lo, hi) groups, batch size, description)
 NAMES = tuple(_SPECS)
 
 
+def tokenizer_json_of(folders) -> Path:
+    """tokenizer.json of the first folder that ships one: the workloads are cut with it (an artifact
+    built with ``--tokenizer sentencepiece`` has none)."""
+    for folder in folders:
+        if (Path(folder) / "tokenizer.json").is_file():
+            return Path(folder) / "tokenizer.json"
+    raise FileNotFoundError("none of the benchmarked folders ships tokenizer.json, which cuts the workloads; "
+                            "add the fp32 artifact (or any folder built with --tokenizer all) to the run")
+
+
 def build_workloads(tokenizer_json: str | Path, names=NAMES, seed: int = 0) -> dict[str, Workload]:
     """short (64 x ~30 tokens), medium (32 x ~128), long (8 x ~500 + 2 x ~2,000), latency (32 single queries)."""
     from tokenizers import Tokenizer

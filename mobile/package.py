@@ -12,6 +12,7 @@ import shutil
 from pathlib import Path
 
 from runtime.artifact import ArtifactError, read_manifest, staged_output, verify_files, write_manifest
+from runtime.tokenizer_files import resolve_choice, ship_tokenizer
 
 MODEL_FILE = "model.ort"
 OPERATORS_FILE = "required_operators.config"
@@ -38,7 +39,7 @@ def package_for_mobile(source: str | Path, out: str | Path, *, tokenizer: str = 
 
     source = Path(source)
     manifest = _checked_source(source, verify)
-    if tokenizer not in TOKENIZERS:
+    if tokenizer not in TOKENIZERS:   # a mobile folder ships one tokenizer file, never "all"
         raise MobileInputError(f"unknown --tokenizer {tokenizer!r}; choose one of {', '.join(TOKENIZERS)}")
     if platform not in PLATFORMS:
         raise MobileInputError(f"unknown --platform {platform!r}; choose one of {', '.join(PLATFORMS)}")
@@ -48,28 +49,20 @@ def package_for_mobile(source: str | Path, out: str | Path, *, tokenizer: str = 
         raise MobileInputError(f"{source} stores its int8 weights as blocks that a session re-codes when it loads "
                                f"({manifest.get('variant')}); a mobile folder would re-code them on every call. "
                                "Pass --fold (the folder then holds the int8 codes, w8a8's size) or package w8a8")
-    sp = manifest.get("sentencepiece")
-    use_sp = tokenizer == "sentencepiece" or (tokenizer == "auto" and sp is not None)
-    if use_sp and not sp:
-        raise MobileInputError(f"{source} ships no sentencepiece model (its checkpoint had no tokenizer.model); "
-                               "use --tokenizer tokenizers")
+    try:
+        resolve_choice(manifest, tokenizer)
+    except ValueError as exc:
+        raise MobileInputError(f"{source}: {exc} (--tokenizer)") from None
     with staged_output(out, force=force) as stage:
+        shipped = ship_tokenizer(source, manifest, stage, tokenizer)
         model, widened = source / manifest["model_file"], stage / "widened"
         if not fold_constants:
             model = _with_wide_matmulnbits_scales(model, widened)
         _convert(model, stage / MODEL_FILE, platform, fold_constants)
         shutil.rmtree(widened, ignore_errors=True)   # the converter's input only, not part of the folder
         _operator_config(stage)
-        mobile = {k: v for k, v in manifest.items() if k not in ("files", "format", "format_version", "quant_check")}
+        mobile = {k: v for k, v in shipped.items() if k not in ("files", "format", "format_version", "quant_check")}
         mobile["model_file"] = MODEL_FILE
-        if use_sp:
-            shutil.copy2(source / sp["model_file"], stage / sp["model_file"])
-            added = (source / sp["added_tokens_file"]).read_text(encoding="utf-8") if "added_tokens_file" in sp else None
-            mobile["sentencepiece"] = _inline_added_tokens(sp, added)
-            mobile.pop("tokenizer_file", None)
-        else:
-            shutil.copy2(source / manifest["tokenizer_file"], stage / manifest["tokenizer_file"])
-            mobile.pop("sentencepiece", None)
         mobile["mobile"] = {"model_format": "ORT", "optimization": "Fixed (applied at conversion)",
                             "platform": platform, "constants_folded": fold_constants,
                             "converted_with": {"onnxruntime": ort.__version__},
@@ -156,13 +149,3 @@ def _convert(model: Path, target: Path, platform: str, fold_constants: bool) -> 
     disabled = ([] if platform == "amd64" else ["NchwcTransformer"]) + ([] if fold_constants else ["ConstantFolding"])
     ort.InferenceSession(str(model), sess_options=so, providers=["CPUExecutionProvider"],
                          disabled_optimizers=disabled)
-
-
-def _inline_added_tokens(section: dict, added_json: str | None) -> dict:
-    """The sentencepiece section with the added tokens in the manifest instead of a second file."""
-    import json
-
-    out = {k: v for k, v in section.items() if k != "added_tokens_file"}
-    if added_json is not None:
-        out["added_tokens"] = json.loads(added_json)
-    return out

@@ -9,7 +9,6 @@ Needs onnx, onnxruntime, numpy (and tqdm for progress bars); torch only for ``--
 from __future__ import annotations
 
 import logging
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,8 @@ from onnx import numpy_helper
 from runtime.artifact import OutputExistsError, staged_output, write_manifest
 from runtime.onnx_helpers import DATA_FILE, add_contrib_opset, internalize_external_data, opset_imports, save_with_external_data
 from runtime.progress import progress_bar
+from runtime.tokenizer_files import CHOICES as TOKENIZER_CHOICES
+from runtime.tokenizer_files import resolve_choice, ship_tokenizer
 
 from . import graph as G
 from . import int8_path as I8
@@ -31,7 +32,7 @@ from .manifest import GraphSummary, decoded_at_load, variant_manifest
 from .quantizer import CALIBRATED, METHODS, SiteQuantizer, kept_fp32, on_integer_path, site_format, two_pass_site
 from .recipe import Recipe
 from .self_check import SelfCheck
-from .source import Fp32Source, QuantInputError, open_fp32_artifact, tokenizer_files
+from .source import Fp32Source, QuantInputError, open_fp32_artifact
 from .targets import Target, check_host_can_build, get_target
 
 log = logging.getLogger("quant")
@@ -55,6 +56,7 @@ class BuildOptions:
     ``quant.int8_path.ACTIVATION_BITS``); None: the target's. threads: onnxruntime threads for
     calibration, timing and the self-check. check: run the self-check. verify_input: hash the fp32
     artifact's files. calibration_texts: instead of the packaged ones. force: replace outputs.
+    tokenizer: which tokenizer files the folders ship (``runtime.tokenizer_files.CHOICES``).
     """
 
     method: str = DEFAULT_METHOD
@@ -69,6 +71,7 @@ class BuildOptions:
     force: bool = False
     budget: int | None = None
     sensitivity: str | None = None
+    tokenizer: str = "all"
 
     def validate(self) -> None:
         """Raise ``QuantInputError`` naming a bad option and what is allowed."""
@@ -83,6 +86,8 @@ class BuildOptions:
             raise QuantInputError(f"--budget must be a positive size, got {self.budget}")
         if self.threads is not None and self.threads < 1:
             raise QuantInputError(f"--threads must be >= 1, got {self.threads}")
+        if self.tokenizer not in TOKENIZER_CHOICES:
+            raise QuantInputError(f"unknown --tokenizer {self.tokenizer!r}; choose one of {', '.join(TOKENIZER_CHOICES)}")
         check_host_can_build(get_target(self.target))
 
     def levels(self, target: Target) -> tuple[dict[int, int] | None, dict[str, str]]:
@@ -129,6 +134,10 @@ def build_variants(fp32_dir: str | Path, targets: list[tuple[Recipe, str | Path]
     for out in outs:
         if out.resolve() == src.folder.resolve():
             raise QuantInputError(f"--out {str(out)!r} is the --in folder; write the quantized artifact elsewhere")
+    try:
+        resolve_choice(src.manifest, options.tokenizer)
+    except ValueError as exc:
+        raise QuantInputError(f"{src.folder}: {exc} (--tokenizer)") from None
 
     recipes = [recipe for recipe, _ in targets]
     if options.method == "learned":
@@ -213,9 +222,8 @@ def _build_one(src: Fp32Source, recipe: Recipe, out: Path, quantizer: SiteQuanti
         vocab = _write_graph(src, recipe, model_path, quantizer, summary, act_bits, options.progress)
         if levels is None:
             _choose_levels(model_path, recipe, vocab, options.threads, summary)
-        for name in tokenizer_files(src.manifest):
-            shutil.copy2(src.folder / name, stage / name)
         manifest = variant_manifest(src, recipe, options.method, summary, stats.info if stats else None)
+        manifest = ship_tokenizer(src.folder, manifest, stage, options.tokenizer)
         manifest["target"] = _target_entry(target, summary, act_bits)
         _describe_extras(manifest["quantization"], recipe, quantizer, summary, act_bits)
         if plan is not None:

@@ -18,6 +18,7 @@ EXAMPLES = """examples:
   embeddinggemma-quant --in artifacts/fp32 --variant e8_a8_f4_p8 --out artifacts/e8_a8_f4_p8 --method rtn
   embeddinggemma-quant --in artifacts/fp32 --variant "q4_0:f8@20-23" --out artifacts/q4_0-f8-top
   embeddinggemma-quant --in artifacts/fp32 --variant q4_0 --budget 200MB --out artifacts/q4_0-200mb
+  embeddinggemma-quant --in artifacts/fp32 --variant q8_0 --tokenizer sentencepiece --out artifacts/q8_0-small
 
 variants: q8_0 (closest to fp32, ~1/4 of its size), q4_0 (the smallest), e4_a8_f4_p4 (Google's mixed
 recipe), w8a8 (int8 matrix products, the fastest on CPUs with VNNI); `all` builds these four.
@@ -35,6 +36,8 @@ The manifest records the chosen recipe, which rebuilds the same plan without --b
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for docs and tests)."""
+    from runtime.tokenizer_files import CHOICES as TOKENIZER_CHOICES
+
     from .build import DEFAULT_METHOD
     from .quantizer import METHODS
     from .targets import TARGETS
@@ -78,6 +81,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--sensitivity", default=None, metavar="FILE",
                         help="with --budget: a measurement saved by `python -m quant.sensitivity --json FILE` for "
                              "this fp32 artifact (else it is measured during the build: ~5 s per weight, 2 cores)")
+    parser.add_argument("--tokenizer", default="all", choices=TOKENIZER_CHOICES,
+                        help="tokenizer files the folder ships (default all: tokenizer.json and, where export "
+                             "shipped it, tokenizer.model); sentencepiece: tokenizer.model only, 33 MB smaller, "
+                             "not loadable in the browser; tokenizers: tokenizer.json only; auto: sentencepiece "
+                             "where the input has it, else tokenizers")
     parser.add_argument("--threads", type=int, default=None,
                         help="onnxruntime threads for calibration, timing and the self-check (default: all cores)")
     parser.add_argument("--no-check", action="store_true",
@@ -113,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
                                int8_activation_bits=bits if bits in (None, "auto") else int(bits),
                                threads=args.threads, progress=not args.quiet, check=not args.no_check,
                                force=args.force, budget=args.budget,
-                               sensitivity=args.sensitivity)
+                               sensitivity=args.sensitivity, tokenizer=args.tokenizer)
         written = build_variants(args.source, targets, options)
     except (RecipeError, QuantInputError, OutputExistsError, GraphError) as exc:
         print(f"error: {exc}", file=sys.stderr)

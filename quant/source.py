@@ -56,11 +56,3 @@ def open_fp32_artifact(folder: str | Path, verify: bool = True) -> Fp32Source:
     data_files = sorted({e.value for init in model.graph.initializer for e in init.external_data if e.key == "location"})
     data_sha = ",".join(manifest["files"][name]["sha256"] for name in data_files if name in manifest["files"])
     return Fp32Source(folder, manifest, data_sha, sites)
-
-
-def tokenizer_files(manifest: dict) -> list[str]:
-    """Every tokenizer file the artifact ships: tokenizer.json and, when present, the sentencepiece pair."""
-    names = [manifest["tokenizer_file"]]
-    sp = manifest.get("sentencepiece") or {}
-    names += [sp[key] for key in ("model_file", "added_tokens_file") if sp.get(key)]
-    return names

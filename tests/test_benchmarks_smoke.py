@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -147,3 +149,17 @@ def test_corpus_benchmark_sizes_shards_for_its_actors():
     assert default_rows_per_shard(20000, list(CONFIGS)) == 1667
     assert default_rows_per_shard(600, ["local"]) == 100           # one process -> 6 shards
     assert default_rows_per_shard(5, list(CONFIGS)) == 1
+
+
+def test_workloads_are_cut_with_the_first_folder_that_ships_tokenizer_json(tmp_path):
+    """A folder built with --tokenizer sentencepiece has no tokenizer.json: the next one's is used, and a
+    run with none says which folder to add."""
+    from benchmarks.workloads import tokenizer_json_of
+
+    sp_only, full = tmp_path / "sp", tmp_path / "full"
+    sp_only.mkdir()
+    full.mkdir()
+    (full / "tokenizer.json").write_text("{}")
+    assert tokenizer_json_of([sp_only, full]) == full / "tokenizer.json"
+    with pytest.raises(FileNotFoundError, match="add the fp32 artifact"):
+        tokenizer_json_of([sp_only])

@@ -68,6 +68,14 @@ def test_sizes_parse_in_decimal_and_binary_units():
 
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")
+def test_a_budget_recipe_is_held_to_its_base_formats_fidelity_target():
+    from quant.fidelity import TARGETS, target_for
+
+    assert target_for("q4_0:v8@0-23,down8@16-23") == TARGETS["q4_0"] == (0.99, 0.97)
+    assert target_for("q8_0") == (0.9995, 0.999)
+    assert target_for("e8_a8_f4_p8") is None and target_for("no such thing") is None and target_for(None) is None
+
+
 def test_overrides_store_exact_formats_and_the_plan_round_trips(tiny_artifact, tmp_path):
     out = tmp_path / "mixed"
     assert run_cli("--in", tiny_artifact, "--variant", "q4_0:f8@2-3,v8@0", "--out", out, "-q", "--threads", "1",

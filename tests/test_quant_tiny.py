@@ -453,29 +453,69 @@ def test_quant_package_does_not_import_torch():
         json.loads((ROOT / "quant" / name).read_text(encoding="utf-8"))
 
 
-def test_sentencepiece_files_are_carried_over(tiny_artifact, tmp_path):
-    """An fp32 artifact that ships tokenizer.model + added_tokens.json keeps them (and their manifest
-    section) in every variant, so the small-memory tokenizer backend stays available."""
+SP_SECTION = {"model_file": "tokenizer.model", "added_tokens_file": "added_tokens.json", "bos_id": 2, "eos_id": 1}
+
+
+@pytest.fixture
+def fp32_with_sentencepiece(tiny_artifact, tmp_path):
+    """The tiny fp32 artifact plus a stand-in tokenizer.model and added-token table in its manifest."""
     from runtime.artifact import write_manifest
 
     src = tmp_path / "fp32-sp"
     shutil.copytree(tiny_artifact, src)
     (src / "tokenizer.model").write_bytes(b"stand-in sentencepiece model")
     (src / "added_tokens.json").write_text('{"<start_of_turn>": 105}')
-    section = {"model_file": "tokenizer.model", "added_tokens_file": "added_tokens.json", "bos_id": 2, "eos_id": 1}
     manifest = read_manifest(src)
-    manifest["sentencepiece"] = section
+    manifest["sentencepiece"] = SP_SECTION
     write_manifest(src, {k: v for k, v in manifest.items() if k != "files"})
-    out = tmp_path / "q4"
+    return src
+
+
+def test_sentencepiece_files_are_carried_over(fp32_with_sentencepiece, tmp_path):
+    """An fp32 artifact that ships tokenizer.model + added_tokens.json keeps them (and their manifest
+    section) in every variant, so the small-memory tokenizer backend stays available."""
+    src, out = fp32_with_sentencepiece, tmp_path / "q4"
     # --no-check: the stand-in model file cannot tokenize; only the copying is under test here
     assert run_cli("--in", src, "--variant", "q4_0", "--out", out, "-q", "--no-check", *RTN) == 0
     m = read_manifest(out)
-    assert m["sentencepiece"] == section
+    assert m["sentencepiece"] == SP_SECTION
     assert sorted(m["files"]) == ["added_tokens.json", "model.onnx", "model.onnx.data", "tokenizer.json",
                                   "tokenizer.model"]
     for name in ("tokenizer.model", "added_tokens.json"):
         assert (out / name).read_bytes() == (src / name).read_bytes()
         assert m["files"][name]["sha256"] == sha256_file(src / name)
+
+
+def test_one_tokenizer_file(fp32_with_sentencepiece, tiny_artifact, tmp_path):
+    """--tokenizer sentencepiece ships tokenizer.model alone (added tokens inline, no tokenizer.json:
+    33 MB less on the real model); --tokenizer tokenizers ships tokenizer.json alone, same vectors."""
+    src = fp32_with_sentencepiece
+    assert run_cli("--in", src, "--variant", "q4_0", "--out", tmp_path / "sp", "-q", "--no-check", "--tokenizer",
+                   "sentencepiece", *RTN) == 0
+    m = read_manifest(tmp_path / "sp")
+    assert sorted(m["files"]) == ["model.onnx", "model.onnx.data", "tokenizer.model"] and "tokenizer_file" not in m
+    assert m["sentencepiece"] == {"model_file": "tokenizer.model", "bos_id": 2, "eos_id": 1,
+                                  "added_tokens": {"<start_of_turn>": 105}}
+    assert run_cli("--in", src, "--variant", "q4_0", "--out", tmp_path / "hf", "-q", "--no-check", "--tokenizer",
+                   "tokenizers", *RTN) == 0
+    m = read_manifest(tmp_path / "hf")
+    assert sorted(m["files"]) == ["model.onnx", "model.onnx.data", "tokenizer.json"] and "sentencepiece" not in m
+    assert run_cli("--in", tiny_artifact, "--variant", "q4_0", "--out", tmp_path / "ref", "-q", "--no-check", *RTN) == 0
+    one, ref = Embedder(tmp_path / "hf"), Embedder(tmp_path / "ref")
+    assert one.tokenizer_backend == "tokenizers"
+    texts = ["a query about planets", "the second text, a little longer than the first one"]
+    np.testing.assert_array_equal(one.encode(texts), ref.encode(texts))
+
+
+def test_missing_tokenizer_choice_fails_before_building(tiny_artifact, tmp_path, capsys):
+    """The tiny artifact has no tokenizer.model: --tokenizer sentencepiece stops at once, nothing written."""
+    out = tmp_path / "q4"
+    assert run_cli("--in", tiny_artifact, "--variant", "q4_0", "--out", out, "--tokenizer", "sentencepiece",
+                   *RTN) == 2
+    err = capsys.readouterr().err
+    assert "ships no sentencepiece model" in err and "choose tokenizers" in err and not out.exists()
+    assert run_cli("--in", tiny_artifact, "--variant", "q4_0", "--out", out, "--tokenizer", "spm", *RTN) == 2
+    assert "invalid choice: 'spm'" in capsys.readouterr().err and not out.exists()
 
 
 # ---------------------------------------------------------------------------------------------

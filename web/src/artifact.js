@@ -39,6 +39,10 @@ export function parseManifest(bytes, where) {
 /** The files the browser needs: the graph, its external weight files and tokenizer.json (not tokenizer.model). */
 export function webFiles(manifest) {
   const model = manifest.model_file;
+  if (!manifest.tokenizer_file && manifest.sentencepiece) {
+    throw new ArtifactError("this folder ships only the sentencepiece tokenizer (tokenizer.model), which the browser " +
+      "cannot read; build it with embeddinggemma-quant --tokenizer all (or tokenizers)", { file: MANIFEST_NAME });
+  }
   const tokenizer = manifest.tokenizer_file ?? "tokenizer.json";
   // External data sits beside the graph under the graph's name plus a suffix (model.onnx.data).
   const externalData = Object.keys(manifest.files).filter((n) => n !== model && (n.startsWith(`${model}.`) || n.endsWith(".data")));

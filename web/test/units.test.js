@@ -83,4 +83,8 @@ describe("manifest checks", () => {
     assert.throws(() => parseManifest(bytes(lacking), "u"), /lacks required keys \["prompts"\]/);
     assert.throws(() => webFiles({ ...good, files: {} }), /lists no "model.onnx"/);
   });
+  test("a folder with the sentencepiece tokenizer only is refused with the build option that fixes it", () => {
+    const { tokenizer_file, ...spOnly } = { ...good, sentencepiece: { model_file: "tokenizer.model" } };
+    assert.throws(() => webFiles(spOnly), (e) => e instanceof ArtifactError && /only the sentencepiece tokenizer.*--tokenizer all/.test(e.message));
+  });
 });
