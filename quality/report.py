@@ -21,7 +21,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from quant.recipe import RecipeError, parse_recipe
+from quant.recipe import held_to
 from runtime.cpu import cpu_name
 
 from .suite import RunResult, fidelity
@@ -48,16 +48,9 @@ def target_for(label: str, variant: str | None) -> float | None:
     A recipe with per-site overrides (``Q4_0:v8@0-23,...``, as a size budget writes) is held to its
     base format's line: it is built to beat that format."""
     for key in (variant, label):
-        if not key:
-            continue
-        if key.lower() in TARGETS:
-            return TARGETS[key.lower()]
-        try:   # the recipe grammar (overrides after a colon) is quant.recipe's
-            base = parse_recipe(key).base_name
-        except RecipeError:
-            continue
-        if base in TARGETS:
-            return TARGETS[base]
+        target = held_to(TARGETS, key.lower() if key else None)
+        if target is not None:
+            return target
     return None
 
 

@@ -25,18 +25,11 @@ TARGETS = {"q8_0": (0.9995, 0.999), "q4_0": (0.99, 0.97), "e4_a8_f4_p4": (0.99, 
 
 
 def target_for(variant: str | None) -> tuple[float, float] | None:
-    """(mean, min) target of a manifest variant name; a recipe with per-site overrides (what ``--budget``
-    writes, ``q4_0:v8@0-23,...``) is held to its base format's target: it is built to beat that format."""
-    from .recipe import RecipeError, parse_recipe
+    """(mean, min) target of a manifest variant name; a budget recipe is held to its base format's
+    (``quant.recipe.held_to``)."""
+    from .recipe import held_to
 
-    if not variant:
-        return None
-    if variant in TARGETS:
-        return TARGETS[variant]
-    try:
-        return TARGETS.get(parse_recipe(variant).base_name)
-    except RecipeError:
-        return None
+    return held_to(TARGETS, variant)
 
 
 def load_texts(path: str | Path = DEFAULT_TEXTS) -> list[str]:

@@ -258,6 +258,20 @@ def parse_recipe(text: str) -> Recipe:
     return Recipe(*(fmt.name for fmt in formats), integer=integer)
 
 
+def held_to(table: dict, name: str | None):
+    """``table``'s entry (a target) for the variant ``name``, or for its base format when ``name`` is a
+    recipe with per-site overrides (``q4_0:v8@0-23,...``, what ``--budget`` writes): such a build is
+    held to what its base format is held to. None when neither is in ``table``."""
+    if not name:
+        return None
+    if name in table:
+        return table[name]
+    try:
+        return table.get(parse_recipe(name).base_name)
+    except RecipeError:
+        return None
+
+
 def parse_variants(text: str) -> list[Recipe]:
     """``all`` -> the standard variants; anything else -> ``[parse_recipe(text)]``."""
     if isinstance(text, str) and text.strip().lower() == "all":
