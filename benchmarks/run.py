@@ -132,13 +132,10 @@ def build_parser() -> argparse.ArgumentParser:
 def _build_workloads(systems: list[dict], torch_path: str | None, workloads: list[str]):
     """The named workloads, cut with the first tokenizer.json among the systems, and their text and token counts."""
     from benchmarks.workloads import build_workloads, tokenizer_json_of
-    from tokenizers import Tokenizer
 
     onnx_paths = [s["path"] for s in systems if s["system"] == "onnx"]
-    tokenizer = str(tokenizer_json_of(onnx_paths + ([torch_path] if torch_path else [])))
-    tok = Tokenizer.from_file(tokenizer)
-    built = build_workloads(tokenizer, workloads)
-    lengths = {w: [len(tok.encode(t).ids) for t in built[w].texts] for w in workloads}
+    built = build_workloads(tokenizer_json_of(onnx_paths + ([torch_path] if torch_path else [])), workloads)
+    lengths = {w: built[w].token_counts for w in workloads}
     token_counts = {w: {"texts": len(built[w].texts), "tokens": sum(lengths[w])} for w in workloads}
     fp32 = next((s["path"] for s in systems if s["system"] == "onnx" and s["variant"] == "fp32"), None)
     if fp32:   # the useful arithmetic of each workload, for the fraction of the machine's peak

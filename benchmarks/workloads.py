@@ -26,6 +26,8 @@ class Workload:
     texts: tuple[str, ...]
     batch_size: int
     description: str
+    #: tokens per text as the model reads them (BOS/EOS included), counted with the tokenizer that cut it
+    token_counts: tuple[int, ...] = ()
 
 
 def _sentences(corpus: list[dict]) -> list[str]:
@@ -87,5 +89,5 @@ def build_workloads(tokenizer_json: str | Path, names=NAMES, seed: int = 0) -> d
         groups, batch_size, description = _SPECS[name]
         rng = random.Random(f"{seed}-{name}")  # per-workload seed: the same texts whichever subset is built
         texts = [t for n, lo, hi in groups for t in _group(sentences, count, n, lo, hi, rng)]
-        out[name] = Workload(name, tuple(texts), batch_size, description)
+        out[name] = Workload(name, tuple(texts), batch_size, description, tuple(count(t) for t in texts))
     return out

@@ -163,3 +163,16 @@ def test_workloads_are_cut_with_the_first_folder_that_ships_tokenizer_json(tmp_p
     assert tokenizer_json_of([sp_only, full]) == full / "tokenizer.json"
     with pytest.raises(FileNotFoundError, match="add the fp32 artifact"):
         tokenizer_json_of([sp_only])
+
+
+def test_workloads_carry_the_token_counts_of_the_tokenizer_that_cut_them(tiny_artifact):
+    """The report's tokens/s divide by these counts: each is the model's input length (BOS/EOS included)."""
+    from benchmarks.workloads import build_workloads
+    from tokenizers import Tokenizer
+
+    tokenizer_json = Path(tiny_artifact) / "tokenizer.json"
+    built = build_workloads(tokenizer_json, names=("short", "latency"))
+    tok = Tokenizer.from_file(str(tokenizer_json))
+    for work in built.values():
+        assert work.token_counts == tuple(len(tok.encode(t).ids) for t in work.texts)
+        assert len(work.token_counts) == len(work.texts) > 0
