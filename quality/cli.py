@@ -95,12 +95,13 @@ def main(argv: list[str] | None = None) -> int:
     say(f"{len(tasks)} tasks built in {time.perf_counter() - started:.1f} s")
 
     meta = {"preset": args.preset, "seed": args.seed, "threads": args.threads, "batch_size": args.batch_size}
-    results = []
+    results, report, details = [], None, {}
     for result in _run_artifacts(args, tasks, artifacts, baseline, log):
         results.append(result)
-        _write(tasks, results, baseline, None, meta, args.out, started)
-    reference = None if args.reference_st is None else _run_reference(args, tasks, results[0], log)
-    report = _write(tasks, results, baseline, reference, meta, args.out, started)
+        report = _write(tasks, results, baseline, None, meta, args.out, started, details)
+    if args.reference_st is not None:   # without it, the last write above is the whole report
+        reference = _run_reference(args, tasks, results[0], log)
+        report = _write(tasks, results, baseline, reference, meta, args.out, started, details)
     say(f"report written to {args.out} ({time.perf_counter() - started:.0f} s in all)")
     return _exit_status(report)
 
@@ -165,10 +166,11 @@ def _exit_status(report: dict) -> int:
     return 1 if failed else 0
 
 
-def _write(tasks, results, baseline, reference, meta, out, started):
-    """(Re)write the report with what has run so far, so a long run leaves usable output early."""
+def _write(tasks, results, baseline, reference, meta, out, started, details):
+    """(Re)write the report with what has run so far, so a long run leaves usable output early
+    (``details``: build_report's cache, kept across the rewrites)."""
     meta = {**meta, "suite_wall_seconds": round(time.perf_counter() - started, 1)}
-    report = rep.build_report(tasks, results, baseline=baseline, reference=reference, meta=meta)
+    report = rep.build_report(tasks, results, baseline=baseline, reference=reference, meta=meta, details=details)
     rep.write_report(report, out)
     return report
 

@@ -292,6 +292,24 @@ def test_standard_errors_of_drops(tiny_run, smoke_tasks, tmp_path, monkeypatch):
     assert f"{c0['score']:.2f} ({-c0['drop'] + 0.0:+.2f} ± {c0['drop_se']:.2f}, " in md
 
 
+def test_report_rewrites_reuse_the_drop_details(tiny_run, smoke_tasks, monkeypatch):
+    """The CLI rewrites the report after every variant: each variant's drop details (they rerun the
+    classification and clustering protocols) are computed once per run and give the same rows."""
+    other = copy.deepcopy(tiny_run)
+    other.label, other.info = "q4_0", {**other.info, "variant": "q4_0"}
+    details = {}
+    first = build_report(smoke_tasks, [tiny_run, other], baseline="fp32", meta={"preset": "smoke"}, details=details)
+    assert sorted(details) == sorted((t.name, "fp32", "q4_0") for t in smoke_tasks)
+
+    def computed_again(*_args, **_kwargs):
+        raise AssertionError("drop details computed a second time")
+
+    for t in smoke_tasks:
+        monkeypatch.setattr(t, "drop_detail", computed_again)
+    again = build_report(smoke_tasks, [tiny_run, other], baseline="fp32", meta={"preset": "smoke"}, details=details)
+    assert again["comparison"] == first["comparison"]
+
+
 def test_accuracy_levels_from_manifest():
     from runtime.artifact import accuracy_levels
 
@@ -411,4 +429,5 @@ def test_override_recipes_are_held_to_their_base_formats_line():
     assert target_for("mine", "q8_0:k4@3") == TARGETS["q8_0"] == 0.1
     assert target_for("mine", "e4_a4_f4_p4:f8@20-23") == 0.5   # q4_0's groups spelled as a recipe string
     assert target_for("q4_0", None) == 0.5 and target_for("e4_a8_f4_p4", "e4_a8_f4_p4") == 0.5
-    assert target_for("fp32", "fp32") is None and target_for("w8a8", "w8a8") is None
+    assert target_for("fp32", "fp32") is None
+    assert target_for("w8a8", "w8a8") == TARGETS["q8_0"]   # held to q8_0's line, as its fidelity is
