@@ -162,8 +162,13 @@ def classification_accuracy(x_pool: np.ndarray, y_pool: Sequence, x_test: np.nda
     ``samples_per_label`` examples per label drawn from the training pool. Returns (mean, per experiment)."""
     if experiments is None:
         experiments = undersample_experiments(y_pool, samples_per_label, n_experiments, seed)
-    accs = [float(a) for a in classification_correctness(x_pool, y_pool, x_test, y_test, experiments=experiments,
-                                                         seed=seed).mean(axis=1)]
+    return experiment_accuracies(classification_correctness(x_pool, y_pool, x_test, y_test, experiments=experiments,
+                                                            seed=seed))
+
+
+def experiment_accuracies(correct: np.ndarray) -> tuple[float, list[float]]:
+    """(mean, per experiment) accuracy from :func:`classification_correctness`'s [experiments, test texts]."""
+    accs = [float(a) for a in np.asarray(correct).mean(axis=1)]
     return float(np.mean(accs)), accs
 
 

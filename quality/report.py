@@ -170,7 +170,10 @@ def _task_info(tasks: Sequence[Task], base: RunResult) -> list[dict]:
 
 def _drop_detail(task: Task, base: RunResult, other: RunResult) -> dict | None:
     """``Task.drop_detail`` of ``other`` vs ``base`` at the full dim (standard error in points, and for
-    tasks scored per unit how the drop is made up), or None when either run kept no embeddings."""
+    tasks scored per unit how the drop is made up): from the per-unit scores both runs kept, else from
+    their embeddings; None when either run kept neither."""
+    if task.name in base.unit_scores and task.name in other.unit_scores:
+        return task.units_drop_detail(base.unit_scores[task.name], other.unit_scores[task.name])
     keys = [g.key for g in task.groups()]
     if not all((task.name, k) in base.embeddings and (task.name, k) in other.embeddings for k in keys):
         return None

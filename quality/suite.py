@@ -158,6 +158,9 @@ class RunResult:
     info: dict
     scores: dict[str, dict[int, dict]] = field(default_factory=dict)     # task -> dim -> score dict
     embeddings: dict[tuple[str, str], np.ndarray] = field(default_factory=dict)  # (task, group) -> [n, full dim]
+    # task -> its per-unit scores at the full dim (Task.evaluate_units), kept so a report's drop
+    # details need no second run of the task's protocol (k-means, classifiers)
+    unit_scores: dict[str, np.ndarray] = field(default_factory=dict)
     prompts_used: dict[str, dict[str, str | None]] = field(default_factory=dict)
     tokens: dict[str, int] = field(default_factory=dict)                 # task -> tokens embedded
     embed_seconds: dict[str, float] = field(default_factory=dict)        # task -> seconds in encode()
@@ -224,8 +227,11 @@ def run_suite(encoder: Encoder, tasks: Sequence[Task], *, label: str,
             emb[group.key] = np.asarray(encoder.encode(group.texts, name), dtype=np.float32)
             secs += time.perf_counter() - t0
             result.embeddings[(task.name, group.key)] = emb[group.key]
-        result.scores[task.name] = {d: task.evaluate({k: finish(v, d) for k, v in emb.items()})
-                                    for d in dims}
+        scores, units = task.evaluate_units({k: finish(v, dims[0]) for k, v in emb.items()})
+        result.scores[task.name] = {dims[0]: scores} | {d: task.evaluate({k: finish(v, d) for k, v in emb.items()})
+                                                         for d in dims[1:]}
+        if units is not None:
+            result.unit_scores[task.name] = units
         result.prompts_used[task.name] = used
         result.tokens[task.name] = tokens
         result.embed_seconds[task.name] = secs

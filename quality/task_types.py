@@ -50,21 +50,34 @@ class Task(ABC):
     def sizes(self) -> dict:
         """Sizes of the evaluated data (for the report)."""
 
+    def evaluate_units(self, emb: dict[str, np.ndarray]) -> tuple[dict, np.ndarray | None]:
+        """``evaluate``'s scores and the per-unit values behind the main score (see ``unit_scores``)
+        from one scoring, so a suite run keeps both without rerunning a task's protocol; None for
+        task types without per-unit scores."""
+        return self.evaluate(emb), None
+
     def unit_scores(self, emb: dict[str, np.ndarray]) -> np.ndarray:
         """Per-unit values (points) whose mean is the main score: per query, per test text or per
         bootstrap, depending on the task type."""
-        raise NotImplementedError(f"{type(self).__name__} has no per-unit scores")
+        units = self.evaluate_units(emb)[1]
+        if units is None:
+            raise NotImplementedError(f"{type(self).__name__} has no per-unit scores")
+        return units
 
     #: What one unit of ``unit_scores`` is, for the report ("queries", "test texts", ...).
     unit_name: str = field(init=False, default="units")
 
     def drop_detail(self, base: dict[str, np.ndarray], other: dict[str, np.ndarray]) -> dict:
-        """``se``: the standard error (points) of main_score(base) - main_score(other) from the sampling
-        of the task's units, paired over the same units (how precisely this task's data measures a
-        drop); and how the drop is made up of units: how many there are, how many changed (``worse`` /
-        ``better``), and ``largest_unit``, the one unit whose change moves the main score most (points
-        of the score, positive = a drop). One scoring of each side. STS overrides it (SE only)."""
-        ub, uo = self.unit_scores(base), self.unit_scores(other)
+        """:meth:`units_drop_detail` of both sides' ``unit_scores`` (one scoring of each side). STS
+        overrides it (SE only)."""
+        return self.units_drop_detail(self.unit_scores(base), self.unit_scores(other))
+
+    def units_drop_detail(self, ub: np.ndarray, uo: np.ndarray) -> dict:
+        """From the per-unit scores of a base and another model: ``se``, the standard error (points) of
+        main_score(base) - main_score(other) from the sampling of the task's units, paired over the same
+        units (how precisely this task's data measures a drop); and how the drop is made up of units:
+        how many there are, how many changed (``worse`` / ``better``), and ``largest_unit``, the one
+        unit whose change moves the main score most (points of the score, positive = a drop)."""
         d = np.asarray(ub, dtype=np.float64) - np.asarray(uo, dtype=np.float64)
         tol = 1e-9   # points; unit scores of identical embeddings are bit-identical
         i = int(np.argmax(np.abs(d)))
@@ -140,18 +153,19 @@ class RetrievalTask(Task):
                 rel[q, d] = grade
         return rel, scores
 
-    def unit_scores(self, emb):
-        """nDCG@10 of each query, in points."""
-        return 100 * metrics.ndcg_per_query(*self._relevance_and_scores(emb), k=10)
-
-    def evaluate(self, emb):
-        """nDCG@10 over the whole corpus, with recall@10 beside it."""
+    def evaluate_units(self, emb):
+        """nDCG@10 over the whole corpus, with recall@10 beside it; units: nDCG@10 of each query, in points."""
         rel, scores = self._relevance_and_scores(emb)
         ndcg = metrics.ndcg_at_k(rel, scores, k=10)
         # recall@10 as a secondary number: easier to read than nDCG for one-relevant-document queries
         top = np.argsort(-scores, axis=1)[:, :10]
         recall = float(np.mean([len(set(t) & set(r)) / len(r) for t, r in zip(top.tolist(), self.relevant)]))
-        return {"main_score": 100 * ndcg, "ndcg_at_10": ndcg, "recall_at_10": recall}
+        units = 100 * metrics.ndcg_per_query(rel, scores, k=10)
+        return {"main_score": 100 * ndcg, "ndcg_at_10": ndcg, "recall_at_10": recall}, units
+
+    def evaluate(self, emb):
+        """nDCG@10 over the whole corpus, with recall@10 beside it."""
+        return self.evaluate_units(emb)[0]
 
     def sizes(self):
         """Queries and corpus documents."""
@@ -180,14 +194,16 @@ class RerankingTask(Task):
         rels = [[int(c in r) for c in cands] for cands, r in zip(self.candidates, self.relevant)]
         return rels, [sims[q, cands] for q, cands in enumerate(self.candidates)]
 
-    def unit_scores(self, emb):
-        """Average precision of each query's candidate ranking, in points."""
-        return 100 * metrics.average_precisions(*self._ranked(emb))
+    def evaluate_units(self, emb):
+        """Mean average precision over the queries' candidate lists; units: each query's average
+        precision, in points."""
+        ranked = self._ranked(emb)
+        m = metrics.mean_average_precision(*ranked)
+        return {"main_score": 100 * m, "map_at_1000": m}, 100 * metrics.average_precisions(*ranked)
 
     def evaluate(self, emb):
         """Mean average precision over the queries' candidate lists."""
-        m = metrics.mean_average_precision(*self._ranked(emb))
-        return {"main_score": 100 * m, "map_at_1000": m}
+        return self.evaluate_units(emb)[0]
 
     def sizes(self):
         """Queries, corpus documents and candidates per query."""
@@ -225,17 +241,17 @@ class ClassificationTask(Task):
         pool[self._used] = emb["train"]
         return pool
 
-    def unit_scores(self, emb):
-        """Per test text, the share of experiments that label it correctly, in points."""
-        return 100 * metrics.classification_correct(self._pool(emb), self.train_labels, emb["test"], self.test_labels,
-                                                    experiments=self._experiments, seed=42)
+    def evaluate_units(self, emb):
+        """Mean accuracy of the experiments' classifiers on the test set; units: per test text, the
+        share of experiments that label it correctly, in points (both from one set of fits)."""
+        correct = metrics.classification_correctness(self._pool(emb), self.train_labels, emb["test"],
+                                                     self.test_labels, experiments=self._experiments, seed=42)
+        acc, per = metrics.experiment_accuracies(correct)
+        return {"main_score": 100 * acc, "accuracy": acc, "accuracy_per_experiment": per}, 100 * correct.mean(axis=0)
 
     def evaluate(self, emb):
         """Mean accuracy of the experiments' classifiers on the test set."""
-        pool = self._pool(emb)
-        acc, per = metrics.classification_accuracy(pool, self.train_labels, emb["test"], self.test_labels,
-                                                   experiments=self._experiments, seed=42)
-        return {"main_score": 100 * acc, "accuracy": acc, "accuracy_per_experiment": per}
+        return self.evaluate_units(emb)[0]
 
     def sizes(self):
         """Pool, embedded training texts, test texts, labels and the protocol's settings."""
@@ -261,15 +277,16 @@ class ClusteringTask(Task):
         """One group: the texts to cluster."""
         return [TextGroup("texts", self.texts, None)]
 
-    def evaluate(self, emb):
-        """Mean V-measure over the k-means bootstraps."""
+    def evaluate_units(self, emb):
+        """Mean V-measure over the k-means bootstraps; units: the V-measure of each bootstrap, in
+        points (each is one k-means run, paired across models by its seed)."""
         v, per = metrics.clustering_v_measure(emb["texts"], self.labels, n_bootstrap=self.n_bootstrap,
                                               cluster_size=self.cluster_size, seed=42)
-        return {"main_score": 100 * v, "v_measure": v, "v_measure_per_bootstrap": per}
+        return {"main_score": 100 * v, "v_measure": v, "v_measure_per_bootstrap": per}, 100 * np.asarray(per)
 
-    def unit_scores(self, emb):
-        """V-measure of each bootstrap, in points: each is one k-means run, paired across models by its seed."""
-        return 100 * np.asarray(self.evaluate(emb)["v_measure_per_bootstrap"])
+    def evaluate(self, emb):
+        """Mean V-measure over the k-means bootstraps."""
+        return self.evaluate_units(emb)[0]
 
     def sizes(self):
         """Texts, clusters and the bootstrap settings."""

@@ -254,6 +254,11 @@ def test_standard_errors_of_drops(tiny_run, smoke_tasks, tmp_path, monkeypatch):
         if t.type != "STS":   # per-unit scores average to the task's main score
             assert t.unit_scores(emb).mean() == pytest.approx(tiny_run.main_score(t.name), abs=1e-9), t.name
         noisy.scores[t.name] = {d: t.evaluate({k: truncate_dim(v, d) for k, v in other.items()}) for d in noisy.dims}
+        units = t.evaluate_units(other)[1]
+        if units is None:
+            noisy.unit_scores.pop(t.name, None)
+        else:
+            noisy.unit_scores[t.name] = units
         assert t.drop_detail(emb, emb)["se"] == 0.0, t.name     # a model against itself: no uncertainty
         assert t.drop_detail(emb, other)["se"] >= 0.0
     se = {t.name: t.drop_detail({g.key: tiny_run.embeddings[(t.name, g.key)] for g in t.groups()},
@@ -261,6 +266,11 @@ def test_standard_errors_of_drops(tiny_run, smoke_tasks, tmp_path, monkeypatch):
           for t in smoke_tasks}
     assert sum(v > 0 for v in se.values()) >= 8, se   # noise moves the per-unit scores of most tasks
     report = build_report(smoke_tasks, [tiny_run, noisy], baseline="fp32", meta={"preset": "smoke"})
+    # the per-unit scores each run kept give the rows the embeddings give
+    bare = [copy.copy(r) for r in (tiny_run, noisy)]
+    for r in bare:
+        r.unit_scores = {}
+    assert build_report(smoke_tasks, bare, baseline="fp32", meta={"preset": "smoke"})["comparison"] == report["comparison"]
     by_name = {t.name: t for t in smoke_tasks}
     for c in report["comparison"]:
         assert c["drop_se"] == pytest.approx(se[c["task"]])
@@ -306,8 +316,35 @@ def test_report_rewrites_reuse_the_drop_details(tiny_run, smoke_tasks, monkeypat
 
     for t in smoke_tasks:
         monkeypatch.setattr(t, "drop_detail", computed_again)
+        monkeypatch.setattr(t, "units_drop_detail", computed_again)
     again = build_report(smoke_tasks, [tiny_run, other], baseline="fp32", meta={"preset": "smoke"}, details=details)
     assert again["comparison"] == first["comparison"]
+
+
+def test_a_run_keeps_the_unit_scores_so_reports_rerun_no_protocol(tiny_run, smoke_tasks, monkeypatch):
+    """A suite run keeps each per-unit task's unit scores (those of its embeddings, averaging to its main
+    score); a report built from two runs then scores no task again (no k-means, no classifiers)."""
+    import numpy as np
+
+    per_unit = [t for t in smoke_tasks if t.type != "STS"]
+    assert sorted(tiny_run.unit_scores) == sorted(t.name for t in per_unit)
+    for t in per_unit:
+        kept = tiny_run.unit_scores[t.name]
+        again = t.unit_scores({g.key: tiny_run.embeddings[(t.name, g.key)] for g in t.groups()})
+        assert np.array_equal(kept, again), t.name
+        assert kept.mean() == pytest.approx(tiny_run.main_score(t.name), abs=1e-9), t.name
+    other = copy.deepcopy(tiny_run)
+    other.label, other.info = "q4_0", {**other.info, "variant": "q4_0"}
+
+    def scored_again(*_args, **_kwargs):
+        raise AssertionError("a task was scored again while building the report")
+
+    for t in smoke_tasks:
+        monkeypatch.setattr(t, "evaluate_units", scored_again)
+        monkeypatch.setattr(t, "evaluate", scored_again)
+    report = build_report(smoke_tasks, [tiny_run, other], baseline="fp32", meta={"preset": "smoke"})
+    rows = [c for c in report["comparison"] if c["units"]]
+    assert len(rows) == len(per_unit) and all(c["drop_se"] == 0.0 and c["units"]["changed"] == 0 for c in rows)
 
 
 def test_accuracy_levels_from_manifest():
