@@ -30,6 +30,7 @@ from pathlib import Path
 
 from runtime.artifact import ArtifactError, read_manifest
 from runtime.cpu import cpu_name
+from runtime.outputs import OutputExistsError, refuse_existing, write_text_atomic
 from runtime.prompts import with_prompts
 from runtime.tokenizer import load_tokenizer
 
@@ -269,12 +270,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--nice", type=int, default=10, help="niceness of the measured processes (default 10)")
     parser.add_argument("--work", help="scratch folder (default: a temporary one, removed at the end)")
     parser.add_argument("--out", required=True, help="folder for results.json and results.md")
+    parser.add_argument("--force", action="store_true", help="write into --out even if it holds files")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Build the corpus, run every configuration, write results.json and results.md."""
     args = build_parser().parse_args(argv)
+    try:
+        refuse_existing(args.out, args.force, empty_ok=True)
+    except OutputExistsError as exc:
+        raise SystemExit(f"error: {exc}") from None
     artifacts = {}
     for item in args.artifacts:
         name, _, path = item.partition("=")
@@ -310,9 +316,9 @@ def main(argv: list[str] | None = None) -> int:
     meta["load_after"] = os.getloadavg()[0]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2) + "\n")
+    write_text_atomic(out / "results.json", json.dumps({"meta": meta, "results": results}, indent=2) + "\n")
     table = render(results, meta)
-    (out / "results.md").write_text(table)
+    write_text_atomic(out / "results.md", table)
     print(table)
     return 0
 

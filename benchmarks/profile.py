@@ -15,6 +15,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from benchmarks.ceiling import share_text
+from runtime.outputs import OutputExistsError, refuse_existing, write_text_atomic
 
 #: Ops that multiply matrices; their FLOPs are 2 x M x K x N from the profiled shapes.
 MATMUL_OPS = ("MatMul", "MatMulNBits", "MatMulIntegerToFloat", "FusedMatMul", "MatMulInteger", "Gemm")
@@ -105,7 +106,13 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--json", help="also write the profiles here")
+    parser.add_argument("--force", action="store_true", help="replace --json if it exists")
     args = parser.parse_args(argv)
+    if args.json:
+        try:   # before the slow part, so a finished measurement is never lost to a name clash
+            refuse_existing(args.json, args.force, option="--json")
+        except OutputExistsError as exc:
+            parser.error(str(exc))
     items = [(a.partition("=")[0], a.partition("=")[2] or a) for a in args.artifacts]
     work = build_workloads(tokenizer_json_of(path for _, path in items), [args.workload])[args.workload]
     peak = machine_peak(cores=args.threads)
@@ -116,7 +123,7 @@ def main(argv=None) -> int:
         out[name] = profile(path, list(work.texts), work.batch_size, args.threads, args.repeats)
         print(_table(name, out[name], peak, int8) + "\n")
     if args.json:
-        Path(args.json).write_text(json.dumps(out, indent=2))
+        write_text_atomic(args.json, json.dumps(out, indent=2))
     return 0
 
 

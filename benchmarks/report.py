@@ -5,15 +5,17 @@ import json
 from pathlib import Path
 
 from benchmarks.ceiling import share_text
+from runtime.outputs import replaced_atomically, write_text_atomic
 
 
 def write_report(out: Path, meta: dict, summary: dict, raw: dict) -> Path:
     """Write results.json, results.md and results.png into ``out``; returns the Markdown path."""
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps({"meta": meta, "summary": summary, "raw": raw}, indent=2))
+    write_text_atomic(out / "results.json", json.dumps({"meta": meta, "summary": summary, "raw": raw}, indent=2))
     md = out / "results.md"
-    md.write_text(_markdown(meta, summary))
-    _plot(out / "results.png", meta, summary)
+    write_text_atomic(md, _markdown(meta, summary))
+    with replaced_atomically(out / "results.png") as tmp:
+        _plot(tmp, meta, summary)
     return md
 
 

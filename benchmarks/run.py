@@ -18,6 +18,7 @@ from pathlib import Path
 from benchmarks.process import call_worker
 from benchmarks.workloads import NAMES as WORKLOADS
 from runtime.artifact import ArtifactError, accuracy_levels, read_manifest
+from runtime.outputs import OutputExistsError, refuse_existing, write_text_atomic
 from runtime.progress import progress_bar
 
 REPEATS = {"short": 5, "medium": 3, "long": 1, "latency": 1}
@@ -126,6 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "each is skipped with a note when not set up (scripts/setup-peers.sh)")
     parser.add_argument("--cpu-ghz", type=float, help="the core clock for the peak (default: measured, else lscpu)")
     parser.add_argument("--out", required=True, help="folder for results.json, results.md and results.png")
+    parser.add_argument("--force", action="store_true",
+                        help="write into --out even if it holds files (each is replaced once its new version is complete)")
     return parser
 
 
@@ -213,6 +216,10 @@ def main(argv=None) -> int:
     unknown = set(workloads) - set(WORKLOADS)
     if unknown:
         parser.error(f"unknown workload(s) {sorted(unknown)}; choose from {', '.join(WORKLOADS)}")
+    try:   # before any measuring: a run takes up to an hour
+        refuse_existing(args.out, args.force, empty_ok=True)
+    except OutputExistsError as exc:
+        parser.error(str(exc))
     systems = _systems(args)
     built, token_counts = _build_workloads(systems, args.torch, workloads)
     started = time.time()
@@ -228,7 +235,7 @@ def main(argv=None) -> int:
     if fidelity_raw:
         out_dir = Path(args.out)
         out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "fidelity.json").write_text(json.dumps(fidelity_raw, indent=2))
+        write_text_atomic(out_dir / "fidelity.json", json.dumps(fidelity_raw, indent=2))
     fidelity = load_fidelity(fidelity_raw, summary)
     flags = cpu_flags()
     meta = {"threads": args.threads, "rounds": args.rounds, "cpu": cpu_name(), "seconds": time.time() - started,

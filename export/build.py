@@ -7,7 +7,8 @@ import warnings
 from pathlib import Path
 
 from runtime import __version__
-from runtime.artifact import staged_output, update_manifest, write_manifest
+from runtime.artifact import update_manifest, write_manifest
+from runtime.outputs import staged_output
 
 from .checkpoint import Checkpoint
 from .pipeline import pipeline_from_sentence_transformer

@@ -5,7 +5,7 @@ import argparse
 import logging
 import sys
 
-from runtime.artifact import OutputExistsError
+from runtime.outputs import OutputExistsError
 
 from .checkpoint import DEFAULT_MODEL, CheckpointError, resolve_checkpoint
 

@@ -5,7 +5,7 @@ import argparse
 import logging
 import sys
 
-from runtime.artifact import OutputExistsError
+from runtime.outputs import OutputExistsError
 
 from .package import PLATFORMS, TOKENIZERS, MobileInputError, package_for_mobile
 

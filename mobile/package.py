@@ -11,7 +11,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from runtime.artifact import ArtifactError, read_manifest, staged_output, verify_files, write_manifest
+from runtime.artifact import ArtifactError, read_manifest, verify_files, write_manifest
+from runtime.outputs import staged_output
 from runtime.tokenizer_files import resolve_choice, ship_tokenizer
 
 MODEL_FILE = "model.ort"

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Iterator
 
 from runtime.artifact import ArtifactError, read_manifest
+from runtime.outputs import OutputExistsError, refuse_existing
 
 from . import report as rep
 from .datasets import DataUnavailable
@@ -49,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--artifacts", nargs="+", required=True, metavar="LABEL=DIR",
                    help="artifact folders to compare, e.g. fp32=artifacts/fp32 q8_0=artifacts/q8_0")
     p.add_argument("--out", required=True, type=Path, help="folder for report.md, report.json and the PNG plots")
+    p.add_argument("--force", action="store_true",
+                   help="write into --out even if it holds files (each report file is replaced once its new version "
+                        "is complete)")
     p.add_argument("--reference-st", type=Path, metavar="CHECKPOINT_DIR",
                    help="also run sentence-transformers (torch) on this checkpoint and check it agrees with the "
                         f"baseline artifact to {rep.ST_AGREEMENT_POINTS} points")
@@ -108,7 +112,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _input_problem(args, artifacts: list[tuple[str, Path]], baseline: str) -> str | None:
     """What makes the inputs unusable (a folder that is not an artifact, an unknown baseline, a
-    reference that is not a sentence-transformers checkpoint), or None."""
+    reference that is not a sentence-transformers checkpoint, an --out that holds files without
+    --force), or None."""
     for label, path in artifacts:
         try:
             read_manifest(path)
@@ -119,6 +124,10 @@ def _input_problem(args, artifacts: list[tuple[str, Path]], baseline: str) -> st
         return f"--baseline {baseline!r} is not one of {labels}"
     if args.reference_st is not None and not (args.reference_st / "modules.json").is_file():
         return f"--reference-st {args.reference_st} is not a sentence-transformers checkpoint"
+    try:
+        refuse_existing(args.out, args.force, empty_ok=True)
+    except OutputExistsError as exc:
+        return str(exc)
     return None
 
 

@@ -23,6 +23,7 @@ import numpy as np
 
 from quant.recipe import held_to
 from runtime.cpu import cpu_name
+from runtime.outputs import replaced_atomically, write_text_atomic
 
 from .suite import RunResult, fidelity
 from .task_types import Task
@@ -603,15 +604,17 @@ def plot_size_speed_score(report: dict, path: Path) -> None:
 
 
 def write_report(report: dict, out_dir: str | Path) -> dict[str, Path]:
-    """Write report.json, report.md, scores.png and size_speed_score.png into ``out_dir``."""
+    """Write report.json, report.md, scores.png and size_speed_score.png into ``out_dir``, each file
+    replaced in one step (the CLI rewrites them after every variant)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"json": out / "report.json", "markdown": out / "report.md", "scores_png": out / "scores.png",
              "size_speed_png": out / "size_speed_score.png"}
-    paths["json"].write_text(json.dumps(report, indent=2, default=_json_default) + "\n", encoding="utf-8")
-    paths["markdown"].write_text(render_markdown(report), encoding="utf-8")
-    plot_scores(report, paths["scores_png"])
-    plot_size_speed_score(report, paths["size_speed_png"])
+    write_text_atomic(paths["json"], json.dumps(report, indent=2, default=_json_default) + "\n")
+    write_text_atomic(paths["markdown"], render_markdown(report))
+    for plot, key in ((plot_scores, "scores_png"), (plot_size_speed_score, "size_speed_png")):
+        with replaced_atomically(paths[key]) as tmp:
+            plot(report, tmp)
     return paths
 
 

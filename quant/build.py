@@ -17,7 +17,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from runtime.artifact import OutputExistsError, staged_output, write_manifest
+from runtime.artifact import write_manifest
+from runtime.outputs import refuse_existing, staged_output
 from runtime.onnx_helpers import DATA_FILE, add_contrib_opset, internalize_external_data, opset_imports, save_with_external_data
 from runtime.progress import progress_bar
 from runtime.tokenizer_files import CHOICES as TOKENIZER_CHOICES
@@ -125,9 +126,7 @@ def build_variants(fp32_dir: str | Path, targets: list[tuple[Recipe, str | Path]
     options.validate()
     outs = [Path(out) for _, out in targets]
     for out in outs:
-        if out.exists() and not options.force:
-            raise OutputExistsError(f"output {str(out)!r} already exists; choose another --out or pass --force "
-                                    "to replace it")
+        refuse_existing(out, options.force)
     if len({o.resolve() for o in outs}) != len(outs):
         raise QuantInputError("two variants would be written to the same folder")
     src = open_fp32_artifact(fp32_dir, verify=options.verify_input)

@@ -8,7 +8,7 @@ import sys
 import threading
 from pathlib import Path
 
-from runtime.artifact import OutputExistsError
+from runtime.outputs import OutputExistsError
 
 from .recipe import STANDARD_VARIANTS, RecipeError, allowed_text, parse_variants
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from runtime.artifact import read_manifest
 from runtime.compare import cosines_to, embed_texts
+from runtime.outputs import OutputExistsError, refuse_existing, write_text_atomic
 
 #: The parity corpus (shipped with this package), the texts the quant targets are defined on.
 DEFAULT_TEXTS = Path(__file__).with_name("parity_texts.json")
@@ -66,7 +67,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--texts", default=str(DEFAULT_TEXTS), help="JSON list or text file (default: parity corpus)")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--json", help="also write the results here")
+    parser.add_argument("--force", action="store_true", help="replace --json if it exists")
     args = parser.parse_args(argv)
+    if args.json:
+        try:   # before the slow part, so a finished measurement is never lost to a name clash
+            refuse_existing(args.json, args.force, option="--json")
+        except OutputExistsError as exc:
+            parser.error(str(exc))
     texts = load_texts(args.texts)
     results = measure(args.fp32, args.variants, texts, threads=args.threads)
     print(f"{len(texts)} texts; cosine to fp32 (document prompt | query prompt)")
@@ -79,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{folder:40} {r['variant']:14} {d['mean']:10.6f} {d['min']:10.6f} | {q['mean']:10.6f} {q['min']:10.6f}"
               f"  {target or ''} {verdict}")
     if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+        write_text_atomic(args.json, json.dumps(results, indent=2) + "\n")
     return 0
 
 

@@ -20,6 +20,7 @@ import numpy as np
 
 from runtime.compare import embed_texts
 from runtime.onnx_helpers import read_initializer
+from runtime.outputs import OutputExistsError, refuse_existing, write_text_atomic
 from runtime.progress import progress_bar
 from runtime.vectors import row_cosines
 
@@ -63,7 +64,7 @@ def measure(src: Fp32Source, sites: list[G.WeightSite], texts: list[str], thread
 def save(path: str | Path, src: Fp32Source, cost: dict[str, float], texts: int, extra: dict | None = None) -> None:
     """Write a measurement with the fp32 artifact's weights hash, so it is never applied to another model."""
     data = {"fp32_artifact": src.data_sha256, "format": FORMAT, "texts": texts, "weights": cost, **(extra or {})}
-    Path(path).write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
+    write_text_atomic(path, json.dumps(data, indent=1) + "\n")
 
 
 def load(path: str | Path, src: Fp32Source) -> dict[str, float]:
@@ -104,12 +105,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m quant.sensitivity", description=__doc__.split("\n\n")[0])
     parser.add_argument("--in", dest="source", required=True, metavar="FP32_DIR", help="fp32 artifact folder")
     parser.add_argument("--json", metavar="FILE", help="write the measurement here (for --sensitivity of the quant CLI)")
+    parser.add_argument("--force", action="store_true", help="replace --json if it exists")
     parser.add_argument("--texts", type=int, default=DEFAULT_TEXTS,
                         help=f"calibration texts embedded per weight (default {DEFAULT_TEXTS})")
     parser.add_argument("--estimate", action="store_true",
                         help="also compute the Hessian-weighted estimate (calibration, minutes) and its rank correlation")
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args(argv)
+    if args.json:
+        try:   # before the slow part, so a finished measurement is never lost to a name clash
+            refuse_existing(args.json, args.force, option="--json")
+        except OutputExistsError as exc:
+            parser.error(str(exc))
 
     src = open_fp32_artifact(args.source, verify=False)
     texts = load_calibration_texts()

@@ -5,14 +5,11 @@ sides cannot drift. Standard library only.
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
-from typing import Iterator
+
+from .outputs import write_text_atomic
 
 MANIFEST_NAME = "embedder.json"
 FORMAT_NAME = "embeddinggemma-onnx-artifact"
@@ -92,48 +89,12 @@ def write_manifest(folder: str | Path, manifest: dict) -> None:
     (folder / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
-class OutputExistsError(FileExistsError):
-    """The output folder exists and overwriting was not asked for."""
-
-
-@contextlib.contextmanager
-def staged_output(out: str | Path, force: bool = False) -> Iterator[Path]:
-    """Yield a fresh staging folder beside ``out``; on success move it into place atomically.
-
-    On any error the staging folder is removed and ``out`` is untouched. An existing ``out`` is
-    replaced only when ``force`` is set, and only after the new folder is complete.
-    """
-    out = Path(out).resolve()
-    if out.exists() and not force:
-        raise OutputExistsError(f"output {str(out)!r} already exists; choose another --out or pass --force to replace it")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-    try:
-        yield staging
-        # mkdtemp makes a private 0700 folder; give the artifact the usual umask-based mode.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(staging, 0o777 & ~umask)
-        if out.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-            os.replace(out, old / out.name)
-            os.replace(staging, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-
-
 def update_manifest(folder: str | Path, **fields) -> None:
     """Add or replace top-level manifest fields without re-hashing (the manifest never hashes itself)."""
     path = Path(folder) / MANIFEST_NAME
     manifest = json.loads(path.read_text(encoding="utf-8"))
     manifest.update(fields)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
 
 
 def accuracy_levels(quantization: dict | None) -> str:

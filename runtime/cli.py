@@ -17,6 +17,8 @@ import warnings
 from importlib.metadata import entry_points
 from pathlib import Path
 
+from runtime.outputs import OutputExistsError, refuse_existing, replaced_atomically
+
 MODEL_ENV = "EMBEDDINGGEMMA_MODEL"
 #: Entry-point group of the commands other packages add (``name = "package.module:add_command"``).
 COMMANDS_GROUP = "embeddinggemma.commands"
@@ -103,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument("--threads", type=positive_int, metavar="N", help="onnxruntime threads (default: all cores)")
     embed.add_argument("-o", "--output", metavar="FILE", help="write here instead of stdout")
     embed.add_argument("--format", choices=FORMATS, help="output format (default: from --output's extension; jsonl)")
+    embed.add_argument("--force", action="store_true", help="replace --output if it exists (once the new one is complete)")
     progress = embed.add_mutually_exclusive_group()
     progress.add_argument("--progress", dest="progress", action="store_true", default=None,
                           help="show a progress bar on stderr (default: on a terminal, for long inputs)")
@@ -262,6 +265,10 @@ def _output_format(args) -> str:
         parent = Path(args.output).resolve().parent
         if not parent.is_dir():
             raise CLIError(f"cannot write --output {args.output}: folder {parent} does not exist")
+        try:
+            refuse_existing(args.output, args.force, option="--output")
+        except OutputExistsError as exc:
+            raise CLIError(str(exc)) from None
     elif fmt == "npy" and sys.stdout.isatty():
         raise CLIError("not writing binary .npy to a terminal; pass --output FILE.npy or redirect stdout")
     return fmt
@@ -325,7 +332,7 @@ def _write(vectors, fmt: str, output: str | None, texts: list[str], ids: list | 
             _write_to(stream, vectors, fmt, texts, ids, np)
             stream.flush()
         else:
-            with open(output, "wb") as stream:
+            with replaced_atomically(output) as tmp, open(tmp, "wb") as stream:
                 _write_to(stream, vectors, fmt, texts, ids, np)
     except BrokenPipeError:
         raise

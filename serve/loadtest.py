@@ -30,6 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
+from runtime.outputs import OutputExistsError, refuse_existing, write_text_atomic
+
 HOST = "127.0.0.1"  # loopback only, by design: this script must not load anybody else's server
 MAX_CLIENTS = 64
 MAX_DURATION = 300.0
@@ -241,7 +243,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--modes", default="batched,single", help=f"comma list of {', '.join(MODES)} (default batched,single)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", metavar="FILE", help="also write the results here")
+    parser.add_argument("--force", action="store_true", help="replace --json if it exists")
     args = parser.parse_args(argv)
+    if args.json:
+        try:   # before the slow part, so a finished measurement is never lost to a name clash
+            refuse_existing(args.json, args.force, option="--json")
+        except OutputExistsError as exc:
+            parser.error(str(exc))
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     if unknown := [m for m in modes if m not in MODES]:
         parser.error(f"unknown mode(s) {unknown}; choose from {', '.join(MODES)}")
@@ -264,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     print(table(rows))
     print(json.dumps(info))
     if args.json:
-        Path(args.json).write_text(json.dumps({"info": info, "results": rows}, indent=2))
+        write_text_atomic(args.json, json.dumps({"info": info, "results": rows}, indent=2))
     return 1 if any(r["errors"] for r in rows) else 0
 
 

@@ -71,6 +71,16 @@ def test_benchmark_rejects_bad_arguments(tmp_path):
     assert run.returncode != 0 and "not an artifact folder" in run.stderr
 
 
+def test_benchmark_keeps_an_earlier_run_unless_forced(tiny_artifact, tmp_path):
+    out = tmp_path / "bench"
+    out.mkdir()
+    (out / "results.md").write_text("an earlier hour-long run")
+    run = subprocess.run([sys.executable, "-m", "benchmarks", "--artifacts", f"fp32={tiny_artifact}", "--out", str(out)],
+                         capture_output=True, text=True, cwd=ROOT)
+    assert run.returncode == 2 and "already exists; choose another --out or pass --force" in run.stderr
+    assert "measuring" not in run.stderr and [p.name for p in out.iterdir()] == ["results.md"]
+
+
 def test_target_verdicts_on_a_hand_made_run(tmp_path):
     from benchmarks.targets import check, load_fidelity
 

@@ -72,6 +72,33 @@ def test_stdin_lines_to_npy_with_env_model(tiny_artifact, emb, tmp_path, monkeyp
     assert np.allclose(got, expected, atol=1e-6)
 
 
+def test_an_existing_output_is_refused_before_the_model_loads_and_replaced_with_force(tiny_artifact, emb, tmp_path,
+                                                                                       capsys, monkeypatch):
+    out_file = tmp_path / "vectors.npy"
+    out_file.write_bytes(b"earlier vectors")
+    import runtime.cli as cli
+
+    def no_load(*_a, **_k):
+        raise AssertionError("the model was loaded before the output was checked")
+
+    with monkeypatch.context() as m:
+        m.setattr(cli, "_load_embedder", no_load)
+        code, out, err = _run(["embed", "--model", str(tiny_artifact), "red planet", "--output", str(out_file)], capsys)
+    assert code == 2 and "already exists; choose another --output or pass --force" in err
+    assert out_file.read_bytes() == b"earlier vectors"
+    # a failure while writing leaves the earlier file and no partial one beside it
+    with monkeypatch.context() as m:
+        m.setattr(np, "save", lambda *_a, **_k: (_ for _ in ()).throw(OSError(28, "No space left on device")))
+        code, _, err = _run(["embed", "--model", str(tiny_artifact), "red planet", "--output", str(out_file),
+                             "--force"], capsys)
+    assert code == 2 and "No space left on device" in err
+    assert out_file.read_bytes() == b"earlier vectors" and [p.name for p in tmp_path.iterdir()] == ["vectors.npy"]
+    code, _, err = _run(["embed", "--model", str(tiny_artifact), "red planet", "--output", str(out_file), "--force"],
+                        capsys)
+    assert code == 0, err
+    assert np.allclose(np.load(out_file), emb.encode(["red planet"]), atol=1e-6)
+
+
 def test_jsonl_file_with_ids_and_titles(tiny_artifact, emb, tmp_path, capsys):
     src = tmp_path / "docs.jsonl"
     records = [{"id": "a", "text": "Mars is red.", "title": "Mars"}, {"id": 2, "text": "Venus is hot."},

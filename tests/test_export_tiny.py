@@ -12,7 +12,8 @@ import onnx
 import pytest
 
 from runtime import Embedder
-from runtime.artifact import MANIFEST_NAME, OutputExistsError, sha256_file, staged_output
+from runtime.artifact import MANIFEST_NAME, sha256_file
+from runtime.outputs import OutputExistsError, staged_output
 from tiny_checkpoint import PROMPTS, SLIDING_WINDOW, TINY_TEXTS
 
 # Lengths from 3 to past the tiny max length (64), several beyond its window (|i-j| < 9).

@@ -410,6 +410,25 @@ def test_cli_rejects_bad_input(tmp_path, capsys):
         main(["--artifacts", "fp32=", "--out", str(tmp_path / "r")])
 
 
+def test_cli_keeps_an_earlier_report_unless_forced(tiny_artifact, tmp_path, capsys):
+    """A folder holding an earlier report is refused before any task runs; --force replaces its files
+    in one step each, leaving no partial file behind."""
+    out = tmp_path / "r"
+    out.mkdir()
+    (out / "report.md").write_text("the report of an earlier 100-minute run")
+    args = ["--artifacts", f"fp32={tiny_artifact}", "--out", str(out), "--preset", "smoke", "--threads", "1",
+            "--no-verify", "--quiet", "--tasks", "WordSim353"]
+    assert main(args) == 2
+    assert "already exists; choose another --out or pass --force" in capsys.readouterr().err
+    assert [p.name for p in out.iterdir()] == ["report.md"]
+    assert main(args + ["--force"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["report.json", "report.md", "scores.png", "size_speed_score.png"]
+    assert (out / "report.md").read_text().startswith("# EmbeddingGemma-300m quality report")
+    empty = tmp_path / "empty"
+    empty.mkdir()   # an empty folder made beforehand is free
+    assert main(args[:3] + [str(empty)] + args[4:]) == 0
+
+
 def test_suite_runs_without_torch(tiny_artifact, tmp_path):
     """The suite itself (not the --reference-st run) must work where torch cannot be imported."""
     import subprocess

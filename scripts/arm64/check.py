@@ -23,6 +23,7 @@ import numpy as np
 
 from runtime.artifact import MANIFEST_NAME, ArtifactError, accuracy_levels, read_manifest
 from runtime.cpu import cpu_name
+from runtime.outputs import OutputExistsError, refuse_existing, write_text_atomic
 from runtime.vectors import row_cosines
 
 from .emulator import CPU_MODELS, ArmRootError, Emulator, find_root
@@ -204,7 +205,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="onnxruntime session config entry for the arm64 runs, e.g. mlas.disable_kleidiai=1 "
                              "(repeatable; for finding which kernels cause a difference)")
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--force", action="store_true", help="replace --json if it exists")
     args = parser.parse_args(argv)
+    if args.json:
+        try:   # before the emulated runs (minutes), so a finished check is never lost to a name clash
+            refuse_existing(args.json, args.force, option="--json")
+        except OutputExistsError as exc:
+            parser.error(str(exc))
     cpus = list(CPU_MODELS) if args.cpu == "both" else [args.cpu]
     try:
         result = check(args.artifacts, fp32=args.fp32, cpus=cpus, count=args.texts, long=args.long,
@@ -215,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print_table(result)
     if args.json:
-        args.json.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+        write_text_atomic(args.json, json.dumps(result, indent=2) + "\n")
     rows = [row for cpu in result["cpus"].values() for row in cpu["rows"].values()]
     return 0 if all(row["verdict"] != "MISS" for row in rows) else 1
 
