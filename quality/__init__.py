@@ -6,7 +6,8 @@ sentence-transformers reference (``quality.suite.SentenceTransformerEncoder``) a
 (``quality.mteb_adapter``, which needs mteb and therefore torch) import torch.
 """
 from .prompts import resolve_prompt_name
-from .report import TARGETS, build_report, write_report
+from .report import build_report, write_report
+from .verdicts import TARGETS
 from .suite import ArtifactEncoder, RunResult, fidelity, run_suite
 from .tasks import TASK_NAMES, build_tasks
 

@@ -22,6 +22,7 @@ from . import report as rep
 from .datasets import DataUnavailable
 from .suite import ArtifactEncoder, RunResult, SentenceTransformerEncoder, random_error_spread, run_suite
 from .tasks import PRESETS, TASK_NAMES, build_tasks
+from .verdicts import ST_AGREEMENT_POINTS
 
 
 def _parse_artifacts(items: list[str]) -> list[tuple[str, Path]]:
@@ -55,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "is complete)")
     p.add_argument("--reference-st", type=Path, metavar="CHECKPOINT_DIR",
                    help="also run sentence-transformers (torch) on this checkpoint and check it agrees with the "
-                        f"baseline artifact to {rep.ST_AGREEMENT_POINTS} points")
+                        f"baseline artifact to {ST_AGREEMENT_POINTS} points")
     p.add_argument("--baseline", help="label of the fp32 baseline (default: 'fp32' if given, else the first)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads per model (default: all cores)")
     p.add_argument("--preset", choices=sorted(PRESETS), default="default",

@@ -12,7 +12,7 @@ pytest.importorskip("sklearn", reason="the quality extra is not installed (pip i
 
 from quality import build_report, build_tasks, run_suite, write_report  # noqa: E402
 from quality.cli import main  # noqa: E402
-from quality.report import TARGETS, target_for  # noqa: E402
+from quality.verdicts import TARGETS, target_for  # noqa: E402
 from quality.suite import ArtifactEncoder  # noqa: E402
 from quality.tasks import PRESETS, TASK_NAMES  # noqa: E402
 
@@ -211,7 +211,7 @@ def test_report_met_missed_and_not_resolved(tiny_run, smoke_tasks, tmp_path):
 
 
 def test_markdown_sections_in_order(tiny_run, smoke_tasks):
-    from quality.report import MARKDOWN_SECTIONS, render_markdown
+    from quality.report_markdown import MARKDOWN_SECTIONS, render_markdown
     from quality.suite import random_error_spread
 
     q4 = _fake_variant(tiny_run, "q4_0", {smoke_tasks[0].name: 1.0})
@@ -465,18 +465,18 @@ def test_suite_runs_without_torch(tiny_artifact, tmp_path):
     (-3.0, 1.0, "met"),
 ])
 def test_task_status_at_the_tasks_resolution(drop, se, status):
-    from quality.report import task_status
+    from quality.verdicts import task_status
 
     assert task_status(drop, 0.5, se) == status
     assert task_status(drop, None, se) == "no target"
 
 
 def test_not_resolved_tasks_make_no_verdict(tiny_run, smoke_tasks):
-    from quality.report import _verdict
+    from quality.verdicts import variant_verdict
 
     rows = [{"task": t.name, "drop": 0.4, "drop_se": 0.1, "target": 0.5, "units": None, "beyond_random_error": None,
              "status": "not resolved" if i == 0 else "met"} for i, t in enumerate(smoke_tasks)]
-    v = _verdict(rows)
+    v = variant_verdict(rows)
     assert v["meets_target"] is None and v["not_resolved"] == [smoke_tasks[0].name] and v["misses"] == []
 
 
