@@ -10,9 +10,9 @@ import argparse
 import importlib.util
 import sys
 
-from runtime.cli import MODEL_ENV, CLIError, positive_int, run_standalone
+from runtime.cli import MODEL_ENV, CLIError, install_hint, positive_int, run_standalone
 
-CORPUS_EXTRA_HINT = "pip install 'embeddinggemma-onnx[corpus]'"
+CORPUS_EXTRA_HINT = install_hint("corpus")
 
 EXAMPLES = f"""examples:
   # a folder of Parquet files, document prompt, ids from the "doc_id" column, on this machine
@@ -29,7 +29,7 @@ Output: one Parquet file per shard (id, embedding: fixed-size list of float32; t
 manifest sha256 and the settings in the file metadata), errors.jsonl with every bad row (id, source,
 row, reason) and _job.json with the accounting (rows in = embedded + bad).
 Needs the corpus extra ({CORPUS_EXTRA_HINT}); --engine ray also needs the ray extra
-(pip install 'embeddinggemma-onnx[ray]').
+({install_hint("ray")}).
 
 exit codes: 0 success (bad rows are reported, not fatal), 2 bad arguments, inputs or output folder.
 """

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 
+from runtime.cli import install_hint
+
 from .errors import CorpusError
 
 
@@ -29,7 +31,7 @@ def resolve(uri: str):
         import fsspec
     except ImportError:
         raise CorpusError(f"pyarrow cannot open {uri!r} and fsspec is not installed; "
-                          "pip install 'embeddinggemma-onnx[corpus]' (fsspec) and the scheme's package "
+                          f"{install_hint('corpus')} (fsspec), and the scheme's package "
                           "(e.g. s3fs, gcsfs)") from None
     try:
         fs, path = fsspec.core.url_to_fs(uri)

@@ -27,6 +27,7 @@ from typing import Callable
 import numpy as np
 
 from runtime.artifact import MANIFEST_NAME, read_manifest
+from runtime.cli import install_hint
 
 from .errors import CorpusError
 from .output_folder import OutputFolder
@@ -34,7 +35,7 @@ from .plan import ShardSpec
 from .settings import JobSettings
 from .worker import check_artifact_identity, load_embedder, process_shard
 
-RAY_HINT = "pip install 'embeddinggemma-onnx[ray]'"
+RAY_HINT = install_hint("ray")
 TRANSFERS = ("shared", "ship")
 #: Seconds between progress polls of the actors' row counter.
 PROGRESS_POLL = 0.5

@@ -46,7 +46,10 @@ def _dims(value: str) -> tuple[int, ...]:
 def main(argv: list[str] | None = None) -> int:
     """Console entry point; returns the process exit code."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
+    # our own steps at INFO; libraries (onnxscript, onnx_ir, transformers) only from WARNING up: their
+    # INFO lines were over a thousand per export
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    logging.getLogger("export").setLevel(logging.WARNING if args.quiet else logging.INFO)
     try:
         checkpoint = resolve_checkpoint(args.model, args.revision)
         from .build import export_artifact  # imports torch: keep --help and argument errors fast

@@ -141,6 +141,7 @@ def build_variants(fp32_dir: str | Path, targets: list[tuple[Recipe, str | Path]
     recipes = [recipe for recipe, _ in targets]
     if options.method == "learned":
         _check_learned(recipes)
+    started = time.time()
     texts = list(options.calibration_texts) if options.calibration_texts is not None else load_calibration_texts()
     stats = _calibrate(src, recipes, options, texts)
     plan = None
@@ -160,7 +161,8 @@ def build_variants(fp32_dir: str | Path, targets: list[tuple[Recipe, str | Path]
     for recipe, out in targets:
         t0 = time.time()
         written.append(_build_one(src, recipe, Path(out), quantizer, stats, check, options, plan))
-        log.info("%s written to %s in %.1f s", recipe.name, out, time.time() - t0)
+        log.info("%s written to %s in %.1f s (%.1f s since the build started, calibration included)",
+                 recipe.name, out, time.time() - t0, time.time() - started)
     return written
 
 

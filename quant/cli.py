@@ -22,6 +22,8 @@ EXAMPLES = """examples:
 
 variants: q8_0 (closest to fp32, ~1/4 of its size), q4_0 (the smallest), e4_a8_f4_p4 (Google's mixed
 recipe), w8a8 (int8 matrix products, the fastest on CPUs with VNNI); `all` builds these four.
+w8a8_s4 (e4_a4i_f4i_p8:v8,down8) is w8a8's graph from a 4-bit download (Q4_0 blocks re-coded to int8
+when the session loads: more memory while loading; for browsers).
 recipes: e{F}_a{F}_f{F}_p{F} for the token embeddings (e), attention projections (a), feed-forward
 (f) and the Dense projection heads (p), F a block format: 8 = Q8_0, 4 = Q4_0, 5 = Q5_0; a8i / f8i
 put attention / feed-forward on the int8 integer path. Norms and all other tensors stay fp32.
@@ -57,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="replace existing output folders (each only once its replacement is complete)")
     parser.add_argument("--method", default=DEFAULT_METHOD, choices=METHODS,
                         help="how stored values are chosen, same formats either way: gptq = calibrated error feedback "
-                             "(after activation-aware scales for 4-bit attention and feed-forward; a few minutes), "
+                             "(after activation-aware scales for 4-bit attention and feed-forward; 5-7 minutes for all four variants on 2 idle cores), "
                              "learned = gptq's, with each decoder layer's rounding and block scales learned so the layer reproduces "
                              "fp32 (needs torch; about 15 minutes on 2 cores; not better than gptq on "
                              "EmbeddingGemma, see docs/quantization.md), "
@@ -101,7 +103,8 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse prints its own message; hand back its code instead of exiting
         return int(exc.code or 0)
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")   # libraries from WARNING up, as export
+    logging.getLogger("quant").setLevel(logging.WARNING if args.quiet else logging.INFO)
 
     from runtime.onnx_helpers import GraphError
 

@@ -1,12 +1,15 @@
 """After each variant is written: embed a few texts with it and with fp32, and refuse a broken graph."""
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
 
 from runtime.artifact import update_manifest
 from runtime.compare import cosines_to, embed_texts
+
+log = logging.getLogger("quant")
 
 #: Texts embedded by the check (short, a sentence, code, French).
 CHECK_TEXTS = (
@@ -34,4 +37,6 @@ class SelfCheck:
             raise RuntimeError(f"the quantized graph disagrees with fp32 far beyond quantization noise "
                                f"(cosines {cosines}); this is a bug in the quant stage, please report it")
         update_manifest(folder, quant_check={"texts": len(cosines), "min_cosine_vs_fp32": min(cosines)})
+        log.info("self-check: cosine to fp32 on %d texts, min %.4f (a smoke test of the graph; fidelity is "
+                 "python -m quant.fidelity)", len(cosines), min(cosines))
         return cosines

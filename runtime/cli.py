@@ -20,6 +20,12 @@ from pathlib import Path
 from runtime.outputs import OutputExistsError, refuse_existing, replaced_atomically
 
 MODEL_ENV = "EMBEDDINGGEMMA_MODEL"
+
+
+def install_hint(extra: str) -> str:
+    """How to install one of the package's extras: it is not on PyPI, so from the root of a clone."""
+    return f"pip install -e '.[{extra}]' from the root of the embeddinggemma-onnx clone"
+
 #: Entry-point group of the commands other packages add (``name = "package.module:add_command"``).
 COMMANDS_GROUP = "embeddinggemma.commands"
 FORMATS = ("jsonl", "npy", "csv")
@@ -181,6 +187,16 @@ def _embed_command(args) -> int:
     return 0
 
 
+def _looks_like_json_object(line: str) -> bool:
+    line = line.strip()
+    if not (line.startswith("{") and line.endswith("}")):
+        return False
+    try:
+        return isinstance(json.loads(line), dict)
+    except json.JSONDecodeError:
+        return False
+
+
 def _read_texts(args) -> tuple[list[str], list[str | None] | None, list | None]:
     """Texts, optional titles and optional ids from the arguments, --input FILE or stdin."""
     if args.texts:
@@ -214,6 +230,11 @@ def _read_texts(args) -> tuple[list[str], list[str | None] | None, list | None]:
         texts = [line for line in lines if line.strip()]
         if not texts:
             raise CLIError(f"{name} has no texts (blank lines are skipped)")
+        if args.input_format is None and all(_looks_like_json_object(t) for t in texts):
+            # plain lines are the default for stdin and unknown names; say so before embedding JSON text
+            print(f"warning: every line of {name} looks like a JSON object but is embedded as plain text; pass "
+                  "--input-format jsonl to read the \"text\" (\"title\", \"id\") fields, or --input-format lines "
+                  "to silence this", file=sys.stderr)
         return texts, None, None
 
     texts, titles, ids = [], [], []
@@ -295,7 +316,7 @@ def _encode(emb, args, texts: list[str], titles: list[str | None] | None):
     try:
         emb.prompted(texts[:1], args.prompt_name, prompt=args.prompt, titles=titles and titles[:1])
     except PromptError as exc:
-        where = {"titles": 'the input\'s "title" fields', "prompt": "--prompt"}.get(exc.field, "--prompt-name")
+        where = {"titles": 'the input\'s "title" fields', "prompt": "--prompt"}.get(exc.field, "--prompt-name / --task")
         raise CLIError(f"{where}: {exc}") from None
 
     show = args.progress

@@ -1,4 +1,4 @@
-"""OpenAI-compatible embeddings server for EmbeddingGemma artifacts (``pip install 'embeddinggemma-onnx[serve]'``).
+"""OpenAI-compatible embeddings server for EmbeddingGemma artifacts (``pip install -e '.[serve]'`` in a clone).
 
 ``serve.app.create_app`` builds the FastAPI app and ``serve.app.run`` runs it with uvicorn;
 ``embeddinggemma serve --model DIR`` (``serve.cli``) is the command line. Importing this package

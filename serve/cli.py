@@ -12,9 +12,9 @@ import os
 import sys
 from pathlib import Path
 
-from runtime.cli import MODEL_ENV, CLIError, positive_int, run_standalone
+from runtime.cli import MODEL_ENV, CLIError, install_hint, positive_int, run_standalone
 
-SERVE_EXTRA_HINT = "pip install 'embeddinggemma-onnx[serve]'"
+SERVE_EXTRA_HINT = install_hint("serve")
 
 EXAMPLES = f"""examples:
   embeddinggemma serve --model artifacts/fp32

@@ -66,7 +66,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         terminalreporter.write_line(bar, yellow=True, bold=True)
         terminalreporter.write_line(
             "RAY CLUSTER TEST SKIPPED: ray[data] is not installed, so embed-corpus --engine ray was NOT checked "
-            "(pip install 'embeddinggemma-onnx[ray]').", yellow=True, bold=True)
+            "(pip install -e '.[ray]').", yellow=True, bold=True)
         terminalreporter.write_line(bar, yellow=True, bold=True)
 
 

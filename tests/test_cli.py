@@ -99,6 +99,23 @@ def test_an_existing_output_is_refused_before_the_model_loads_and_replaced_with_
     assert np.allclose(np.load(out_file), emb.encode(["red planet"]), atol=1e-6)
 
 
+def test_json_objects_on_stdin_as_plain_lines_get_a_warning_naming_the_flag(tiny_artifact, emb, monkeypatch, capsys):
+    lines = b'{"id": "a", "text": "Mars is red."}\n{"id": "b", "text": "Jupiter is big."}\n'
+    monkeypatch.setattr(sys, "stdin", _Stdin(lines))
+    code, out, err = _run(["embed", "--model", str(tiny_artifact)], capsys)
+    assert code == 0 and "every line of stdin looks like a JSON object" in err and "--input-format jsonl" in err
+    assert [r["text"] for r in _jsonl(out)] == lines.decode().splitlines()   # still embedded as given
+    monkeypatch.setattr(sys, "stdin", _Stdin(lines))
+    code, out, err = _run(["embed", "--model", str(tiny_artifact), "--input-format", "jsonl"], capsys)
+    assert code == 0 and "warning" not in err
+    got = np.asarray([r["embedding"] for r in _jsonl(out)], dtype=np.float32)
+    assert [r["id"] for r in _jsonl(out)] == ["a", "b"]
+    assert np.allclose(got, emb.encode(["Mars is red.", "Jupiter is big."]), atol=1e-6)
+    monkeypatch.setattr(sys, "stdin", _Stdin(b"{not json}\nplain text\n"))   # ordinary text: no warning
+    code, _, err = _run(["embed", "--model", str(tiny_artifact)], capsys)
+    assert code == 0 and "warning" not in err
+
+
 def test_jsonl_file_with_ids_and_titles(tiny_artifact, emb, tmp_path, capsys):
     src = tmp_path / "docs.jsonl"
     records = [{"id": "a", "text": "Mars is red.", "title": "Mars"}, {"id": 2, "text": "Venus is hot."},
@@ -176,6 +193,7 @@ def test_long_text_is_truncated_with_a_warning(tiny_artifact, emb, capsys):
     (["--model", "{art}", "--task", "query", "--input", "{tmp}/titled.jsonl"], None,
      "the input's \"title\" fields: prompt 'query' ('task: search result | query: ') has no 'title: none' slot"),
     (["--model", "{art}", "x", "--input", "{tmp}/titled.jsonl"], None, "give texts as arguments or with --input"),
+    (["--model", "{art}", "--task", "nope", "x"], None, "--prompt-name / --task: unknown prompt name 'nope'"),
 ])
 def test_errors_exit_2_with_a_message(tiny_artifact, tmp_path, monkeypatch, capsys, args, stdin, message):
     (tmp_path / "bad.jsonl").write_text('{"text": "ok"}\n\n{"body": "no text"}\n', encoding="utf-8")
@@ -243,4 +261,4 @@ def test_cli_process_without_torch_reads_piped_stdin(tiny_artifact, emb):
                          capture_output=True, cwd=ROOT)
     assert run.returncode == 2
     err = run.stderr.decode()
-    assert "pip install 'embeddinggemma-onnx[serve]'" in err and "Traceback" not in err
+    assert "pip install -e '.[serve]' from the root of the embeddinggemma-onnx clone" in err and "Traceback" not in err

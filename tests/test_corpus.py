@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pa = pytest.importorskip("pyarrow", reason="the corpus job needs pyarrow (pip install 'embeddinggemma-onnx[corpus]')")
+pa = pytest.importorskip("pyarrow", reason="the corpus job needs pyarrow (pip install -e '.[corpus]')")
 import pyarrow.csv as pacsv  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
@@ -351,8 +351,8 @@ def test_ray_engine_without_ray_says_how_to_install_it(tiny_artifact, tmp_path, 
     src = tmp_path / "in.jsonl"
     src.write_text(json.dumps({"text": "a text"}) + "\n")
     assert _cli([str(src), "-o", str(tmp_path / "out"), "--model", str(tiny_artifact), "--engine", "ray"]) == 2
-    assert "pip install 'embeddinggemma-onnx[ray]'" in capsys.readouterr().err
-    with pytest.raises(CorpusError, match="embeddinggemma-onnx\\[ray\\]"):
+    assert "pip install -e '.[ray]' from the root" in capsys.readouterr().err
+    with pytest.raises(CorpusError, match=r"pip install -e .\.\[ray\]. from the root"):
         embed_corpus(str(src), str(tmp_path / "out2"), tiny_artifact, engine="ray")
 
 

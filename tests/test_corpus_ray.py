@@ -2,7 +2,7 @@
 second node with ``ray start --address``, 1 CPU each, stopped at the end): its vectors equal the local
 engine's byte for byte per id, and a run killed midway resumes to the same result.
 
-Skipped, loudly, where Ray is not installed (pip install 'embeddinggemma-onnx[ray]').
+Skipped, loudly, where Ray is not installed (pip install -e '.[ray]').
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ import pytest
 
 if importlib.util.find_spec("ray") is None or importlib.util.find_spec("pyarrow") is None:
     pytest.skip("RAY CLUSTER TEST SKIPPED: ray[data] or pyarrow is not installed; the Ray engine was NOT checked "
-                "(pip install 'embeddinggemma-onnx[ray]')", allow_module_level=True)
+                "(pip install -e '.[ray]')", allow_module_level=True)
 
 import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
