@@ -161,7 +161,7 @@ def build_variants(fp32_dir: str | Path, targets: list[tuple[Recipe, str | Path]
     for recipe, out in targets:
         t0 = time.time()
         written.append(_build_one(src, recipe, Path(out), quantizer, stats, check, options, plan))
-        log.info("%s written to %s in %.1f s (%.1f s since the build started, calibration included)",
+        log.info("%s written to %s in %.1f s (%.1f s since the build started)",
                  recipe.name, out, time.time() - t0, time.time() - started)
     return written
 
