@@ -15,7 +15,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from benchmarks.ceiling import share_text
-from runtime.outputs import OutputExistsError, refuse_existing, write_text_atomic
+from runtime.outputs import add_json_option, claim_json_option, write_text_atomic
 
 #: Ops that multiply matrices; their FLOPs are 2 x M x K x N from the profiled shapes.
 MATMUL_OPS = ("MatMul", "MatMulNBits", "MatMulIntegerToFloat", "FusedMatMul", "MatMulInteger", "Gemm")
@@ -105,14 +105,9 @@ def main(argv=None) -> int:
     parser.add_argument("--workload", default="short", choices=[n for n in NAMES if n != "latency"])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--json", help="also write the profiles here")
-    parser.add_argument("--force", action="store_true", help="replace --json if it exists")
+    add_json_option(parser, "also write the profiles here")
     args = parser.parse_args(argv)
-    if args.json:
-        try:   # before the slow part, so a finished measurement is never lost to a name clash
-            refuse_existing(args.json, args.force, option="--json")
-        except OutputExistsError as exc:
-            parser.error(str(exc))
+    claim_json_option(parser, args)
     items = [(a.partition("=")[0], a.partition("=")[2] or a) for a in args.artifacts]
     work = build_workloads(tokenizer_json_of(path for _, path in items), [args.workload])[args.workload]
     peak = machine_peak(cores=args.threads)

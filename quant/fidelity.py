@@ -13,7 +13,7 @@ from pathlib import Path
 
 from runtime.artifact import read_manifest
 from runtime.compare import cosines_to, embed_texts
-from runtime.outputs import OutputExistsError, refuse_existing, write_text_atomic
+from runtime.outputs import add_json_option, claim_json_option, write_text_atomic
 
 #: The parity corpus (shipped with this package), the texts the quant targets are defined on.
 DEFAULT_TEXTS = Path(__file__).with_name("parity_texts.json")
@@ -66,14 +66,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("variants", nargs="+", help="quantized artifact folders")
     parser.add_argument("--texts", default=str(DEFAULT_TEXTS), help="JSON list or text file (default: parity corpus)")
     parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--json", help="also write the results here")
-    parser.add_argument("--force", action="store_true", help="replace --json if it exists")
+    add_json_option(parser, "also write the results here")
     args = parser.parse_args(argv)
-    if args.json:
-        try:   # before the slow part, so a finished measurement is never lost to a name clash
-            refuse_existing(args.json, args.force, option="--json")
-        except OutputExistsError as exc:
-            parser.error(str(exc))
+    claim_json_option(parser, args)
     texts = load_texts(args.texts)
     results = measure(args.fp32, args.variants, texts, threads=args.threads)
     print(f"{len(texts)} texts; cosine to fp32 (document prompt | query prompt)")

@@ -20,7 +20,7 @@ import numpy as np
 
 from runtime.compare import embed_texts
 from runtime.onnx_helpers import read_initializer
-from runtime.outputs import OutputExistsError, refuse_existing, write_text_atomic
+from runtime.outputs import add_json_option, claim_json_option, write_text_atomic
 from runtime.progress import progress_bar
 from runtime.vectors import row_cosines
 
@@ -104,19 +104,14 @@ def main(argv: list[str] | None = None) -> int:
     """Measure (and save) what Q4_0 at each decoder-layer weight costs the embedding."""
     parser = argparse.ArgumentParser(prog="python -m quant.sensitivity", description=__doc__.split("\n\n")[0])
     parser.add_argument("--in", dest="source", required=True, metavar="FP32_DIR", help="fp32 artifact folder")
-    parser.add_argument("--json", metavar="FILE", help="write the measurement here (for --sensitivity of the quant CLI)")
-    parser.add_argument("--force", action="store_true", help="replace --json if it exists")
+    add_json_option(parser, "write the measurement here (for --sensitivity of the quant CLI)")
     parser.add_argument("--texts", type=int, default=DEFAULT_TEXTS,
                         help=f"calibration texts embedded per weight (default {DEFAULT_TEXTS})")
     parser.add_argument("--estimate", action="store_true",
                         help="also compute the Hessian-weighted estimate (calibration, minutes) and its rank correlation")
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args(argv)
-    if args.json:
-        try:   # before the slow part, so a finished measurement is never lost to a name clash
-            refuse_existing(args.json, args.force, option="--json")
-        except OutputExistsError as exc:
-            parser.error(str(exc))
+    claim_json_option(parser, args)
 
     src = open_fp32_artifact(args.source, verify=False)
     texts = load_calibration_texts()

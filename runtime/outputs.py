@@ -26,6 +26,23 @@ def refuse_existing(out: str | Path, force: bool, *, option: str = "--out", empt
                             "replace it")
 
 
+def add_json_option(parser, help: str, **kwargs) -> None:
+    """Add ``--json FILE`` (a JSON side output described by ``help``) and ``--force`` (replace it) to an
+    argparse parser; :func:`claim_json_option` then checks them."""
+    parser.add_argument("--json", metavar="FILE", help=help, **kwargs)
+    parser.add_argument("--force", action="store_true", help="replace --json if it exists")
+
+
+def claim_json_option(parser, args) -> None:
+    """Stop with ``parser.error`` (exit 2) when ``--json`` names an existing file and ``--force`` was not
+    given. Call it before the slow work, so a finished measurement is never lost to a name clash."""
+    if args.json:
+        try:
+            refuse_existing(args.json, args.force, option="--json")
+        except OutputExistsError as exc:
+            parser.error(str(exc))
+
+
 def _umask() -> int:
     umask = os.umask(0)
     os.umask(umask)

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.outputs import OutputExistsError, refuse_existing, write_text_atomic
+from runtime.outputs import add_json_option, claim_json_option, write_text_atomic
 
 HOST = "127.0.0.1"  # loopback only, by design: this script must not load anybody else's server
 MAX_CLIENTS = 64
@@ -242,14 +242,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-batch-texts", type=int, default=32, help="batch size for the batched modes (default 32)")
     parser.add_argument("--modes", default="batched,single", help=f"comma list of {', '.join(MODES)} (default batched,single)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--json", metavar="FILE", help="also write the results here")
-    parser.add_argument("--force", action="store_true", help="replace --json if it exists")
+    add_json_option(parser, "also write the results here")
     args = parser.parse_args(argv)
-    if args.json:
-        try:   # before the slow part, so a finished measurement is never lost to a name clash
-            refuse_existing(args.json, args.force, option="--json")
-        except OutputExistsError as exc:
-            parser.error(str(exc))
+    claim_json_option(parser, args)
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     if unknown := [m for m in modes if m not in MODES]:
         parser.error(f"unknown mode(s) {unknown}; choose from {', '.join(MODES)}")

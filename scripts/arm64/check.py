@@ -23,7 +23,7 @@ import numpy as np
 
 from runtime.artifact import MANIFEST_NAME, ArtifactError, accuracy_levels, read_manifest
 from runtime.cpu import cpu_name
-from runtime.outputs import OutputExistsError, refuse_existing, write_text_atomic
+from runtime.outputs import add_json_option, claim_json_option, write_text_atomic
 from runtime.vectors import row_cosines
 
 from .emulator import CPU_MODELS, ArmRootError, Emulator, find_root
@@ -204,14 +204,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ort-config", action="append", default=[], metavar="KEY=VALUE",
                         help="onnxruntime session config entry for the arm64 runs, e.g. mlas.disable_kleidiai=1 "
                              "(repeatable; for finding which kernels cause a difference)")
-    parser.add_argument("--json", type=Path, help="also write the results here")
-    parser.add_argument("--force", action="store_true", help="replace --json if it exists")
+    add_json_option(parser, "also write the results here", type=Path)
     args = parser.parse_args(argv)
-    if args.json:
-        try:   # before the emulated runs (minutes), so a finished check is never lost to a name clash
-            refuse_existing(args.json, args.force, option="--json")
-        except OutputExistsError as exc:
-            parser.error(str(exc))
+    claim_json_option(parser, args)
     cpus = list(CPU_MODELS) if args.cpu == "both" else [args.cpu]
     try:
         result = check(args.artifacts, fp32=args.fp32, cpus=cpus, count=args.texts, long=args.long,
