@@ -9,6 +9,7 @@ fp32 artifact when asked for), 1 when something misses, 2 on bad arguments or mi
 from __future__ import annotations
 
 import argparse
+import datetime as _dt
 import gc
 import sys
 import time
@@ -92,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     say = log or (lambda m: None)
 
     started = time.perf_counter()
+    started_at = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     try:
         tasks = build_tasks(args.preset, seed=args.seed, names=args.tasks)
     except DataUnavailable as exc:
@@ -99,7 +101,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     say(f"{len(tasks)} tasks built in {time.perf_counter() - started:.1f} s")
 
-    meta = {"preset": args.preset, "seed": args.seed, "threads": args.threads, "batch_size": args.batch_size}
+    meta = {"preset": args.preset, "seed": args.seed, "threads": args.threads, "batch_size": args.batch_size,
+            # the report is rewritten after every variant: "created" is the last write, this the run's start
+            "started": started_at}
     results, report, details = [], None, {}
     for result in _run_artifacts(args, tasks, artifacts, baseline, log):
         results.append(result)

@@ -92,7 +92,8 @@ def _header_section(doc: _Doc) -> list[str]:
     """Title, and where, how and against which targets the suite ran."""
     report, m = doc.report, doc.report["meta"]
     return [f"# {report['title']}\n",
-            f"Created {report['created']} on {m.get('platform')}, {m.get('cpu', 'CPU not recorded')} "
+            f"Created {report['created']}" + (f" (run started {m['started']})" if m.get("started") else "")
+            + f" on {m.get('platform')}, {m.get('cpu', 'CPU not recorded')} "
             f"({m.get('cpu_count')} CPUs), Python {m.get('python')}; "
             f"preset `{m.get('preset')}`, seed {m.get('seed')}, onnxruntime threads {m.get('threads') or 'all'}. "
             f"Main scores are on the 0-100 scale at the full dimension ({doc.full_dim}); the drop is fp32 minus the "

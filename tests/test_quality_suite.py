@@ -394,6 +394,9 @@ def test_cli_writes_all_three_formats(tiny_artifact, tiny_checkpoint, tmp_path):
     assert report["meta"]["cpu"] == cpu_name()
     md = (out / "report.md").read_text()
     assert cpu_name() in md.splitlines()[2]   # the line under the title says which CPU ran it
+    # the report is rewritten after every variant: it says when the run started beside its last write
+    assert report["meta"]["started"] <= report["created"]
+    assert md.splitlines()[2].startswith(f"Created {report['created']} (run started {report['meta']['started']}) on ")
     assert "| MatMulNBits accuracy level |" in md and "| fp32 | onnx-artifact |" in md
     assert runs["fp32"]["accuracy_level"] == "–"
     for heading in ("## Verdict", "## Scores per task", "## Size and speed", "## Fidelity vs fp32",
