@@ -20,18 +20,18 @@ from pathlib import Path
 from runtime.outputs import OutputExistsError, refuse_existing, replaced_atomically
 
 MODEL_ENV = "EMBEDDINGGEMMA_MODEL"
-
-
-def install_hint(extra: str) -> str:
-    """How to install one of the package's extras: it is not on PyPI, so from the root of a clone."""
-    return f"pip install -e '.[{extra}]' from the root of the embeddinggemma-onnx clone"
-
 #: Entry-point group of the commands other packages add (``name = "package.module:add_command"``).
 COMMANDS_GROUP = "embeddinggemma.commands"
 FORMATS = ("jsonl", "npy", "csv")
 EXTENSION_FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".npy": "npy", ".csv": "csv"}
 JSONL_EXTENSIONS = (".jsonl", ".ndjson")
 PROGRESS_MIN_TEXTS = 256  # below this a progress bar is just flicker
+
+
+def install_hint(extra: str) -> str:
+    """How to install one of the package's extras: it is not on PyPI, so from the root of a clone."""
+    return f"pip install -e '.[{extra}]' from the root of the embeddinggemma-onnx clone"
+
 
 MAIN_EXAMPLES = f"""examples:
   embeddinggemma embed --model artifacts/fp32 "Which planet is known as the Red Planet?"
