@@ -11,7 +11,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from runtime.artifact import ArtifactError, read_manifest, verify_files, write_manifest
+from runtime.artifact import ArtifactError, read_manifest, session_config, verify_files, write_manifest
 from runtime.outputs import staged_output
 from runtime.tokenizer_files import resolve_choice, ship_tokenizer
 
@@ -59,7 +59,7 @@ def package_for_mobile(source: str | Path, out: str | Path, *, tokenizer: str = 
         model, widened = source / manifest["model_file"], stage / "widened"
         if not fold_constants:
             model = _with_wide_matmulnbits_scales(model, widened)
-        _convert(model, stage / MODEL_FILE, platform, fold_constants)
+        _convert(model, stage / MODEL_FILE, platform, fold_constants, session_config(manifest))
         shutil.rmtree(widened, ignore_errors=True)   # the converter's input only, not part of the folder
         _operator_config(stage)
         mobile = {k: v for k, v in shipped.items() if k not in ("files", "format", "format_version", "quant_check")}
@@ -136,10 +136,11 @@ def _with_wide_matmulnbits_scales(model: Path, folder: Path) -> Path:
     return target
 
 
-def _convert(model: Path, target: Path, platform: str, fold_constants: bool) -> None:
+def _convert(model: Path, target: Path, platform: str, fold_constants: bool, config: dict[str, str]) -> None:
     """Optimize the ONNX model for ``platform`` and save it in ORT format: what onnxruntime's
     ``convert_onnx_models_to_ort --optimization_style Fixed --target_platform ...`` does (level
-    "all", no x86-only NCHWc layouts for arm), plus the choice of folding decoded weights."""
+    "all", no x86-only NCHWc layouts for arm), plus the choice of folding decoded weights and the
+    artifact's session ``config`` entries (what its constant ops need to fold)."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
@@ -147,6 +148,8 @@ def _convert(model: Path, target: Path, platform: str, fold_constants: bool) -> 
     so.optimized_model_filepath = str(target)
     so.add_session_config_entry("session.save_model_format", "ORT")
     so.add_session_config_entry("session.qdqisint8allowed", "1" if platform == "arm" else "0")
+    for key, value in config.items():
+        so.add_session_config_entry(key, value)
     disabled = ([] if platform == "amd64" else ["NchwcTransformer"]) + ([] if fold_constants else ["ConstantFolding"])
     ort.InferenceSession(str(model), sess_options=so, providers=["CPUExecutionProvider"],
                          disabled_optimizers=disabled)

@@ -29,7 +29,7 @@ from . import int8_path as I8
 from .budget import BudgetPlan, ZeroQuantizer, candidates, plan_budget
 from .calibration import ActivationStats, collect_statistics, load_calibration_texts
 from .formats import matmulnbits_format
-from .manifest import GraphSummary, decoded_at_load, variant_manifest
+from .manifest import GraphSummary, decoded_at_load, session_config_for, variant_manifest
 from .quantizer import CALIBRATED, METHODS, SiteQuantizer, kept_fp32, on_integer_path, site_format, two_pass_site
 from .recipe import Recipe
 from .self_check import SelfCheck
@@ -264,7 +264,9 @@ def _write_graph(src: Fp32Source, recipe: Recipe, model_path: Path, quantizer: S
             qw, used = quantizer.get(site, fmt)
             # an integer-path group's v_proj / down_proj compute in float32 (``quant.int8_path``)
             at_load = site.op == "MatMul" and (decoded_at_load(site.group, fmt) or recipe.uses_integer_path(site.group))
-            G.replace_site(model, site, qw, accuracy_level=summary.levels.get(fmt.bits, 0), decode_at_load=at_load)
+            # graphs that re-code blocks at load fold DequantizeLinear (their session config): the shorter decode
+            G.replace_site(model, site, qw, accuracy_level=summary.levels.get(fmt.bits, 0), decode_at_load=at_load,
+                           dequantize_op=bool(session_config_for(recipe)))
             del qw
             summary.counts[site.group] += 1
             summary.methods[site.group] = used
@@ -302,7 +304,7 @@ def _choose_levels(model_path: Path, recipe: Recipe, vocab: int, threads: int | 
     every level)."""
     from .level_probe import choose_levels, set_level
 
-    chosen, summary.level_notes = choose_levels(model_path, vocab, threads)
+    chosen, summary.level_notes = choose_levels(model_path, vocab, threads, session_config_for(recipe))
     for key, note in summary.level_notes.items():
         log.info("MatMulNBits accuracy_level for %s %s: %s", recipe.name, key, note)
     summary.levels.update(chosen)

@@ -185,6 +185,8 @@ class QuantizedWeight:
 #: Suffix of the Cast (and its output) that widens a MatMulNBits' stored float16 scales to the float32
 #: the op takes, folded to a constant when a session loads (``replace_site``).
 STORED_SCALES_CAST = "/widen_scales"
+#: Opset of the default domain that blocked ``DequantizeLinear`` (and 4-bit tensors) need.
+BLOCKED_DEQUANTIZE_OPSET = 21
 #: Manifest name of a MatMul whose block-quantized weight is decoded at session load (``replace_site``).
 DECODED_MATMUL_OP = "MatMul on blocks decoded once at session load (standard ops, float16 scales)"
 #: Manifest name of the quantized token-table lookup.
@@ -192,7 +194,7 @@ EMBEDDING_LOOKUP_OP = "Gather+blockwise dequantize (standard ops, float16 scales
 
 
 def replace_site(model: onnx.ModelProto, site: WeightSite, qw: QuantizedWeight, accuracy_level: int = 0,
-                 decode_at_load: bool = False) -> None:
+                 decode_at_load: bool = False, dequantize_op: bool = False) -> None:
     """Swap one weight's consumer for its quantized form, in place, and replace the fp32 initializer.
 
     MatMul sites become ``com.microsoft.MatMulNBits``, or, with ``decode_at_load`` or
@@ -207,6 +209,11 @@ def replace_site(model: onnx.ModelProto, site: WeightSite, qw: QuantizedWeight, 
     MatMulNBits takes its scales in its input's type (float32), so they are stored as the float16
     values they are (ggml's) and widened by a ``Cast`` that onnxruntime's constant folding runs once at
     load: 2 bytes per block less on disk, the same values in the kernel (``STORED_SCALES_CAST``).
+
+    ``dequantize_op`` (8-bit formats decoded at load): decode with one blocked ``DequantizeLinear``
+    instead (``_matmul_dequantize_nodes``): a third of the folding's intermediate bytes, but onnxruntime
+    folds it only with the session config ``quant.int8_path.RECODE_SESSION_CONFIG``, which the graphs
+    that re-code blocks at load (``a4i``) carry anyway.
 
     The fp32 initializer is removed before the packed ones are added, so the graph never holds both
     copies of the data for long.
@@ -237,6 +244,9 @@ def replace_site(model: onnx.ModelProto, site: WeightSite, qw: QuantizedWeight, 
                helper.make_node("MatMulNBits", [old.input[0], data_name, wide], list(old.output),
                                 name=old.name, domain=MS_DOMAIN,
                                 **matmulnbits_attributes(site.n, site.k, fmt, accuracy_level))]
+    elif site.op == "MatMul" and dequantize_op and fmt.bits == 8:
+        require_opset(model, BLOCKED_DEQUANTIZE_OPSET)
+        new = _matmul_dequantize_nodes(graph, site, old, data_name, scales_name, fmt)
     elif site.op == "MatMul":
         new = _matmul_decode_nodes(graph, site, old, data_name, scales_name, fmt)
     else:
@@ -273,6 +283,33 @@ def _matmul_decode_nodes(graph, site: WeightSite, old, data_name: str, scales_na
     decode += [mk("Reshape", [values, f"{p}.weight_shape"], f"{p}.w_nk"),
                mk("Transpose", [f"{p}.w_nk"], f"{p}.w", perm=[1, 0])]
     return decode + [helper.make_node("MatMul", [old.input[0], f"{p}.w"], list(old.output), name=old.name)]
+
+
+def require_opset(model: onnx.ModelProto, version: int) -> None:
+    """Raise the default domain's opset import to at least ``version`` (the ops used are unchanged)."""
+    for imp in model.opset_import:
+        if imp.domain in ("", "ai.onnx"):
+            imp.version = max(imp.version, version)
+            return
+    model.opset_import.append(helper.make_opsetid("", version))
+
+
+def _matmul_dequantize_nodes(graph, site: WeightSite, old, data_name: str, scales_name: str, fmt: BlockFormat):
+    """MatMul on an 8-bit weight decoded by one blocked ``DequantizeLinear`` ((code - zero point) *
+    scale in float32, exact as ggml decodes): the stored codes [N, K/32, 32] are typed [N, K]."""
+    p = f"{site.name}.dq"
+    mk = _node_maker(old.name)
+    (data,) = [i for i in graph.initializer if i.name == data_name]
+    del data.dims[:]
+    data.dims.extend([site.n, site.k])
+    nb = site.k // BLOCK_SIZE
+    zero = f"decode.zero8.{site.n}x{nb}"   # one per shape, shared
+    if not any(init.name == zero for init in graph.initializer):
+        graph.initializer.append(numpy_helper.from_array(np.full((site.n, nb), fmt.zero_point, np.uint8), zero))
+    return [mk("Cast", [scales_name], f"{p}.scales_f", to=TensorProto.FLOAT),   # float16 -> exact float32
+            mk("DequantizeLinear", [data_name, f"{p}.scales_f", zero], f"{p}.w_nk", axis=1, block_size=BLOCK_SIZE),
+            mk("Transpose", [f"{p}.w_nk"], f"{p}.w", perm=[1, 0]),
+            helper.make_node("MatMul", [old.input[0], f"{p}.w"], list(old.output), name=old.name)]
 
 
 def _node_maker(base: str):

@@ -44,6 +44,7 @@ from onnx import TensorProto, helper, numpy_helper
 from runtime.onnx_helpers import MS_DOMAIN
 
 from .formats import BlockFormat
+from . import graph as G
 from .graph import norm_scale_initializer
 
 #: Weights that take the integer path when their group asks for it (see the module docstring).
@@ -171,7 +172,6 @@ class StoredCodes:
     q: np.ndarray             # codes in ``fmt``'s convention [N, K]
     d: np.ndarray             # float16 [N, K/32]
     scales: np.ndarray        # float32 [N]
-    inverse: np.ndarray       # float32 [N]: 1 / scales, as the graph multiplies
     cols: np.ndarray          # int64 [K + copies]
 
 
@@ -181,7 +181,7 @@ def stored_codes(fmt: BlockFormat, q: np.ndarray, d: np.ndarray, cols: np.ndarra
         raise ValueError(f"the integer path is stored in 4-bit blocks only, not {fmt.name}")
     amax = np.abs(fmt.dequantize(q, d)).max(axis=1)
     scales = np.where(amax > 0, amax / np.float32(WEIGHT_QMAX), np.float32(1)).astype(np.float32)
-    return StoredCodes(fmt, q, d, scales, (np.float32(1) / scales).astype(np.float32), np.asarray(cols, np.int64))
+    return StoredCodes(fmt, q, d, scales, np.asarray(cols, np.int64))
 
 
 def _half_packed(stored: StoredCodes) -> np.ndarray:
@@ -191,38 +191,49 @@ def _half_packed(stored: StoredCodes) -> np.ndarray:
     return np.ascontiguousarray(u[..., :16] | (u[..., 16:] << np.uint8(4)))
 
 
+#: Session config the re-coding needs: onnxruntime folds a constant ``DequantizeLinear`` only with its
+#: QDQ transformations off (by default it keeps them for quantized-operator fusion). The manifest
+#: carries it (``onnx.session_config``), so every consumer that reads the manifest loads the model alike.
+RECODE_SESSION_CONFIG = {"session.disable_quant_qdq": "1"}
+
+
+def _ggml_nibble_columns(nb: int) -> np.ndarray:
+    """Where column c of a Q4_0 row sits when the row's ggml bytes are read as ONNX uint4 (low nibble
+    first): byte j of a block holds codes j and j + 16, so position 2j is code j and 2j + 1 is code j + 16."""
+    within = np.empty(32, np.int64)
+    within[np.arange(16)], within[np.arange(16, 32)] = 2 * np.arange(16), 2 * np.arange(16) + 1
+    return (np.arange(nb)[:, None] * 32 + within[None, :]).reshape(-1)
+
+
 def _recode_nodes(graph, site, stored: StoredCodes, out: str) -> list:
     """Constant-only ops from ``stored``'s Q4_0 blocks to the int8 codes ``out`` [K + copies, N]:
-    onnxruntime's constant folding runs them once when the session loads. Few and narrow steps,
-    because the folding keeps every intermediate until it is done with the whole graph (about 17
-    bytes per weight, against 40 with the generic block decode)."""
+    onnxruntime's constant folding runs them once when the session loads.
+
+    The ggml bytes are stored as they are, typed as uint4 [N, K] (zero point 8); one blocked
+    ``DequantizeLinear`` decodes them exactly ((q - 8) d in float32, ggml's values) and one per-channel
+    ``QuantizeLinear`` makes the codes clip(round(w / s)). The folding keeps every intermediate until it
+    is done with the whole graph, so the chain is as short as it can be: about 7.5 bytes per weight
+    (17 with the nibble ops it replaced; docs/notes/web.md). Needs ``RECODE_SESSION_CONFIG``."""
     p = f"{site.name}.recode"
     n, nb = stored.d.shape
-    consts = {f"{site.name}.q4": _half_packed(stored), f"{site.name}.scales": stored.d,
-              f"{p}.inverse": stored.inverse.reshape(-1, 1, 1), f"{p}.low_mask": np.array(0x0F, np.uint8),
-              f"{p}.shift": np.array(4, np.uint8), f"{p}.last_axis": np.array([-1], np.int64),
-              f"{p}.minus_zero": np.array(-stored.fmt.zero_point, np.float32),
-              f"{p}.one": np.array(1.0, np.float32), f"{p}.int8_zero": np.array(0, np.int8),
-              f"{p}.shape": np.array([n, nb * 32], np.int64), f"{p}.cols": stored.cols}
-    for name, value in consts.items():
-        graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(value), name))
+    packed = _half_packed(stored)
+    zero = f"recode.zero4.{n}x{nb}"   # one per shape, shared by the weights of that shape
+    if not any(init.name == zero for init in graph.initializer):
+        graph.initializer.append(helper.make_tensor(zero, TensorProto.UINT4, [n, nb],
+                                                    np.full((n * nb + 1) // 2, 0x88, np.uint8).tobytes(), raw=True))
+    graph.initializer.extend([
+        helper.make_tensor(f"{site.name}.q4", TensorProto.UINT4, [n, nb * 32], packed.tobytes(), raw=True),
+        numpy_helper.from_array(np.ascontiguousarray(stored.d), f"{site.name}.scales"),
+        numpy_helper.from_array(stored.scales.astype(np.float32), f"{p}.channel"),
+        numpy_helper.from_array(np.zeros(n, np.int8), f"{p}.int8_zero"),
+        numpy_helper.from_array(_ggml_nibble_columns(nb)[stored.cols], f"{p}.cols")])
     mk = lambda op, inputs, output, **kw: helper.make_node(op, inputs, [output], name=f"{site.node_name}/{output.rsplit('.', 1)[-1]}", **kw)  # noqa: E731
-    return [mk("BitwiseAnd", [f"{site.name}.q4", f"{p}.low_mask"], f"{p}.low"),
-            mk("BitShift", [f"{site.name}.q4", f"{p}.shift"], f"{p}.high", direction="RIGHT"),
-            mk("Concat", [f"{p}.low", f"{p}.high"], f"{p}.codes", axis=-1),
-            mk("Cast", [f"{p}.codes"], f"{p}.codes_f", to=TensorProto.FLOAT),
-            # per block: g = scale / channel scale, and the zero point's share -8 g (small tensors)
-            mk("Cast", [f"{site.name}.scales"], f"{p}.scales_f", to=TensorProto.FLOAT),
-            mk("Unsqueeze", [f"{p}.scales_f", f"{p}.last_axis"], f"{p}.scales_b"),
-            mk("Mul", [f"{p}.scales_b", f"{p}.inverse"], f"{p}.g"),
-            mk("Mul", [f"{p}.g", f"{p}.minus_zero"], f"{p}.offset"),
-            mk("Mul", [f"{p}.codes_f", f"{p}.g"], f"{p}.scaled"),
-            mk("Add", [f"{p}.scaled", f"{p}.offset"], f"{p}.unit"),
-            # round half to even and narrow to int8 in one step (|unit| <= 127 by the channel scale)
-            mk("QuantizeLinear", [f"{p}.unit", f"{p}.one", f"{p}.int8_zero"], f"{p}.codes_i8"),
-            mk("Reshape", [f"{p}.codes_i8", f"{p}.shape"], f"{p}.codes_nk"),
-            mk("Transpose", [f"{p}.codes_nk"], f"{p}.codes_kn", perm=[1, 0]),
-            mk("Gather", [f"{p}.codes_kn", f"{p}.cols"], out, axis=0)]
+    return [mk("Cast", [f"{site.name}.scales"], f"{p}.scales_f", to=TensorProto.FLOAT),   # float16 -> exact float32
+            mk("DequantizeLinear", [f"{site.name}.q4", f"{p}.scales_f", zero], f"{p}.w", axis=1, block_size=32),
+            # round half to even, |w / s| <= 127 by the channel scale
+            mk("QuantizeLinear", [f"{p}.w", f"{p}.channel", f"{p}.int8_zero"], f"{p}.codes_nk", axis=0),
+            mk("Gather", [f"{p}.codes_nk", f"{p}.cols"], f"{p}.wide_nk", axis=1),   # ggml order, split copies
+            mk("Transpose", [f"{p}.wide_nk"], out, perm=[1, 0])]
 
 
 def add_integer_path(model: onnx.ModelProto, activation: str, sites: list, packed: dict[str, tuple[np.ndarray, np.ndarray]],
@@ -304,6 +315,7 @@ def add_integer_path(model: onnx.ModelProto, activation: str, sites: list, packe
             continue
         w_codes, scales = packed[site.name]
         if isinstance(w_codes, StoredCodes):   # the codes come from constant ops on the stored blocks
+            G.require_opset(model, G.BLOCKED_DEQUANTIZE_OPSET)
             out_nodes += _recode_nodes(graph, site, w_codes, f"{site.name}.i8")
         else:
             graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(w_codes, np.int8), f"{site.name}.i8"))

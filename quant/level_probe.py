@@ -70,12 +70,13 @@ def set_level(model: onnx.ModelProto, level: int, bits: int | None = None) -> in
 
 def time_levels(model_path: str | Path, vocab: int, threads: int | None = None, rounds: int = PROBE_ROUNDS,
                 levels: tuple[int, ...] = CANDIDATE_LEVELS, bits: int | None = None,
-                fixed: dict[int, int] | None = None) -> dict[int, dict[str, float]]:
+                fixed: dict[int, int] | None = None, config: dict[str, str] | None = None) -> dict[int, dict[str, float]]:
     """Median seconds per run, ``{level: {shape: s}}``, of the model at ``model_path`` (graph with
     external data) with its MatMulNBits nodes (those of ``bits`` only, when given; the others at
     ``fixed[their bits]``) at each of ``levels``, on random tokens (ids below ``vocab``) in each of
     ``PROBE_SHAPES``. Each level's graph is loaded from memory, its weights from the file beside
-    ``model_path`` (as calibration loads its edited graph), with the runtime's session options."""
+    ``model_path`` (as calibration loads its edited graph), with the runtime's session options and
+    the graph's session ``config`` entries (``quant.manifest.session_config_for``)."""
     import onnxruntime as ort
 
     from runtime.embedder import runtime_session_options
@@ -93,7 +94,7 @@ def time_levels(model_path: str | Path, vocab: int, threads: int | None = None, 
     try:
         for level in levels:
             set_level(graph, level, bits)
-            opts = runtime_session_options(threads)
+            opts = runtime_session_options(threads, config=config)
             opts.add_session_config_entry("session.model_external_initializers_file_folder_path", str(path.parent))
             sessions[level] = ort.InferenceSession(graph.SerializeToString(), opts, providers=["CPUExecutionProvider"])
             sessions[level].run(None, feeds["single"])   # warm-up (thread pool, first allocations), cheap
@@ -110,11 +111,13 @@ def time_levels(model_path: str | Path, vocab: int, threads: int | None = None, 
             for level, by_shape in times.items()}
 
 
-def choose_levels(model_path: str | Path, vocab: int, threads: int | None = None) -> tuple[dict[int, int], dict[str, str]]:
+def choose_levels(model_path: str | Path, vocab: int, threads: int | None = None,
+                  config: dict[str, str] | None = None) -> tuple[dict[int, int], dict[str, str]]:
     """MatMulNBits accuracy_level per bit width of the model at ``model_path`` on this CPU, and a note
     per bit width for the manifest: ``pick_level`` on ``time_levels`` of that bit width's nodes, the
     widest first, the others at level 0 or at what was chosen for them already (a mixed variant such
-    as e4_a8_f4_p4 may want level 4 for its Q8_0 nodes and level 0 for its Q4_0 nodes)."""
+    as e4_a8_f4_p4 may want level 4 for its Q8_0 nodes and level 0 for its Q4_0 nodes). ``config``:
+    the graph's session config entries, as ``time_levels`` takes them."""
     graph = onnx.load(str(model_path), load_external_data=False)
     widths = sorted({node_bits(n) for n in graph.graph.node if n.op_type == "MatMulNBits"}, reverse=True)
     del graph
@@ -122,7 +125,8 @@ def choose_levels(model_path: str | Path, vocab: int, threads: int | None = None
     notes = {}
     shapes = " and ".join(f"{shape} {b} x {t}" for shape, (b, t) in PROBE_SHAPES.items())
     for bits in widths:
-        timed = time_levels(model_path, vocab, threads, bits=bits, fixed={b: lv for b, lv in levels.items() if b != bits})
+        timed = time_levels(model_path, vocab, threads, bits=bits, fixed={b: lv for b, lv in levels.items() if b != bits},
+                            config=config)
         levels[bits] = pick_level(timed)
         detail = "; ".join(f"level {lv}: " + ", ".join(f"{shape} {t * 1e3:.1f} ms" for shape, t in by_shape.items())
                            for lv, by_shape in sorted(timed.items()))

@@ -8,6 +8,7 @@ import numpy as np
 import onnx
 
 from runtime import __version__
+from runtime.artifact import SESSION_CONFIG
 
 from . import graph as G
 from . import int8_path as I8
@@ -60,16 +61,26 @@ def variant_manifest(src: Fp32Source, recipe: Recipe, method: str, summary: Grap
         quantization["site_plan"] = site_plan(recipe, src.sites)
     if calibration:
         quantization["calibration"] = calibration
+    onnx_entry = dict(fp32["onnx"], opset_imports=summary.opsets)
+    if session_config_for(recipe):
+        onnx_entry[SESSION_CONFIG] = session_config_for(recipe)
     manifest.update(
         variant=recipe.name,
         quantization=quantization,
         source=dict(fp32.get("source", {}), fp32_artifact=src.data_sha256, fp32_variant=fp32.get("variant")),
-        onnx=dict(fp32["onnx"], opset_imports=summary.opsets),
+        onnx=onnx_entry,
         written_by={"project": "embeddinggemma-onnx", "version": __version__, "stage": "quant",
                     "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__, "numpy": np.__version__,
                     "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
     )
     return manifest
+
+
+def session_config_for(recipe: Recipe) -> dict[str, str]:
+    """The onnxruntime session config entries ``recipe``'s graph needs: the re-coding of block-stored
+    integer-path groups (``a4i``) folds only with ``int8_path.RECODE_SESSION_CONFIG``; else none."""
+    stored = any(recipe.integer_storage(g) for g in GROUPS if recipe.uses_integer_path(g))
+    return dict(I8.RECODE_SESSION_CONFIG) if stored else {}
 
 
 def site_plan(recipe: Recipe, sites) -> dict:
@@ -86,7 +97,8 @@ def _integer_storage_entry(recipe: Recipe, group: str) -> dict:
         return {}
     return {"stored_as": {"format": stored.name, "bits": stored.bits, "scales_stored_as": "float16",
                           "at_load": "constant ops decode the blocks (as ggml does) and re-code each output channel "
-                                     f"to int8 with scale max|w| / {I8.WEIGHT_QMAX}; v_proj / down_proj decode to float32"}}
+                                     f"to int8, clip(round(w / s)) with s = max|w| / {I8.WEIGHT_QMAX}; v_proj / down_proj "
+                                     "decode to float32; onnx.session_config lets onnxruntime fold them"}}
 
 
 def _group_entry(recipe: Recipe, group: str, method: str, summary: GraphSummary) -> dict:

@@ -15,6 +15,9 @@ MANIFEST_NAME = "embedder.json"
 FORMAT_NAME = "embeddinggemma-onnx-artifact"
 FORMAT_VERSION = 1
 SUPPORTED_FORMAT_VERSIONS = (1,)
+#: Key under the manifest's ``onnx``: onnxruntime session config entries the model needs to load as
+#: built (for example constant ops that only fold with them); every session that opens it applies them.
+SESSION_CONFIG = "session_config"
 
 
 class ArtifactError(RuntimeError):
@@ -63,6 +66,15 @@ def read_manifest(folder: str | Path) -> dict:
     if missing:
         raise ArtifactError(f"{path} lacks required keys {missing}; the artifact is incomplete, re-export it")
     return manifest
+
+
+def session_config(manifest: dict) -> dict[str, str]:
+    """The onnxruntime session config entries the artifact's model needs (``onnx.session_config``; often none)."""
+    config = manifest.get("onnx", {}).get(SESSION_CONFIG, {})
+    if not isinstance(config, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in config.items()):
+        raise ArtifactError(f"the manifest's onnx.{SESSION_CONFIG} must map strings to strings, got {config!r}; "
+                            "the artifact is corrupted, rebuild it")
+    return config
 
 
 def verify_files(folder: str | Path, manifest: dict, check_hashes: bool = True) -> None:

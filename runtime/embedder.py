@@ -13,7 +13,7 @@ from typing import Sequence
 import numpy as np
 import onnxruntime as ort
 
-from .artifact import ArtifactError, read_manifest, verify_files
+from .artifact import ArtifactError, read_manifest, session_config, verify_files
 from .batching import length_batches, pad_batch
 from .cpu import check_artifact
 from .progress import progress_bar
@@ -23,10 +23,12 @@ from .vectors import cosine_matrix, finish
 
 
 def runtime_session_options(threads: int | None = None, low_memory: bool = True,
-                            base: ort.SessionOptions | None = None) -> ort.SessionOptions:
+                            base: ort.SessionOptions | None = None,
+                            config: dict[str, str] | None = None) -> ort.SessionOptions:
     """The onnxruntime session options ``Embedder`` runs a model with: ``base`` (or new options with
     the CPU memory arena and memory patterns off when ``low_memory``), ``threads`` intra-op threads
-    when given, one inter-op thread. The quant stage times models with the same options."""
+    when given, one inter-op thread, and the artifact's ``config`` entries (``runtime.artifact.session_config``).
+    The quant stage times models with the same options."""
     options = base
     if options is None:
         options = ort.SessionOptions()
@@ -38,6 +40,8 @@ def runtime_session_options(threads: int | None = None, low_memory: bool = True,
             raise ValueError(f"threads must be >= 1, got {threads}")
         options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
+    for key, value in (config or {}).items():
+        options.add_session_config_entry(key, value)
     return options
 
 
@@ -105,7 +109,8 @@ class Embedder:
         tokenizer: "auto" (sentencepiece when installed and shipped: a fraction of tokenizer.json's
         memory, identical ids), "sentencepiece" or "tokenizers". low_memory: turn off onnxruntime's
         CPU memory arena and memory patterns, whose buffers grow with every new batch shape
-        (docs/notes/quant.md has the memory measurements); ignored with session_options.
+        (docs/notes/quant.md has the memory measurements); ignored with session_options. The
+        artifact's own session config entries (``onnx.session_config``) are added to either.
         """
         self.path = Path(path)
         self.manifest = read_manifest(self.path)
@@ -126,7 +131,7 @@ class Embedder:
         self.tokenizer_backend: str = self._tokenizer.name
         self._pad_id = int(m.get("pad_token_id", 0))
 
-        options = runtime_session_options(threads, low_memory, session_options)
+        options = runtime_session_options(threads, low_memory, session_options, session_config(m))
         try:
             self._session = ort.InferenceSession(
                 str(self.path / m["model_file"]), sess_options=options,

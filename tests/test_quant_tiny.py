@@ -630,12 +630,15 @@ def stored_int8(tiny_artifact, tmp_path_factory) -> Path:
     return out
 
 
-def _folded(folder: Path, tmp_path: Path) -> dict[str, np.ndarray]:
-    """The initializers onnxruntime holds after its load-time constant folding (basic level)."""
+def _folded(folder: Path, tmp_path: Path, config: dict[str, str] | None = None) -> dict[str, np.ndarray]:
+    """The initializers onnxruntime holds after its load-time constant folding (basic level), with the
+    session ``config`` entries."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    for key, value in (config or {}).items():
+        so.add_session_config_entry(key, value)
     so.optimized_model_filepath = str(tmp_path / "folded.onnx")
     ort.InferenceSession(str(folder / "model.onnx"), so, providers=["CPUExecutionProvider"])
     model = onnx.load(str(tmp_path / "folded.onnx"), load_external_data=False)
@@ -646,31 +649,51 @@ def _folded(folder: Path, tmp_path: Path) -> dict[str, np.ndarray]:
     return {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
 
 
+def _stored_bytes(folder: Path, name: str) -> tuple[bytes, list[int], int]:
+    """An initializer's raw bytes as stored (packed, for 4-bit types), its dims and its data type."""
+    model = onnx.load(str(folder / "model.onnx"), load_external_data=False)
+    (init,) = [i for i in model.graph.initializer if i.name == name]
+    if init.data_location == onnx.TensorProto.EXTERNAL:
+        onnx.external_data_helper.load_external_data_for_tensor(init, str(folder))
+    return init.raw_data, list(init.dims), init.data_type
+
+
+def _copies(folder: Path, name: str, k: int) -> np.ndarray:
+    """The input columns the activation side appends (split outlier copies) for the integer matmul of
+    weight ``name``: the widened codes' extra rows, read from the activation's Gather."""
+    model = onnx.load(str(folder / "model.onnx"), load_external_data=False)
+    (mm,) = [n for n in model.graph.node if n.op_type == "MatMulIntegerToFloat" and n.input[1] == f"{name}.i8"]
+    copies = _stored(folder, mm.input[0].removesuffix(".q") + ".copies")
+    assert copies.size and copies.max() < k
+    return copies
+
+
 def test_block_stored_integer_path_recodes_at_load(stored_int8, tiny_artifact, tmp_path):
-    """What onnxruntime computes from the stored Q4_0 blocks when the session loads, checked against an
-    independent decode: for q/k/o/gate/up, ggml Q4_0 blocks (decoded by gguf) of the smoothed weight and
-    int8 codes within half a step of ``decoded / channel scale`` by the stated float32 steps (split rows
-    included); for v_proj / down_proj the exact float32 decode of blocks bit-exact to gguf's Q8_0 of the
-    fp32 weight; the table is gguf's Q4_0."""
+    """What onnxruntime computes from the stored Q4_0 blocks when the session loads (with the session
+    config the manifest names), checked against an independent decode: for q/k/o/gate/up the stored
+    bytes are ggml Q4_0 blocks (decoded by gguf) of the smoothed weight and the int8 codes are exactly
+    clip(round(decoded / channel scale)) (split rows included); for v_proj / down_proj the exact float32
+    decode of blocks bit-exact to gguf's Q8_0 of the fp32 weight; the table is gguf's Q4_0."""
     gguf = pytest.importorskip("gguf")
     from gguf import quants
 
-    folded = _folded(stored_int8, tmp_path)
+    config = read_manifest(stored_int8)["onnx"]["session_config"]
+    assert config == {"session.disable_quant_qdq": "1"}
+    folded = _folded(stored_int8, tmp_path, config)
     for name in ("backbone.layers.0.self_attn.q_proj.weight_t", "backbone.layers.3.mlp.up_proj.weight_t"):
-        data, scales = _stored(stored_int8, f"{name}.q4"), _stored(stored_int8, f"{name}.scales")
-        assert data.dtype == np.uint8 and scales.dtype == np.float16 and data.shape[-1] == 16
+        raw_q4, dims, dtype = _stored_bytes(stored_int8, f"{name}.q4")
+        scales = _stored(stored_int8, f"{name}.scales")
+        assert dtype == onnx.TensorProto.UINT4 and scales.dtype == np.float16 and dims == [scales.shape[0], scales.shape[1] * 32]
+        data = np.frombuffer(raw_q4, np.uint8).reshape(scales.shape[0], scales.shape[1], 16)
         # ggml's Q4_0 block: float16 scale, then 16 bytes, byte j = code j (low nibble) | code j+16 (high)
         raw = np.concatenate([scales[..., None].view(np.uint8), data], axis=-1).reshape(len(data), -1)
         decoded = quants.dequantize(raw, gguf.GGMLQuantizationType.Q4_0)        # [N, K], smoothed weight
-        codes = np.concatenate([data & 0x0F, data >> 4], axis=-1).astype(np.float32)   # [N, K/32, 32]
-        np.testing.assert_array_equal(((codes - 8) * scales.astype(np.float32)[..., None]).reshape(decoded.shape), decoded)
-        inverse = _stored(stored_int8, f"{name}.recode.inverse").reshape(-1, 1, 1)
-        channel = _stored(stored_int8, f"{name}.scale")
+        channel = _stored(stored_int8, f"{name}.recode.channel")
         np.testing.assert_array_equal(channel, (np.abs(decoded).max(axis=1) / np.float32(127)).astype(np.float32))
-        g = scales.astype(np.float32)[..., None] * inverse
-        want = np.rint(codes * g + g * np.float32(-8)).astype(np.int8).reshape(decoded.shape)
-        np.testing.assert_allclose(want * channel[:, None], decoded, atol=float(channel.max()) * 0.5 + 1e-7)
-        want = want.T[_stored(stored_int8, f"{name}.recode.cols")]
+        want = np.clip(np.rint(decoded / channel[:, None]), -127, 127).astype(np.int8)   # rint: half to even
+        cols = np.arange(decoded.shape[1])
+        cols = np.concatenate([cols, _copies(stored_int8, name, cols.size)])
+        want = want.T[cols]
         assert folded[f"{name}.i8"].dtype == np.int8
         np.testing.assert_array_equal(folded[f"{name}.i8"], want)
         assert f"{name}.q4" not in folded   # nothing of the blocks is left for run time
@@ -687,7 +710,7 @@ def test_block_stored_integer_path_recodes_at_load(stored_int8, tiny_artifact, t
 def test_block_stored_integer_path_is_smaller(stored_int8, built):
     """Same graph at run time as w8a8 but from 4-bit blocks: under half of w8a8's bytes per weight."""
     for name in ("backbone.layers.0.self_attn.q_proj.weight_t", "backbone.layers.3.mlp.up_proj.weight_t"):
-        stored = _stored(stored_int8, f"{name}.q4").nbytes + _stored(stored_int8, f"{name}.scales").nbytes
+        stored = len(_stored_bytes(stored_int8, f"{name}.q4")[0]) + _stored(stored_int8, f"{name}.scales").nbytes
         assert stored < 0.5 * _stored(built / "w8a8", f"{name}.i8").nbytes
     manifest = read_manifest(stored_int8)
     assert manifest["variant"] == "w8a8_s4"

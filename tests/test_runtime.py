@@ -187,6 +187,29 @@ def test_manifest_problems(copy, edit, message):
         Embedder(copy)
 
 
+def test_manifest_session_config_is_applied(copy):
+    """``onnx.session_config`` entries reach the session, also when the caller brings its own options."""
+    import onnxruntime as ort
+
+    m = json.loads((copy / MANIFEST_NAME).read_text())
+    m["onnx"]["session_config"] = {"session.disable_quant_qdq": "1"}
+    (copy / MANIFEST_NAME).write_text(json.dumps(m))
+    got = Embedder(copy, verify=False)._session.get_session_options()
+    assert got.get_session_config_entry("session.disable_quant_qdq") == "1"
+    own = ort.SessionOptions()
+    got = Embedder(copy, verify=False, session_options=own)._session.get_session_options()
+    assert got.get_session_config_entry("session.disable_quant_qdq") == "1"
+
+
+@pytest.mark.parametrize("config", [["session.disable_quant_qdq"], {"session.disable_quant_qdq": 1}, None])
+def test_bad_session_config_is_refused(copy, config):
+    m = json.loads((copy / MANIFEST_NAME).read_text())
+    m["onnx"]["session_config"] = config
+    (copy / MANIFEST_NAME).write_text(json.dumps(m))
+    with pytest.raises(ArtifactError, match="session_config must map strings to strings.*rebuild it"):
+        Embedder(copy, verify=False)
+
+
 def test_manifest_not_json(copy):
     (copy / MANIFEST_NAME).write_text("{not json")
     with pytest.raises(ArtifactError, match="not valid JSON"):

@@ -36,6 +36,21 @@ export function parseManifest(bytes, where) {
   return manifest;
 }
 
+/**
+ * The onnxruntime session config entries the artifact's model needs (`onnx.session_config`, often
+ * none; runtime/artifact.py's session_config): for example constant ops that fold only with them.
+ */
+export function sessionConfig(manifest) {
+  const config = manifest.onnx?.session_config === undefined ? {} : manifest.onnx.session_config;
+  const ok = config !== null && typeof config === "object" && !Array.isArray(config) &&
+    Object.entries(config).every(([k, v]) => typeof k === "string" && typeof v === "string");
+  if (!ok) {
+    throw new ArtifactError(`the manifest's onnx.session_config must map strings to strings, got ${JSON.stringify(config)}; ` +
+      "the artifact is corrupted, rebuild it", { file: MANIFEST_NAME });
+  }
+  return { ...config };
+}
+
 /** The files the browser needs: the graph, its external weight files and tokenizer.json (not tokenizer.model). */
 export function webFiles(manifest) {
   const model = manifest.model_file;

@@ -4,7 +4,7 @@
  * Python's `runtime.Embedder`, driven by the artifact's embedder.json.
  */
 import * as defaultOrt from "onnxruntime-web";
-import { MANIFEST_NAME, parseManifest, readChecked, webFiles } from "./artifact.js";
+import { MANIFEST_NAME, parseManifest, readChecked, sessionConfig, webFiles } from "./artifact.js";
 import { lengthBatches, padBatch } from "./batching.js";
 import { ArtifactError, TextTooLongError, TruncationReport } from "./errors.js";
 import { typeName, withPrompts } from "./prompts.js";
@@ -24,7 +24,8 @@ export class Embedder {
    * onTruncate(report) (default console.warn), wasmPaths (where onnxruntime-web's .wasm files are
    * served), proxy (run onnxruntime-web in its own worker, so the page stays responsive and the
    * tokenizer is built while the session starts; browsers only), ort (an onnxruntime-web namespace to
-   * use instead of the default import), sessionOptions (extra onnxruntime session options).
+   * use instead of the default import), sessionOptions (extra onnxruntime session options; the
+   * artifact's own onnx.session_config entries are added to its `extra`).
    */
   static async load(source, options = {}) {
     const {
@@ -35,6 +36,7 @@ export class Embedder {
     const t0 = now();
     const manifestBytes = await loader.read(MANIFEST_NAME);
     const manifest = parseManifest(manifestBytes, loader.describe(MANIFEST_NAME));
+    const config = sessionConfig(manifest);
     const files = webFiles(manifest);
     const maxSeqLength = Number(manifest.max_seq_length);
     if (!(maxBatchTokens >= maxSeqLength)) {
@@ -71,6 +73,8 @@ export class Embedder {
           enableCpuMemArena: false,
           enableMemPattern: false,
           ...sessionOptions,
+          // the artifact's own session config entries (what its constant ops need to fold at load)
+          extra: { ...config, ...sessionOptions?.extra },
           externalData: files.externalData.map((path, i) => ({ path, data: data[i] })),
         });
         return { session: created, ms: now() - tFetched };

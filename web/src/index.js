@@ -5,4 +5,4 @@ export { ArtifactError, PromptError, TextTooLongError, TruncationReport } from "
 export { withPrompts, TITLE_SLOT } from "./prompts.js";
 export { finish, cosine, cosineMatrix, l2NormalizeInPlace } from "./vectors.js";
 export { lengthBatches, padBatch } from "./batching.js";
-export { parseManifest, webFiles, sha256Hex, MANIFEST_NAME } from "./artifact.js";
+export { parseManifest, sessionConfig, webFiles, sha256Hex, MANIFEST_NAME } from "./artifact.js";

@@ -2,7 +2,7 @@
 // reference is there), manifest checks.
 import assert from "node:assert/strict";
 import { describe, test } from "node:test";
-import { ArtifactError, PromptError, finish, lengthBatches, padBatch, parseManifest, webFiles, withPrompts } from "../src/index.js";
+import { ArtifactError, PromptError, finish, lengthBatches, padBatch, parseManifest, sessionConfig, webFiles, withPrompts } from "../src/index.js";
 import { reference } from "./helpers.js";
 
 const PROMPTS = { query: "task: search result | query: ", document: "title: none | text: ", STS: "task: sentence similarity | query: " };
@@ -82,6 +82,15 @@ describe("manifest checks", () => {
     const { prompts, ...lacking } = good;
     assert.throws(() => parseManifest(bytes(lacking), "u"), /lacks required keys \["prompts"\]/);
     assert.throws(() => webFiles({ ...good, files: {} }), /lists no "model.onnx"/);
+  });
+  test("the model's session config entries (runtime/artifact.py's session_config): none, given, or refused when not strings", () => {
+    assert.deepEqual(sessionConfig(good), {});
+    const config = { "session.disable_quant_qdq": "1" };
+    assert.deepEqual(sessionConfig({ ...good, onnx: { session_config: config } }), config);
+    for (const bad of [["session.disable_quant_qdq"], { "session.disable_quant_qdq": 1 }, null]) {
+      assert.throws(() => sessionConfig({ ...good, onnx: { session_config: bad } }),
+        (e) => e instanceof ArtifactError && /session_config must map strings to strings.*rebuild it/.test(e.message));
+    }
   });
   test("a folder with the sentencepiece tokenizer only is refused with the build option that fixes it", () => {
     const { tokenizer_file, ...spOnly } = { ...good, sentencepiece: { model_file: "tokenizer.model" } };
