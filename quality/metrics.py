@@ -147,14 +147,6 @@ def classification_correctness(x_pool: np.ndarray, y_pool: Sequence, x_test: np.
                      == y_test for idx in experiments], dtype=bool).reshape(len(experiments), len(y_test))
 
 
-def classification_correct(x_pool: np.ndarray, y_pool: Sequence, x_test: np.ndarray, y_test: Sequence, *,
-                           experiments: list[list[int]], seed: int = 42) -> np.ndarray:
-    """Per test text, the fraction of the experiments' classifiers that label it correctly; its mean
-    is :func:`classification_accuracy` (every experiment scores the same test set)."""
-    return classification_correctness(x_pool, y_pool, x_test, y_test, experiments=experiments,
-                                      seed=seed).mean(axis=0)
-
-
 def classification_accuracy(x_pool: np.ndarray, y_pool: Sequence, x_test: np.ndarray, y_test: Sequence, *,
                             samples_per_label: int = 8, n_experiments: int = 10, seed: int = 42,
                             experiments: list[list[int]] | None = None) -> tuple[float, list[float]]:

@@ -255,6 +255,8 @@ def _write_graph(src: Fp32Source, recipe: Recipe, model_path: Path, quantizer: S
     internalize_external_data(model, src.folder, skip={s.name for s in sites})
     _divide_norms(model, quantizer.norm_edits(recipe))
     integer_sites: dict[str, list[G.WeightSite]] = {}
+    # graphs that re-code blocks at load fold DequantizeLinear (their session config): the shorter decode
+    folds_dequantize = bool(session_config_for(recipe))
     with progress_bar(len(sites), f"quantizing {recipe.name}", progress, unit="tensor") as bar:
         for site in sites:
             if on_integer_path(recipe, site, two_pass):
@@ -264,9 +266,8 @@ def _write_graph(src: Fp32Source, recipe: Recipe, model_path: Path, quantizer: S
             qw, used = quantizer.get(site, fmt)
             # an integer-path group's v_proj / down_proj compute in float32 (``quant.int8_path``)
             at_load = site.op == "MatMul" and (decoded_at_load(site.group, fmt) or recipe.uses_integer_path(site.group))
-            # graphs that re-code blocks at load fold DequantizeLinear (their session config): the shorter decode
             G.replace_site(model, site, qw, accuracy_level=summary.levels.get(fmt.bits, 0), decode_at_load=at_load,
-                           dequantize_op=bool(session_config_for(recipe)))
+                           dequantize_op=folds_dequantize)
             del qw
             summary.counts[site.group] += 1
             summary.methods[site.group] = used

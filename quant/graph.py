@@ -233,7 +233,11 @@ def replace_site(model: onnx.ModelProto, site: WeightSite, qw: QuantizedWeight, 
     fmt = qw.format
     data_name, scales_name = f"{site.name}.q{fmt.bits}", f"{site.name}.scales"
     nbits_op = site.op == "MatMul" and fmt.matmulnbits and not decode_at_load
-    data = qw.data if site.op == "MatMul" else qw.data.reshape(qw.data.shape[0], -1)
+    one_dequantize = site.op == "MatMul" and not nbits_op and dequantize_op and fmt.bits == 8
+    if one_dequantize:   # DequantizeLinear reads the codes [N, K/32, 32] as the [N, K] they are
+        data = qw.data.reshape(site.n, site.k)
+    else:
+        data = qw.data if site.op == "MatMul" else qw.data.reshape(qw.data.shape[0], -1)
     graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(data), data_name))
     graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(qw.scales), scales_name))
 
@@ -244,7 +248,7 @@ def replace_site(model: onnx.ModelProto, site: WeightSite, qw: QuantizedWeight, 
                helper.make_node("MatMulNBits", [old.input[0], data_name, wide], list(old.output),
                                 name=old.name, domain=MS_DOMAIN,
                                 **matmulnbits_attributes(site.n, site.k, fmt, accuracy_level))]
-    elif site.op == "MatMul" and dequantize_op and fmt.bits == 8:
+    elif one_dequantize:
         require_opset(model, BLOCKED_DEQUANTIZE_OPSET)
         new = _matmul_dequantize_nodes(graph, site, old, data_name, scales_name, fmt)
     elif site.op == "MatMul":
@@ -294,18 +298,22 @@ def require_opset(model: onnx.ModelProto, version: int) -> None:
     model.opset_import.append(helper.make_opsetid("", version))
 
 
+def add_shared_initializer(graph, name: str, make) -> str:
+    """``name``, added to the graph's initializers as ``make(name)`` (a TensorProto) unless it is there
+    already: a constant every weight of one shape reads, stored once."""
+    if not any(init.name == name for init in graph.initializer):
+        graph.initializer.append(make(name))
+    return name
+
+
 def _matmul_dequantize_nodes(graph, site: WeightSite, old, data_name: str, scales_name: str, fmt: BlockFormat):
-    """MatMul on an 8-bit weight decoded by one blocked ``DequantizeLinear`` ((code - zero point) *
-    scale in float32, exact as ggml decodes): the stored codes [N, K/32, 32] are typed [N, K]."""
+    """MatMul on an 8-bit weight [N, K] decoded by one blocked ``DequantizeLinear`` ((code - zero point)
+    * scale in float32, exact as ggml decodes)."""
     p = f"{site.name}.dq"
     mk = _node_maker(old.name)
-    (data,) = [i for i in graph.initializer if i.name == data_name]
-    del data.dims[:]
-    data.dims.extend([site.n, site.k])
     nb = site.k // BLOCK_SIZE
-    zero = f"decode.zero8.{site.n}x{nb}"   # one per shape, shared
-    if not any(init.name == zero for init in graph.initializer):
-        graph.initializer.append(numpy_helper.from_array(np.full((site.n, nb), fmt.zero_point, np.uint8), zero))
+    zero = add_shared_initializer(graph, f"decode.zero8.{site.n}x{nb}", lambda name: numpy_helper.from_array(
+        np.full((site.n, nb), fmt.zero_point, np.uint8), name))
     return [mk("Cast", [scales_name], f"{p}.scales_f", to=TensorProto.FLOAT),   # float16 -> exact float32
             mk("DequantizeLinear", [data_name, f"{p}.scales_f", zero], f"{p}.w_nk", axis=1, block_size=BLOCK_SIZE),
             mk("Transpose", [f"{p}.w_nk"], f"{p}.w", perm=[1, 0]),

@@ -43,7 +43,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from runtime.onnx_helpers import MS_DOMAIN
 
-from .formats import BlockFormat
+from .formats import BLOCK_SIZE, BlockFormat
 from . import graph as G
 from .graph import norm_scale_initializer
 
@@ -217,10 +217,8 @@ def _recode_nodes(graph, site, stored: StoredCodes, out: str) -> list:
     p = f"{site.name}.recode"
     n, nb = stored.d.shape
     packed = _half_packed(stored)
-    zero = f"recode.zero4.{n}x{nb}"   # one per shape, shared by the weights of that shape
-    if not any(init.name == zero for init in graph.initializer):
-        graph.initializer.append(helper.make_tensor(zero, TensorProto.UINT4, [n, nb],
-                                                    np.full((n * nb + 1) // 2, 0x88, np.uint8).tobytes(), raw=True))
+    zero = G.add_shared_initializer(graph, f"recode.zero4.{n}x{nb}", lambda name: helper.make_tensor(   # 8 in every nibble
+        name, TensorProto.UINT4, [n, nb], np.full((n * nb + 1) // 2, 0x88, np.uint8).tobytes(), raw=True))
     graph.initializer.extend([
         helper.make_tensor(f"{site.name}.q4", TensorProto.UINT4, [n, nb * 32], packed.tobytes(), raw=True),
         numpy_helper.from_array(np.ascontiguousarray(stored.d), f"{site.name}.scales"),
@@ -229,7 +227,7 @@ def _recode_nodes(graph, site, stored: StoredCodes, out: str) -> list:
         numpy_helper.from_array(_ggml_nibble_columns(nb)[stored.cols], f"{p}.cols")])
     mk = lambda op, inputs, output, **kw: helper.make_node(op, inputs, [output], name=f"{site.node_name}/{output.rsplit('.', 1)[-1]}", **kw)  # noqa: E731
     return [mk("Cast", [f"{site.name}.scales"], f"{p}.scales_f", to=TensorProto.FLOAT),   # float16 -> exact float32
-            mk("DequantizeLinear", [f"{site.name}.q4", f"{p}.scales_f", zero], f"{p}.w", axis=1, block_size=32),
+            mk("DequantizeLinear", [f"{site.name}.q4", f"{p}.scales_f", zero], f"{p}.w", axis=1, block_size=BLOCK_SIZE),
             # round half to even, |w / s| <= 127 by the channel scale
             mk("QuantizeLinear", [f"{p}.w", f"{p}.channel", f"{p}.int8_zero"], f"{p}.codes_nk", axis=0),
             mk("Gather", [f"{p}.codes_nk", f"{p}.cols"], f"{p}.wide_nk", axis=1),   # ggml order, split copies

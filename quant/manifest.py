@@ -62,8 +62,9 @@ def variant_manifest(src: Fp32Source, recipe: Recipe, method: str, summary: Grap
     if calibration:
         quantization["calibration"] = calibration
     onnx_entry = dict(fp32["onnx"], opset_imports=summary.opsets)
-    if session_config_for(recipe):
-        onnx_entry[SESSION_CONFIG] = session_config_for(recipe)
+    config = session_config_for(recipe)
+    if config:
+        onnx_entry[SESSION_CONFIG] = config
     manifest.update(
         variant=recipe.name,
         quantization=quantization,

@@ -149,7 +149,8 @@ def test_per_unit_scores_average_to_the_main_scores():
     x_test = np.array([[1.0], [2.0], [-1.0], [-2.0], [0.5]])
     y_test = ["a", "a", "b", "b", "b"]
     exps = metrics.undersample_experiments(y_pool, 2, 3)
-    correct = metrics.classification_correct(x_pool, y_pool, x_test, y_test, experiments=exps)
+    # per test text, the share of experiments that label it correctly (ClassificationTask's units)
+    correct = metrics.classification_correctness(x_pool, y_pool, x_test, y_test, experiments=exps).mean(axis=0)
     assert correct.tolist() == [1.0, 1.0, 1.0, 1.0, 0.0]
     assert correct.mean() == pytest.approx(metrics.classification_accuracy(x_pool, y_pool, x_test, y_test,
                                                                            experiments=exps)[0])

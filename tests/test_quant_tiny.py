@@ -273,13 +273,18 @@ def test_graph_has_expected_quantized_ops_and_no_fp32_weights(built, variant):
     assert any(o.domain == "com.microsoft" for o in model.opset_import)
 
 
-def _stored(folder: Path, name: str) -> np.ndarray:
+def _initializer(folder: Path, name: str) -> onnx.TensorProto:
+    """One initializer of the folder's graph with its data loaded (raw bytes as stored)."""
     model = onnx.load(str(folder / "model.onnx"), load_external_data=False)
     (init,) = [i for i in model.graph.initializer if i.name == name]
     if init.data_location == onnx.TensorProto.EXTERNAL:
         onnx.external_data_helper.load_external_data_for_tensor(init, str(folder))
         init.data_location = onnx.TensorProto.DEFAULT
-    return numpy_helper.to_array(init)
+    return init
+
+
+def _stored(folder: Path, name: str) -> np.ndarray:
+    return numpy_helper.to_array(_initializer(folder, name))
 
 
 def _decode(data: np.ndarray, scales: np.ndarray, bits: int) -> np.ndarray:
@@ -649,15 +654,6 @@ def _folded(folder: Path, tmp_path: Path, config: dict[str, str] | None = None) 
     return {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
 
 
-def _stored_bytes(folder: Path, name: str) -> tuple[bytes, list[int], int]:
-    """An initializer's raw bytes as stored (packed, for 4-bit types), its dims and its data type."""
-    model = onnx.load(str(folder / "model.onnx"), load_external_data=False)
-    (init,) = [i for i in model.graph.initializer if i.name == name]
-    if init.data_location == onnx.TensorProto.EXTERNAL:
-        onnx.external_data_helper.load_external_data_for_tensor(init, str(folder))
-    return init.raw_data, list(init.dims), init.data_type
-
-
 def _copies(folder: Path, name: str, k: int) -> np.ndarray:
     """The input columns the activation side appends (split outlier copies) for the integer matmul of
     weight ``name``: the widened codes' extra rows, read from the activation's Gather."""
@@ -681,10 +677,11 @@ def test_block_stored_integer_path_recodes_at_load(stored_int8, tiny_artifact, t
     assert config == {"session.disable_quant_qdq": "1"}
     folded = _folded(stored_int8, tmp_path, config)
     for name in ("backbone.layers.0.self_attn.q_proj.weight_t", "backbone.layers.3.mlp.up_proj.weight_t"):
-        raw_q4, dims, dtype = _stored_bytes(stored_int8, f"{name}.q4")
+        q4 = _initializer(stored_int8, f"{name}.q4")   # raw bytes as stored: packed nibbles
         scales = _stored(stored_int8, f"{name}.scales")
-        assert dtype == onnx.TensorProto.UINT4 and scales.dtype == np.float16 and dims == [scales.shape[0], scales.shape[1] * 32]
-        data = np.frombuffer(raw_q4, np.uint8).reshape(scales.shape[0], scales.shape[1], 16)
+        assert q4.data_type == onnx.TensorProto.UINT4 and scales.dtype == np.float16
+        assert list(q4.dims) == [scales.shape[0], scales.shape[1] * 32]
+        data = np.frombuffer(q4.raw_data, np.uint8).reshape(scales.shape[0], scales.shape[1], 16)
         # ggml's Q4_0 block: float16 scale, then 16 bytes, byte j = code j (low nibble) | code j+16 (high)
         raw = np.concatenate([scales[..., None].view(np.uint8), data], axis=-1).reshape(len(data), -1)
         decoded = quants.dequantize(raw, gguf.GGMLQuantizationType.Q4_0)        # [N, K], smoothed weight
@@ -710,7 +707,7 @@ def test_block_stored_integer_path_recodes_at_load(stored_int8, tiny_artifact, t
 def test_block_stored_integer_path_is_smaller(stored_int8, built):
     """Same graph at run time as w8a8 but from 4-bit blocks: under half of w8a8's bytes per weight."""
     for name in ("backbone.layers.0.self_attn.q_proj.weight_t", "backbone.layers.3.mlp.up_proj.weight_t"):
-        stored = len(_stored_bytes(stored_int8, f"{name}.q4")[0]) + _stored(stored_int8, f"{name}.scales").nbytes
+        stored = len(_initializer(stored_int8, f"{name}.q4").raw_data) + _stored(stored_int8, f"{name}.scales").nbytes
         assert stored < 0.5 * _stored(built / "w8a8", f"{name}.i8").nbytes
     manifest = read_manifest(stored_int8)
     assert manifest["variant"] == "w8a8_s4"
