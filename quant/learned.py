@@ -32,7 +32,7 @@ from .source import QuantInputError
 log = logging.getLogger("quant")
 
 #: Optimisation steps per layer (each one calibration batch); AutoRound's default is 200, 100 keeps a
-#: real q4_0 build near 15 minutes on 2 cores (200 not measured yet: docs/notes/learned.md).
+#: real q4_0 build near 15 minutes on 2 cores (200 raised the mean and lowered the minimum: docs/notes/learned.md).
 STEPS = 100
 #: Step size of the signed gradient descent, decayed linearly to 0 (AutoRound's 1 / steps). The codes
 #: start from round-to-nearest, as in AutoRound (starting from GPTQ's was worse: docs/notes/learned.md).
@@ -42,7 +42,8 @@ SCALE_RANGE = (0.6, 1.2)
 #: What each layer's loss compares with the fp32 layer's: the residual stream after it and the
 #: normed state the next layer (after the last layer: the pooling) reads (docs/notes/learned.md).
 LOSS_TERMS = ("residual", "normed")
-#: Every n-th packaged calibration text is used (the prompts alternate, so each stays represented).
+#: Every n-th packaged calibration text is used (the prompts alternate, so each stays represented; all
+#: texts took twice the time for the same fidelity: docs/notes/learned.md).
 TEXT_STRIDE = 3
 #: Token positions per calibration batch (padded rows are not counted in the loss).
 BATCH_TOKENS = 1024

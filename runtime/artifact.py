@@ -98,7 +98,7 @@ def write_manifest(folder: str | Path, manifest: dict) -> None:
     folder = Path(folder)
     names = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST_NAME)
     manifest = dict(manifest, format=FORMAT_NAME, format_version=FORMAT_VERSION, files=file_entries(folder, names))
-    (folder / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    write_text_atomic(folder / MANIFEST_NAME, json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
 
 
 def update_manifest(folder: str | Path, **fields) -> None:
