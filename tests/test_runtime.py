@@ -216,6 +216,34 @@ def test_manifest_not_json(copy):
         Embedder(copy)
 
 
+def test_rewritten_manifest_keeps_the_old_one_on_error_and_lists_no_temporary_file(copy, monkeypatch):
+    """write_manifest replaces embedder.json in one step: a failed write leaves the old manifest, a good
+    one hashes exactly the artifact's files and leaves nothing else in the folder."""
+    from runtime import outputs
+    from runtime.artifact import read_manifest, write_manifest
+
+    before = (copy / MANIFEST_NAME).read_text()
+    manifest = {k: v for k, v in json.loads(before).items() if k != "files"}
+    files = sorted(p.name for p in copy.iterdir())
+
+    real_write_text = outputs.Path.write_text
+
+    def fail(self, data, *args, **kwargs):   # the disk fills up half-way through the file
+        real_write_text(self, data[:len(data) // 2], *args, **kwargs)
+        raise OSError("disk full")
+    monkeypatch.setattr(outputs.Path, "write_text", fail)
+    with pytest.raises(OSError, match="disk full"):
+        write_manifest(copy, manifest)
+    monkeypatch.undo()
+    assert (copy / MANIFEST_NAME).read_text() == before
+    assert sorted(p.name for p in copy.iterdir()) == files
+
+    write_manifest(copy, manifest)
+    assert sorted(p.name for p in copy.iterdir()) == files
+    assert read_manifest(copy)["files"] == json.loads(before)["files"]
+    Embedder(copy)   # verifies every listed file's size and sha256
+
+
 def test_thread_and_provider_options(tiny_artifact):
     e = Embedder(tiny_artifact, threads=2, providers=["CPUExecutionProvider"], verify=False)
     assert e._session.get_providers() == ["CPUExecutionProvider"]
