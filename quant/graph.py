@@ -267,7 +267,7 @@ def _gather_dequantize_nodes(graph, site: WeightSite, old, data_name: str, scale
     """Standard-op lookup of a block-quantized table: only the looked-up rows are ever decoded."""
     p = f"{site.name}.dq"   # prefix for the helper tensors and nodes
     ids, out = old.input[1], old.output[0]
-    mk = _node_maker(old.name)
+    mk = node_maker(old.name)
     nodes = [mk("Gather", [data_name, ids], f"{p}.packed", axis=0),
              mk("Gather", [scales_name, ids], f"{p}.scales16", axis=0)]
     decode, values = _block_decode_nodes(graph, site, p, f"{p}.packed", f"{p}.scales16", fmt, mk)
@@ -281,7 +281,7 @@ def _gather_dequantize_nodes(graph, site: WeightSite, old, data_name: str, scale
 def _matmul_decode_nodes(graph, site: WeightSite, old, data_name: str, scales_name: str, fmt: BlockFormat):
     """MatMul on a weight decoded from its packed blocks ([N, K/32, ...] -> [K, N]) by constant-only ops."""
     p = f"{site.name}.dq"
-    mk = _node_maker(old.name)
+    mk = node_maker(old.name)
     decode, values = _block_decode_nodes(graph, site, p, data_name, scales_name, fmt, mk)
     graph.initializer.append(numpy_helper.from_array(np.array([site.n, site.k], np.int64), f"{p}.weight_shape"))
     decode += [mk("Reshape", [values, f"{p}.weight_shape"], f"{p}.w_nk"),
@@ -310,7 +310,7 @@ def _matmul_dequantize_nodes(graph, site: WeightSite, old, data_name: str, scale
     """MatMul on an 8-bit weight [N, K] decoded by one blocked ``DequantizeLinear`` ((code - zero point)
     * scale in float32, exact as ggml decodes)."""
     p = f"{site.name}.dq"
-    mk = _node_maker(old.name)
+    mk = node_maker(old.name)
     nb = site.k // BLOCK_SIZE
     zero = add_shared_initializer(graph, f"decode.zero8.{site.n}x{nb}", lambda name: numpy_helper.from_array(
         np.full((site.n, nb), fmt.zero_point, np.uint8), name))
@@ -320,7 +320,7 @@ def _matmul_dequantize_nodes(graph, site: WeightSite, old, data_name: str, scale
             helper.make_node("MatMul", [old.input[0], f"{p}.w"], list(old.output), name=old.name)]
 
 
-def _node_maker(base: str):
+def node_maker(base: str):
     """make_node for helper nodes named after ``base`` and their output's last dotted part."""
     return lambda op, inputs, output, **kw: helper.make_node(op, inputs, [output], name=f"{base}/{output.rsplit('.', 1)[-1]}", **kw)
 

@@ -225,7 +225,7 @@ def _recode_nodes(graph, site, stored: StoredCodes, out: str) -> list:
         numpy_helper.from_array(stored.scales.astype(np.float32), f"{p}.channel"),
         numpy_helper.from_array(np.zeros(n, np.int8), f"{p}.int8_zero"),
         numpy_helper.from_array(_ggml_nibble_columns(nb)[stored.cols], f"{p}.cols")])
-    mk = lambda op, inputs, output, **kw: helper.make_node(op, inputs, [output], name=f"{site.node_name}/{output.rsplit('.', 1)[-1]}", **kw)  # noqa: E731
+    mk = G.node_maker(site.node_name)
     return [mk("Cast", [f"{site.name}.scales"], f"{p}.scales_f", to=TensorProto.FLOAT),   # float16 -> exact float32
             mk("DequantizeLinear", [f"{site.name}.q4", f"{p}.scales_f", zero], f"{p}.w", axis=1, block_size=BLOCK_SIZE),
             # round half to even, |w / s| <= 127 by the channel scale
