@@ -67,11 +67,18 @@ def profile(path: str, texts: list[str], batch_size: int, threads: int, repeats:
             emb.encode(texts, batch_size=batch_size)
         events = json.loads(Path(emb._session.end_profiling()).read_text())
     # the first encode is the warm-up of this session: drop its events
-    runs = [e for e in events if e.get("cat") == "Session" and e.get("name") == "model_run"]
-    if len(runs) > repeats:
-        start = runs[len(runs) - repeats]["ts"]
-        events = [e for e in events if e.get("ts", 0) >= start]
-    return summarise_profile(events, repeats)
+    return summarise_profile(last_encodes(events, repeats + 1, repeats), repeats)
+
+
+def last_encodes(events: list[dict], encodes: int, keep: int) -> list[dict]:
+    """The events of the last ``keep`` of ``encodes`` equal encodes. One encode may be several model
+    runs (the runtime's length batches), the same number each time."""
+    runs = sorted(e["ts"] for e in events if e.get("cat") == "Session" and e.get("name") == "model_run")
+    per_encode = len(runs) // encodes
+    if per_encode == 0 or keep >= encodes:
+        return events
+    start = runs[(encodes - keep) * per_encode]
+    return [e for e in events if e.get("ts", 0) >= start]
 
 
 def _table(name: str, ops: dict[str, dict], peak, int8: bool) -> str:

@@ -250,7 +250,7 @@ def _write_graph(src: Fp32Source, recipe: Recipe, model_path: Path, quantizer: S
         (kept if kept_fp32(recipe, s, two_pass) else sites).append(s)
     # weights an integer-path group computes in float32, stored so (w8a8) or in blocks decoded at load (a4i)
     in_fp32 = [s for s in sites + kept if s.op == "MatMul" and recipe.uses_integer_path(s.group) and I8.keeps_fp32(s.name)
-               and not two_pass_site(recipe, s, two_pass)]
+               and not two_pass_site(recipe, s, two_pass) and not on_integer_path(recipe, s, two_pass)]
     summary.fp32_counts.update({g: sum(s.group == g for s in in_fp32) for g in summary.fp32_counts})
     internalize_external_data(model, src.folder, skip={s.name for s in sites})
     _divide_norms(model, quantizer.norm_edits(recipe))
@@ -274,10 +274,11 @@ def _write_graph(src: Fp32Source, recipe: Recipe, model_path: Path, quantizer: S
             bar.update(1)
         for activation, members in integer_sites.items():
             twice = {m.name for m in members if two_pass_site(recipe, m, two_pass)}
-            packed, smooth, used, outliers = quantizer.get_integer(activation, members,
-                                                                   recipe.integer_storage(members[0].group), twice)
+            packed, smooth, used, outliers, static_max = quantizer.get_integer(
+                activation, members, recipe.integer_storage(members[0].group), twice)
+            static = recipe.uses_static_form(members[0].group) and not I8.keeps_per_token_codes(members[0].name)
             I8.add_integer_path(model, activation, members, packed, smooth, activation_bits=act_bits[0],
-                                outliers=outliers, two_pass=twice)
+                                outliers=outliers, two_pass=twice, static_max=static_max if static else None)
             for site in members:
                 summary.integer_counts[site.group] += 1
                 summary.two_pass_counts[site.group] += int(site.name in twice)

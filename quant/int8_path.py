@@ -55,6 +55,14 @@ KEPT_FP32 = re.compile(r"\.(v_proj|down_proj)\.weight_t$")
 #: Of those, the weight computed in two integer passes where an int8 matrix unit makes that faster
 #: (``--target x86-amx``; with v_proj too: slower and below the fidelity minimum, docs/notes/bench.md).
 TWO_PASS = re.compile(r"\.down_proj\.weight_t$")
+#: Weights the static form (``a8s`` / ``f8s``, ``w8a8_fast``) puts on the integer path: every projection,
+#: v_proj and down_proj in one pass too. Speed first: on CPUs whose int8 products run on the vector
+#: units the per-token codes and the fp32 v_proj / down_proj are most of w8a8's gap to plain dynamic
+#: int8 (docs/notes/bench.md); the fidelity this costs is measured there too.
+STATIC_ELIGIBLE = re.compile(r"\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)\.weight_t$")
+#: Of those, the inputs that keep per-token codes in the static form: down_proj's input (the gated
+#: product) spans too wide a range across tokens for one scale (docs/notes/bench.md).
+STATIC_PER_TOKEN = re.compile(r"\.down_proj\.weight_t$")
 #: Largest weight code; -128 is never used, as in ggml's Q8_0 (keeps the codes symmetric).
 WEIGHT_QMAX = 127
 #: SmoothQuant migration strength: s_k = max|x_k|^alpha / max|w_k|^(1-alpha). Of 0.4 / 0.5 / 0.65 / 0.8
@@ -88,6 +96,22 @@ def is_eligible(weight_name: str) -> bool:
 def is_two_pass(weight_name: str) -> bool:
     """Whether a weight (by its export name) is computed in two integer passes where the target asks for it."""
     return bool(TWO_PASS.search(weight_name))
+
+
+def is_static_eligible(weight_name: str) -> bool:
+    """Whether a weight (by its export name) takes the integer path in the static form."""
+    return bool(STATIC_ELIGIBLE.search(weight_name))
+
+
+def keeps_per_token_codes(weight_name: str) -> bool:
+    """Whether a weight's input keeps per-token codes in the static form (``STATIC_PER_TOKEN``)."""
+    return bool(STATIC_PER_TOKEN.search(weight_name))
+
+
+def static_input_max(act_absmax: np.ndarray, divisors: np.ndarray) -> float:
+    """The static form's one activation range for an input: the largest calibrated max |x_k| / divisor_k,
+    i.e. the largest per-token max |x / s| any calibration token reached (``input_divisors``)."""
+    return float(np.max(np.asarray(act_absmax, np.float64) / np.asarray(divisors, np.float64)))
 
 
 def keeps_fp32(weight_name: str) -> bool:
@@ -236,7 +260,8 @@ def _recode_nodes(graph, site, stored: StoredCodes, out: str) -> list:
 
 def add_integer_path(model: onnx.ModelProto, activation: str, sites: list, packed: dict[str, tuple[np.ndarray, np.ndarray]],
                      smooth: np.ndarray | None, activation_bits: int = 8, outliers: np.ndarray | None = None,
-                     split: int | None = None, two_pass: frozenset[str] | set[str] = frozenset()) -> None:
+                     split: int | None = None, two_pass: frozenset[str] | set[str] = frozenset(),
+                     static_max: float | None = None) -> None:
     """Rewrite every MatMul in ``sites`` (all reading ``activation``) to the integer path, in place.
 
     ``packed`` maps each site's weight name to its (int8 codes [K, N], float32 scales [N]), already
@@ -249,9 +274,11 @@ def add_integer_path(model: onnx.ModelProto, activation: str, sites: list, packe
     is inserted once, before the first consumer, and shared by all of them; its division by the
     smoothing factors and split divisors is folded into the input's producer where that is exact
     (``_fold_divisors``), else it is a Mul. Sites named in ``two_pass`` also read the codes of the
-    rounding residual (widened alike): two integer products through the same weight, summed. Each
-    node keeps its name and output, so nothing downstream changes; the fp32 weights are removed from
-    the graph.
+    rounding residual (widened alike): two integer products through the same weight, summed.
+    ``static_max`` (the static form, ``static_input_max``) replaces the per-token row scale by one
+    calibrated constant: the smoothed input is coded at a step of ``static_max / half`` (values beyond
+    it saturate) and the products need no row rescale. Each node keeps its name and output, so nothing
+    downstream changes; the fp32 weights are removed from the graph.
     """
     graph = model.graph
     p = f"{activation}.int8"
@@ -271,21 +298,35 @@ def add_integer_path(model: onnx.ModelProto, activation: str, sites: list, packe
         consts[f"{p}.inv_smooth"] = (1.0 / np.asarray(smooth, np.float32)).astype(np.float32)
         pre.append(helper.make_node("Mul", [activation, f"{p}.inv_smooth"], [f"{p}.smoothed"], name=f"{p}/smooth"))
         x = f"{p}.smoothed"
-    # max |x| as max(max x, -min x): two reads of x instead of writing |x| and reading it back
-    pre += [helper.make_node("ReduceMax", [x, f"{p}.axes"], [f"{p}.rowhi"], name=f"{p}/rowmax", keepdims=1),
-            helper.make_node("ReduceMin", [x, f"{p}.axes"], [f"{p}.rowlo"], name=f"{p}/rowmin", keepdims=1),
-            helper.make_node("Neg", [f"{p}.rowlo"], [f"{p}.rowlo_neg"], name=f"{p}/rowmin_neg"),
-            helper.make_node("Max", [f"{p}.rowhi", f"{p}.rowlo_neg", f"{p}.tiny"], [f"{p}.rowmax"], name=f"{p}/rowmax_floor"),
-            helper.make_node("Div", [x, f"{p}.rowmax"], [f"{p}.unit"], name=f"{p}/unit_rows")]
-    # Rows span [-1, 1]: fixed symmetric codes around the zero point, the same for every batch (a
-    # data-dependent range would make a text's vector depend on what it is batched with).
     half = 2 ** (activation_bits - 1) - 1
-    consts.update({f"{p}.a_scale": np.array(1.0 / half, np.float32), f"{p}.a_zero": np.array(half + 1, np.uint8)})
+    if static_max is None:
+        # max |x| as max(max x, -min x): two reads of x instead of writing |x| and reading it back
+        pre += [helper.make_node("ReduceMax", [x, f"{p}.axes"], [f"{p}.rowhi"], name=f"{p}/rowmax", keepdims=1),
+                helper.make_node("ReduceMin", [x, f"{p}.axes"], [f"{p}.rowlo"], name=f"{p}/rowmin", keepdims=1),
+                helper.make_node("Neg", [f"{p}.rowlo"], [f"{p}.rowlo_neg"], name=f"{p}/rowmin_neg"),
+                helper.make_node("Max", [f"{p}.rowhi", f"{p}.rowlo_neg", f"{p}.tiny"], [f"{p}.rowmax"], name=f"{p}/rowmax_floor"),
+                helper.make_node("Div", [x, f"{p}.rowmax"], [f"{p}.unit"], name=f"{p}/unit_rows")]
+        # Rows span [-1, 1]: fixed symmetric codes around the zero point, the same for every batch (a
+        # data-dependent range would make a text's vector depend on what it is batched with).
+        consts[f"{p}.a_scale"] = np.array(1.0 / half, np.float32)
+        unit = f"{p}.unit"
+    else:   # one constant for every token: no row statistics, no row rescale after the products
+        if two_pass:
+            raise ValueError("the static form takes one integer pass per weight; two_pass must be empty")
+        del consts[f"{p}.axes"], consts[f"{p}.tiny"]
+        limit = max(float(static_max), _TINY)
+        consts[f"{p}.a_scale"] = np.array(limit / half, np.float32)
+        unit = x
+        if activation_bits < 8:   # uint8 saturation would let codes past 127 into the pair sums (ACTIVATION_BITS)
+            consts.update({f"{p}.lo": np.array(-limit, np.float32), f"{p}.hi": np.array(limit, np.float32)})
+            pre.append(helper.make_node("Clip", [x, f"{p}.lo", f"{p}.hi"], [f"{p}.clipped"], name=f"{p}/clip"))
+            unit = f"{p}.clipped"
+    consts[f"{p}.a_zero"] = np.array(half + 1, np.uint8)
     # The split copies repeat values already in the row, so the row's max and each copy's code are
     # those of the original channel: widen the uint8 codes (a quarter of the bytes of the float
     # activations; measured in docs/notes/quant.md) rather than the activations.
     codes = f"{p}.q_narrow" if has_outliers else f"{p}.q"
-    pre.append(helper.make_node("QuantizeLinear", [f"{p}.unit", f"{p}.a_scale", f"{p}.a_zero"], [codes],
+    pre.append(helper.make_node("QuantizeLinear", [unit, f"{p}.a_scale", f"{p}.a_zero"], [codes],
                                 name=f"{p}/quantize"))
     if two_pass:
         # the residual lies in [-step/2, step/2]: the same code range at a 2 x half times finer step
@@ -337,6 +378,10 @@ def add_integer_path(model: onnx.ModelProto, activation: str, sites: list, packe
         # and even with a constant that keeps rows >= the true ones the post-attention and
         # post-feed-forward norms, whose inputs' mean square goes down to 1e-3 and 1e-7 (eps 1e-6),
         # rely on the epsilon: mean cosine 0.992 without the Muls of q/k/o/up (docs/notes/quant.md).
+        if static_max is not None:   # the static step is in a_scale: the product is the output
+            mm.output[0] = y
+            out_nodes.append(mm)
+            continue
         out_nodes += [mm, helper.make_node("Mul", [y_unit, f"{p}.rowmax"], [y], name=f"{node.name}/rows")]
     del graph.node[:]
     graph.node.extend(out_nodes)

@@ -103,6 +103,16 @@ def _integer_storage_entry(recipe: Recipe, group: str) -> dict:
 
 
 def _group_entry(recipe: Recipe, group: str, method: str, summary: GraphSummary) -> dict:
+    if recipe.uses_static_form(group):
+        return {"format": recipe.format(group), "bits": 8,
+                "op": "MatMulIntegerToFloat on codes of one calibrated scale per input (QuantizeLinear, static)",
+                "weights": "q/k/v/o_proj" if group == "attention" else "gate/up/down_proj",
+                "tensors": summary.integer_counts.get(group, 0), "method": summary.methods.get(group, method),
+                "weight_codes": f"symmetric -{I8.WEIGHT_QMAX}..{I8.WEIGHT_QMAX}, one float32 scale per output channel",
+                "activation_scale": "the largest calibrated max |x / s| of the input; values beyond it saturate",
+                "smoothing": {"alpha": I8.SMOOTH_ALPHA, "from": "calibrated per-channel max |x|"},
+                "split_channels": {"per_input": I8.OUTLIER_CHANNELS, "copies": I8.OUTLIER_SPLIT,
+                                   "which": "largest calibrated max |x / s|"}}
     if recipe.uses_integer_path(group):
         wide = "v_proj" if group == "attention" else "down_proj"   # inputs that need ~16-bit activations
         if not summary.two_pass_counts.get(group, 0):

@@ -65,11 +65,14 @@ def two_pass_site(recipe: Recipe, site: G.WeightSite, two_pass: bool) -> bool:
     """Whether ``site`` is an integer-path down_proj (``I8.TWO_PASS``) computed in two integer passes:
     with ``two_pass`` (a target with an int8 matrix unit) and int8 storage (``a4i`` keeps it float32)."""
     return (two_pass and site.op == "MatMul" and recipe.uses_integer_path(site.group) and I8.is_two_pass(site.name)
-            and recipe.integer_storage(site.group) is None)
+            and recipe.integer_storage(site.group) is None and not recipe.uses_static_form(site.group))
 
 
 def on_integer_path(recipe: Recipe, site: G.WeightSite, two_pass: bool = False) -> bool:
-    """Whether ``site`` takes the integer path in ``recipe`` (``two_pass``: see ``two_pass_site``)."""
+    """Whether ``site`` takes the integer path in ``recipe`` (``two_pass``: see ``two_pass_site``; the
+    static form takes every projection, ``I8.STATIC_ELIGIBLE``)."""
+    if site.op == "MatMul" and recipe.uses_static_form(site.group):
+        return I8.is_static_eligible(site.name)
     return (site.op == "MatMul" and recipe.uses_integer_path(site.group) and I8.is_eligible(site.name)
             or two_pass_site(recipe, site, two_pass))
 
@@ -79,7 +82,8 @@ def kept_fp32(recipe: Recipe, site: G.WeightSite, two_pass: bool = False) -> boo
     group stores int8 codes and they are not computed in two passes, ``two_pass_site``; with a block
     storage, ``a4i``, they are stored in it and decoded at load)."""
     return (site.op == "MatMul" and recipe.uses_integer_path(site.group) and I8.keeps_fp32(site.name)
-            and recipe.integer_storage(site.group) is None and not two_pass_site(recipe, site, two_pass))
+            and recipe.integer_storage(site.group) is None and not two_pass_site(recipe, site, two_pass)
+            and not recipe.uses_static_form(site.group))
 
 
 def integer_key(storage: BlockFormat | None) -> str:
@@ -216,7 +220,7 @@ class SiteQuantizer:
         ``twice`` names the members computed in two passes (``two_pass_site``: down_proj on an AMX
         target), quantized as the others (the graph gives them a second pass, ``I8.add_integer_path``).
         Returns ``({weight name: (codes [K + copies, N] int8 or StoredCodes, scales [N])}, smoothing
-        factors, method, split channel indices)``."""
+        factors, method, split channel indices, the static form's input range ``I8.static_input_max``)``."""
         weights = {s.name: np.asarray(self._weight(s), dtype=np.float32) for s in members}
         if activation not in self.absmax:
             raise QuantInputError(f"no calibration statistics for {activation!r}; the integer path needs calibration")
@@ -258,7 +262,8 @@ class SiteQuantizer:
                 codes, scales = I8.quantize_per_channel(w_t)
             packed[site.name] = (np.ascontiguousarray(codes), scales)
         self._release(activation)
-        return packed, smooth if once else None, "gptq" if use_gptq else "rtn", outliers
+        static_max = I8.static_input_max(self.absmax[activation], divisors)
+        return packed, smooth if once else None, "gptq" if use_gptq else "rtn", outliers, static_max
 
     def _release(self, activation: str) -> None:
         """Free an input's Hessian once no request that needs it is still to be computed."""

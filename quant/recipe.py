@@ -12,7 +12,10 @@ A trailing ``i`` on attention or feed-forward puts that group on the integer pat
 (``quant.int8_path``): int8 weights per output channel and int8 activations quantized per token at
 run time, for onnxruntime's integer GEMM (v_proj and down_proj compute in fp32). ``a8i`` / ``f8i``
 store those int8 codes; ``a4i`` / ``f4i`` store the group as Q4_0 blocks and re-code it to int8 per output channel (v_proj, down_proj: to float32) with constant ops
-when the session loads: the integer path's speed from a 4-bit download.
+when the session loads: the integer path's speed from a 4-bit download. A trailing ``s`` instead
+(``a8s`` / ``f8s``) is the integer path's static form: every projection (v_proj and down_proj too) on
+the integer GEMM, its input coded with one calibrated scale instead of one per token. Faster, less
+faithful (``quant.int8_path.STATIC_ELIGIBLE``).
 
 Per-layer overrides follow a colon, comma-separated: ``SEL{F}[@LAYERS]`` where ``SEL`` is a
 decoder-layer group (``a``, ``f``) or one projection (``q k v o`` of attention, ``gate up down`` of
@@ -24,7 +27,7 @@ path take no overrides.
 Named recipes: each format's uniform recipe by its name (``q8_0`` = ``e8_a8_f8_p8``, ``q4_0`` =
 ``e4_a4_f4_p4``, ...), ``w8a8`` = ``e8_a8i_f8i_p8`` (the speed-first variant) and ``w8a8_s4`` =
 ``e4_a4i_f4i_p8:v8,down8`` (its 4-bit download; v_proj and down_proj, which compute in float32, in
-Q8_0). ``e4_a8_f4_p4``
+Q8_0), ``w8a8_fast`` = ``e8_a8s_f8s_p8`` (the static form: speed before fidelity). ``e4_a8_f4_p4``
 is Google's mixed recipe. Norms and every other tensor stay float32 in every recipe.
 """
 from __future__ import annotations
@@ -41,19 +44,20 @@ GROUP_KEYS = {"e": "embeddings", "a": "attention", "f": "feed_forward", "p": "pr
 #: Groups that may take the integer path (the ``i`` suffix), and what the manifest calls it.
 INTEGER_GROUPS = ("attention", "feed_forward")
 INTEGER_FORMAT = "int8 per output channel, activations int8 per token at run time"
+STATIC_FORMAT = "int8 per output channel, activations int8 with one calibrated scale per input (static)"
 
 #: Each format's uniform recipe under its own name, and the speed-first variant.
 NAMED = {**{f.name.lower(): "_".join(f"{k}{f.recipe_code}" for k in GROUP_KEYS) for f in FORMATS.values()},
-         "w8a8": "e8_a8i_f8i_p8", "w8a8_s4": "e4_a4i_f4i_p8:v8,down8"}
+         "w8a8": "e8_a8i_f8i_p8", "w8a8_s4": "e4_a4i_f4i_p8:v8,down8", "w8a8_fast": "e8_a8s_f8s_p8"}
 #: What ``--variant all`` builds, in this order.
 STANDARD_VARIANTS = ("q8_0", "q4_0", "e4_a8_f4_p4", "w8a8")
 
 _BY_CODE = {f.recipe_code: f for f in FORMATS.values()}
 _CODES = "|".join(re.escape(c) for c in sorted(_BY_CODE, key=len, reverse=True))
 _CODE_LIST = ", ".join(f"{f.recipe_code} ({f.name})" for f in FORMATS.values())
-_GRAMMAR = "e{F}_a{F}[i]_f{F}[i]_p{F}"
-_STRICT = re.compile(rf"^e({_CODES})_a({_CODES})(i?)_f({_CODES})(i?)_p({_CODES})$")
-_LOOSE = re.compile(r"^e([^_]+?)_a([^_]+?)(i?)_f([^_]+?)(i?)_p([^_i]+)$")
+_GRAMMAR = "e{F}_a{F}[i|s]_f{F}[i|s]_p{F}"
+_STRICT = re.compile(rf"^e({_CODES})_a({_CODES})([is]?)_f({_CODES})([is]?)_p({_CODES})$")
+_LOOSE = re.compile(r"^e([^_]+?)_a([^_]+?)([is]?)_f([^_]+?)([is]?)_p([^_is]+)$")
 
 
 #: Override selectors: a decoder-layer group, or one projection of it (``quant.graph.site_position`` names).
@@ -125,7 +129,7 @@ def allowed_text() -> str:
     return (f"one of {', '.join([*STANDARD_VARIANTS, *extra])}, a format name ({', '.join(f.lower() for f in FORMATS)}), "
             f"or a recipe {_GRAMMAR} (e=embeddings, a=attention, f=feed-forward, p=projection heads; F is "
             f"{_CODE_LIST}; an i after a or f = the int8 integer path, stored as int8 (8i) or in that format and "
-            "re-coded when the session loads (4i))")
+            "re-coded when the session loads (4i); an s instead = its static form, every projection int8 (8s))")
 
 
 @dataclass(frozen=True)
@@ -138,6 +142,7 @@ class Recipe:
     projection: str
     integer: tuple[str, ...] = ()
     overrides: tuple[Override, ...] = ()
+    static: tuple[str, ...] = ()          # integer-path groups in the static form (``a8s`` / ``f8s``)
 
     def __post_init__(self):
         for group in GROUPS:
@@ -151,7 +156,14 @@ class Recipe:
             if self.format_of(group).bits not in (4, 8):
                 raise RecipeError(f"the integer path ('i') is stored as int8 codes (8i) or Q4_0 blocks (4i); "
                                   f"{group.replace('_', '-')} is {self.format_of(group).name}")
+        for group in self.static:
+            if group not in self.integer or self.format_of(group).bits != 8:
+                raise RecipeError(f"the integer path's static form ('s') stores int8 codes: write 8s, not "
+                                  f"{group.replace('_', '-')} in {self.format_of(group).name}")
         for o in self.overrides:
+            if o.group in self.static:
+                raise RecipeError(f"override {o.text!r}: {o.group.replace('_', '-')} is in the static form ('s'), "
+                                  "which takes no per-layer formats")
             if o.group in self.integer and not (self.integer_storage(o.group) and o.selector in FLOAT_PROJECTIONS):
                 raise RecipeError(f"override {o.text!r}: {o.group.replace('_', '-')} is on the integer path, which "
                                   "takes per-layer formats only for v / down of a block-stored group (a4i:v8, f4i:down8)")
@@ -159,8 +171,11 @@ class Recipe:
     @property
     def base(self) -> str:
         """The per-group recipe string without overrides, e.g. ``e4_a8_f4_p4``."""
-        return "_".join(f"{key}{self.format_of(group).recipe_code}{'i' if group in self.integer else ''}"
+        return "_".join(f"{key}{self.format_of(group).recipe_code}{self._suffix(group)}"
                         for key, group in GROUP_KEYS.items())
+
+    def _suffix(self, group: str) -> str:
+        return "s" if group in self.static else "i" if group in self.integer else ""
 
     @property
     def recipe(self) -> str:
@@ -203,12 +218,19 @@ class Recipe:
         """What the manifest calls one group's storage: its format name, or the integer path's description."""
         if group not in self.integer:
             return self.format_of(group).name
+        if group in self.static:
+            return STATIC_FORMAT
         stored = self.integer_storage(group)
         return INTEGER_FORMAT + (f", stored as {stored.name} and re-coded when the session loads" if stored else "")
 
     def uses_integer_path(self, group: str) -> bool:
         """Whether the group's eligible weights take the integer path (``a8i`` / ``f8i``, ``a4i`` / ``f4i``)."""
         return group in self.integer
+
+    def uses_static_form(self, group: str) -> bool:
+        """Whether the group is on the integer path's static form (``a8s`` / ``f8s``): every projection
+        int8, one calibrated activation scale per input."""
+        return group in self.static
 
     def integer_storage(self, group: str) -> BlockFormat | None:
         """The block format an integer-path group is stored in (``a4i``: Q4_0), or None when it stores
@@ -233,7 +255,7 @@ def parse_recipe(text: str) -> Recipe:
             raise RecipeError(f"recipe {text!r} has a colon but no overrides; expected e.g. {head}:f8@20-23")
         try:
             return Recipe(base.embeddings, base.attention, base.feed_forward, base.projection, base.integer,
-                          overrides=tuple(parse_override(t) for t in items))
+                          overrides=tuple(parse_override(t) for t in items), static=base.static)
         except RecipeError as exc:
             raise RecipeError(f"recipe {text!r}: {exc}") from None
     key = text.strip().lower()
@@ -254,8 +276,9 @@ def parse_recipe(text: str) -> Recipe:
         raise RecipeError(f"unknown variant {text!r}{hint}; expected {allowed_text()}")
     e, a, a_int, f, f_int, p = match.groups()
     formats = [_BY_CODE[c] for c in (e, a, f, p)]
-    integer = tuple(g for g, flag in (("attention", a_int), ("feed_forward", f_int)) if flag)
-    return Recipe(*(fmt.name for fmt in formats), integer=integer)
+    flags = (("attention", a_int), ("feed_forward", f_int))
+    integer = tuple(g for g, flag in flags if flag)
+    return Recipe(*(fmt.name for fmt in formats), integer=integer, static=tuple(g for g, flag in flags if flag == "s"))
 
 
 def held_to(table: dict, name: str | None):

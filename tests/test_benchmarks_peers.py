@@ -193,6 +193,24 @@ def test_profile_sums_kernel_time_and_matmul_flops_per_encode():
     assert ops["MatMulNBits"]["gflop"] == pytest.approx(2 * 4 * 30 * 1152 * 768 / 1e9)
 
 
+def test_profile_drops_the_warm_up_encode_whatever_its_number_of_runs():
+    """An encode of three length batches is three model runs: the warm-up's three go, not one
+    (counting runs as encodes reported a third of the kernel time)."""
+    from benchmarks.profile import last_encodes, summarise_profile
+
+    events = []
+    for encode in range(3):            # a warm-up and two timed encodes, three runs each
+        for run in range(3):
+            ts = 100 * encode + 10 * run
+            events += [{"cat": "Session", "name": "model_run", "ts": ts, "dur": 5},
+                       {"cat": "Node", "name": "n_kernel_time", "ts": ts + 1, "dur": 1000 * (encode + 1),
+                        "args": {"op_name": "Gelu"}}]
+    kept = last_encodes(events, encodes=3, keep=2)
+    assert min(e["ts"] for e in kept) == 100
+    assert summarise_profile(kept, repeats=2)["Gelu"]["ms"] == pytest.approx(3 * (2 + 3) / 2)
+    assert last_encodes(events, encodes=3, keep=3) == events
+
+
 def test_peak_cells_name_the_ceiling_each_row_is_held_against():
     from benchmarks.report import _peak_cell
 

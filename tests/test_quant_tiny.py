@@ -23,7 +23,7 @@ from quant import graph as G
 from quant.formats import FORMATS
 from quant.manifest import decoded_at_load
 from quant.cli import main
-from quant.recipe import Recipe, RecipeError, parse_recipe, parse_variants
+from quant.recipe import STATIC_FORMAT, Recipe, RecipeError, parse_recipe, parse_variants
 from runtime import Embedder
 from runtime.artifact import MANIFEST_NAME, read_manifest, sha256_file
 from tiny_checkpoint import TINY_TEXTS
@@ -625,6 +625,25 @@ def test_integer_path_from_block_storage_recipe():
             parse_recipe(text)
     with pytest.raises(RecipeError, match=r"int8 codes \(8i\) or Q4_0 blocks \(4i\); attention is Q5_0"):
         parse_recipe("e4_a5i_f4_p8")
+
+
+def test_static_form_recipe():
+    """``w8a8_fast`` = ``e8_a8s_f8s_p8``: an ``s`` instead of ``i`` is the integer path's static form, per
+    group; it stores int8 codes and takes no overrides."""
+    fast = parse_recipe("w8a8_fast")
+    assert fast.recipe == "e8_a8s_f8s_p8" and fast.name == "w8a8_fast" and parse_recipe("e8_a8s_f8s_p8").name == "w8a8_fast"
+    assert fast.integer == fast.static == ("attention", "feed_forward")
+    assert fast.uses_integer_path("attention") and fast.uses_static_form("feed_forward")
+    assert fast.format("attention") == STATIC_FORMAT and fast.integer_storage("attention") is None
+    one = parse_recipe("e8_a8s_f8i_p8")
+    assert one.static == ("attention",) and not one.uses_static_form("feed_forward") and one.recipe == "e8_a8s_f8i_p8"
+    assert not parse_recipe("w8a8").static
+    with pytest.raises(RecipeError, match=r"static form \('s'\) stores int8 codes: write 8s, not attention in Q4_0"):
+        parse_recipe("e8_a4s_f8s_p8")
+    with pytest.raises(RecipeError, match="static form .* takes no per-layer formats"):
+        parse_recipe("w8a8_fast:down8")
+    with pytest.raises(RecipeError, match=r"unknown variant.*an s instead = its static form"):
+        parse_recipe("e8_a8_f8_p8s")
 
 
 @pytest.fixture(scope="module")
