@@ -30,6 +30,11 @@ rounding residual ``x_s / m - (q - zero) step``, coded again at a ``2 half`` tim
 multiplied by the same int8 weight. v_proj in two passes too was slower and missed the fidelity
 minimum (docs/notes/bench.md).
 
+The static form (``a8s`` / ``f8s``, ``w8a8_fast``) trades fidelity for speed: every projection takes
+the path in one pass (``STATIC_ELIGIBLE``), and ``m`` is one calibrated constant per input instead of
+a per-token max (``static_max``), so no row statistics are computed and no Mul follows the product;
+down_proj's input keeps per-token codes (``STATIC_PER_TOKEN``).
+
 numpy and onnx only.
 """
 from __future__ import annotations
