@@ -110,6 +110,8 @@ def _group_entry(recipe: Recipe, group: str, method: str, summary: GraphSummary)
                 "tensors": summary.integer_counts.get(group, 0), "method": summary.methods.get(group, method),
                 "weight_codes": f"symmetric -{I8.WEIGHT_QMAX}..{I8.WEIGHT_QMAX}, one float32 scale per output channel",
                 "activation_scale": "the largest calibrated max |x / s| of the input; values beyond it saturate",
+                **({"per_token_inputs": "down_proj's (the gated product): per-token codes, as in w8a8"}
+                   if group == "feed_forward" else {}),
                 "smoothing": {"alpha": I8.SMOOTH_ALPHA, "from": "calibrated per-channel max |x|"},
                 "split_channels": {"per_input": I8.OUTLIER_CHANNELS, "copies": I8.OUTLIER_SPLIT,
                                    "which": "largest calibrated max |x / s|"}}

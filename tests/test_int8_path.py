@@ -385,6 +385,7 @@ def test_w8a8_fast_puts_every_projection_on_the_integer_path(tiny_artifact, tmp_
     assert groups["attention"]["format"] == groups["feed_forward"]["format"] == STATIC_FORMAT
     assert groups["attention"]["tensors"] == 4 * layers and groups["feed_forward"]["tensors"] == 3 * layers
     assert "fp32_weights" not in groups["attention"] and "fp32_weights" not in groups["feed_forward"]
+    assert "down_proj" in groups["feed_forward"]["per_token_inputs"] and "per_token_inputs" not in groups["attention"]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         ref = Embedder(tiny_artifact, threads=1).encode(TINY_TEXTS)
