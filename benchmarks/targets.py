@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from quant.recipe import parse_recipe
+
 #: Q8_0 and Q4_0 must reach 1.5x llama.cpp's Q8_0 speed (its measurement: docs/notes/bench.md).
 MIN_BLOCK_TOKENS_PER_S = 525
 #: The fastest variant that meets its fidelity target, against fp32 ONNX and torch, short workload.
@@ -127,7 +129,7 @@ def _pair(summary: dict, fidelity: dict, mine: str, variant: str, peer: str) -> 
         rows.append({"target": f"{mine} at least as close to fp32 as {peer} (mean and min cosine)",
                      "measured": f"{fa['mean']:.4f} / {fa['min']:.4f} vs {fb['mean']:.4f} / {fb['min']:.4f}",
                      "ok": fa["mean"] >= fb["mean"] and fa["min"] >= fb["min"]})
-    if variant not in ("w8a8", "w8a8_fast"):   # the integer path trades size for speed: judged on speed and fidelity
+    if not parse_recipe(variant).integer:   # the integer path trades size for speed: judged on speed and fidelity
         rows.append({"target": f"{mine} no larger than {peer}",
                      "measured": f"{a['size_mb']:.0f} vs {b['size_mb']:.0f} MB", "ok": a["size_mb"] <= b["size_mb"]})
     return rows

@@ -250,7 +250,7 @@ def _write_graph(src: Fp32Source, recipe: Recipe, model_path: Path, quantizer: S
         (kept if kept_fp32(recipe, s, two_pass) else sites).append(s)
     # weights an integer-path group computes in float32, stored so (w8a8) or in blocks decoded at load (a4i)
     in_fp32 = [s for s in sites + kept if s.op == "MatMul" and recipe.uses_integer_path(s.group) and I8.keeps_fp32(s.name)
-               and not two_pass_site(recipe, s, two_pass) and not on_integer_path(recipe, s, two_pass)]
+               and not on_integer_path(recipe, s, two_pass)]
     summary.fp32_counts.update({g: sum(s.group == g for s in in_fp32) for g in summary.fp32_counts})
     internalize_external_data(model, src.folder, skip={s.name for s in sites})
     _divide_norms(model, quantizer.norm_edits(recipe))

@@ -103,35 +103,33 @@ def _integer_storage_entry(recipe: Recipe, group: str) -> dict:
 
 
 def _group_entry(recipe: Recipe, group: str, method: str, summary: GraphSummary) -> dict:
-    if recipe.uses_static_form(group):
-        return {"format": recipe.format(group), "bits": 8,
-                "op": "MatMulIntegerToFloat on codes of one calibrated scale per input (QuantizeLinear, static)",
-                "weights": "q/k/v/o_proj" if group == "attention" else "gate/up/down_proj",
-                "tensors": summary.integer_counts.get(group, 0), "method": summary.methods.get(group, method),
-                "weight_codes": f"symmetric -{I8.WEIGHT_QMAX}..{I8.WEIGHT_QMAX}, one float32 scale per output channel",
-                "activation_scale": "the largest calibrated max |x / s| of the input; values beyond it saturate",
-                **({"per_token_inputs": "down_proj's (the gated product): per-token codes, as in w8a8"}
-                   if group == "feed_forward" else {}),
-                "smoothing": {"alpha": I8.SMOOTH_ALPHA, "from": "calibrated per-channel max |x|"},
-                "split_channels": {"per_input": I8.OUTLIER_CHANNELS, "copies": I8.OUTLIER_SPLIT,
-                                   "which": "largest calibrated max |x / s|"}}
     if recipe.uses_integer_path(group):
+        static = recipe.uses_static_form(group)
         wide = "v_proj" if group == "attention" else "down_proj"   # inputs that need ~16-bit activations
-        if not summary.two_pass_counts.get(group, 0):
-            rest = {"fp32_weights": {"which": wide, "tensors": summary.fp32_counts.get(group, 0),
-                                     "why": "their inputs need ~16-bit activations; the fp32 GEMM is faster "
-                                            "than two integer passes on the vector units (quant/int8_path.py)"}}
+        if static:   # every projection on the integer GEMM, one calibrated scale per input but down_proj's
+            rest = {}
+            op = "MatMulIntegerToFloat on codes of one calibrated scale per input (QuantizeLinear, static)"
+            weights = "q/k/v/o_proj" if group == "attention" else "gate/up/down_proj"
+            scale = {"activation_scale": "the largest calibrated max |x / s| of the input; values beyond it saturate",
+                     **({"per_token_inputs": "down_proj's (the gated product): per-token codes, as in w8a8"}
+                        if group == "feed_forward" else {})}
         else:
-            rest = {"two_pass_weights": {"which": wide, "tensors": summary.two_pass_counts[group],
-                                         "why": "its input needs ~16-bit activations: the codes and the rounding "
-                                                "residual's codes, two integer products (quant/int8_path.py)",
-                                         "choice": summary.two_pass_choice}}
-        return {"format": recipe.format(group), "bits": 8,
-                "op": "MatMulIntegerToFloat on per-token codes (QuantizeLinear of rows scaled to [-1, 1])",
-                "weights": "q/k/o_proj" if group == "attention" else "gate/up_proj",
+            op = "MatMulIntegerToFloat on per-token codes (QuantizeLinear of rows scaled to [-1, 1])"
+            weights, scale = ("q/k/o_proj" if group == "attention" else "gate/up_proj"), {}
+            if not summary.two_pass_counts.get(group, 0):
+                rest = {"fp32_weights": {"which": wide, "tensors": summary.fp32_counts.get(group, 0),
+                                         "why": "their inputs need ~16-bit activations; the fp32 GEMM is faster "
+                                                "than two integer passes on the vector units (quant/int8_path.py)"}}
+            else:
+                rest = {"two_pass_weights": {"which": wide, "tensors": summary.two_pass_counts[group],
+                                             "why": "its input needs ~16-bit activations: the codes and the rounding "
+                                                    "residual's codes, two integer products (quant/int8_path.py)",
+                                             "choice": summary.two_pass_choice}}
+        return {"format": recipe.format(group), "bits": 8, "op": op, "weights": weights,
                 **rest,
                 "tensors": summary.integer_counts.get(group, 0), "method": summary.methods.get(group, method),
                 "weight_codes": f"symmetric -{I8.WEIGHT_QMAX}..{I8.WEIGHT_QMAX}, one float32 scale per output channel",
+                **scale,
                 "smoothing": {"alpha": I8.SMOOTH_ALPHA, "from": "calibrated per-channel max |x|"},
                 "split_channels": {"per_input": I8.OUTLIER_CHANNELS, "copies": I8.OUTLIER_SPLIT,
                                    "which": "largest calibrated max |x / s|"},

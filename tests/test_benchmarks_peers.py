@@ -127,6 +127,7 @@ def test_peer_verdicts():
                 "workloads": {"short": {"tokens_per_s": short}, "long": {"tokens_per_s": long}}}
 
     summary = {"q4_0": entry("onnx", "q4_0", 900, 600, 219), "w8a8": entry("onnx", "w8a8", 1500, 800, 439),
+               "fast": entry("onnx", "w8a8_fast", 2100, 1000, 362),
                "llama.cpp Q4_0": entry("llama.cpp", "Q4_0", 500, 650, 240),
                "st-onnx int8": entry("st-onnx", "int8", 1000, 700, 330)}
     fidelity = {"q4_0": {"mean": 0.99, "min": 0.977}, "llama.cpp Q4_0": {"mean": 0.98, "min": 0.93},
@@ -138,6 +139,10 @@ def test_peer_verdicts():
     assert rows["q4_0 no larger than llama.cpp Q4_0"]["ok"]
     assert not rows["w8a8 at least as close to fp32 as st-onnx int8 (mean and min cosine)"]["ok"]   # min lower
     assert "w8a8 no larger than st-onnx int8" not in rows
+    # a build of w8a8_fast (by its manifest variant) gets the same pair; the integer path is judged on
+    # speed and fidelity, not size
+    assert rows["fast faster than st-onnx int8, short workload"]["ok"]
+    assert "fast no larger than st-onnx int8" not in rows
     assert not any("Q8_0" in t or "Q4_K_M" in t for t in rows)   # pairs without the peer are left out
 
 
