@@ -143,13 +143,14 @@ def _convert(model: Path, target: Path, platform: str, fold_constants: bool, con
     artifact's session ``config`` entries (what its constant ops need to fold)."""
     import onnxruntime as ort
 
-    so = ort.SessionOptions()
+    from runtime.embedder import runtime_session_options
+
+    # the artifact's config entries as the runtime applies them (one owner of that rule)
+    so = runtime_session_options(low_memory=False, config=config)
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.optimized_model_filepath = str(target)
     so.add_session_config_entry("session.save_model_format", "ORT")
     so.add_session_config_entry("session.qdqisint8allowed", "1" if platform == "arm" else "0")
-    for key, value in config.items():
-        so.add_session_config_entry(key, value)
     disabled = ([] if platform == "amd64" else ["NchwcTransformer"]) + ([] if fold_constants else ["ConstantFolding"])
     ort.InferenceSession(str(model), sess_options=so, providers=["CPUExecutionProvider"],
                          disabled_optimizers=disabled)
