@@ -4,7 +4,7 @@ Reads the fp32 graph without its weights, memory-maps the external weights, quan
 a time (``quant.quantizer``), rewrites the consumers to block-quantized ops (``quant.graph``) or the
 integer path (``quant.int8_path``), and writes each self-contained artifact folder atomically with
 its manifest (``quant.manifest``), then embeds a few texts with it against fp32 (``quant.self_check``).
-Needs onnx, onnxruntime, numpy (and tqdm for progress bars); torch only for ``--method learned``.
+Needs onnx, onnxruntime, numpy (and tqdm for progress bars); torch only for ``--method learned`` and ``--method corrected``.
 """
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ from .budget import BudgetPlan, ZeroQuantizer, candidates, plan_budget
 from .calibration import ActivationStats, collect_statistics, load_calibration_texts
 from .formats import matmulnbits_format
 from .manifest import GraphSummary, decoded_at_load, session_config_for, variant_manifest
-from .quantizer import CALIBRATED, METHODS, SiteQuantizer, kept_fp32, on_integer_path, site_format, two_pass_site
+from .quantizer import CALIBRATED, LAYER_METHODS, METHODS, SiteQuantizer, kept_fp32, on_integer_path, site_format, two_pass_site
 from .recipe import Recipe
 from .self_check import SelfCheck
 from .source import Fp32Source, QuantInputError, open_fp32_artifact
@@ -139,8 +139,8 @@ def build_variants(fp32_dir: str | Path, targets: list[tuple[Recipe, str | Path]
         raise QuantInputError(f"{src.folder}: {exc} (--tokenizer)") from None
 
     recipes = [recipe for recipe, _ in targets]
-    if options.method == "learned":
-        _check_learned(recipes)
+    if options.method in LAYER_METHODS:
+        _check_layer_method(recipes, options.method)
     started = time.time()
     texts = list(options.calibration_texts) if options.calibration_texts is not None else load_calibration_texts()
     stats = _calibrate(src, recipes, options, texts)
@@ -154,7 +154,7 @@ def build_variants(fp32_dir: str | Path, targets: list[tuple[Recipe, str | Path]
     # the integer path's down_proj in two int8 passes: the target's choice (x86-amx), quant.int8_path.TWO_PASS
     two_pass = get_target(options.target).two_pass and any(r.integer for r in recipes)
     quantizer = SiteQuantizer(src, options.method, stats, recipes, progress=options.progress,
-                              texts=texts if options.method == "learned" else None,
+                              texts=texts if options.method in LAYER_METHODS else None,
                               threads=options.threads, two_pass=two_pass)
     check = SelfCheck(src.folder, options.threads) if options.check else None
     written = []
@@ -175,17 +175,17 @@ def _calibrate(src: Fp32Source, recipes: list[Recipe], options: BuildOptions, te
     return collect_statistics(src, texts, threads=options.threads, progress=options.progress, with_absmax=integer)
 
 
-def _check_learned(recipes: list[Recipe]) -> None:
-    """Refuse what learned rounding cannot build before anything runs."""
-    from .learned import require_torch
+def _check_layer_method(recipes: list[Recipe], method: str) -> None:
+    """Refuse what a per-layer method (learned, corrected) cannot build before anything runs."""
+    from .layer_calibration import require_torch
 
     if len(recipes) != 1:
-        raise QuantInputError("--method learned builds one variant per run (its layers are learned for that "
+        raise QuantInputError(f"--method {method} builds one variant per run (its layers are computed for that "
                               "recipe's formats); give one --variant")
     if recipes[0].integer:
-        raise QuantInputError(f"--method learned learns block formats; {recipes[0].name} uses the integer path: "
-                              "build it with --method gptq")
-    require_torch()
+        raise QuantInputError(f"--method {method} chooses block-format values; {recipes[0].name} uses the integer "
+                              "path: build it with --method gptq")
+    require_torch(method)
 
 
 def _plan_budget(src: Fp32Source, base: Recipe, options: BuildOptions) -> BudgetPlan:
@@ -331,11 +331,7 @@ def _describe_extras(quantization: dict, recipe: Recipe, quantizer: SiteQuantize
             "how": "s = rms(x)^alpha per input channel, alpha per input searched on the calibrated output error; "
                    "x / s folded into the preceding RMSNorm weight, v_proj or up_proj columns (quant/awq.py)"}
     quantization["accuracy_level_choice"] = summary.level_notes
-    if quantizer.learned_report is not None:
-        quantization["learned_rounding"] = dict(quantizer.learned_report, how=(
-            "per decoder layer, a rounding offset per weight and a scale factor per block learned by signed gradient "
-            "descent so the quantized layer reproduces the fp32 layer's output (quant/learned.py); stored formats "
-            "unchanged"))
+    quantization.update(quantizer.layer_manifest_entry())
     if act_bits is not None:
         quantization["int8_path"] = {
             "activation_bits": act_bits[0], "activation_bits_choice": act_bits[1],

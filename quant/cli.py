@@ -63,6 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
                              "learned = gptq's, with each decoder layer's rounding and block scales learned so the layer reproduces "
                              "fp32 (needs torch; about 15 minutes on 2 cores; not better than gptq on "
                              "EmbeddingGemma, see docs/quantization.md), "
+                             "corrected = gptq's, with each decoder layer's o, gate/up and down projections quantized "
+                             "from weights that also undo the error of the layer's earlier projections (needs torch; "
+                             "about 16 minutes for a q4_0 on 2 idle cores; the closest uniform q4_0 to fp32, see "
+                             "docs/quantization.md), "
                              f"rtn = ggml round-to-nearest, bit-exact to gguf (default: {DEFAULT_METHOD})")
     parser.add_argument("--target", default="host", metavar="NAME",
                         help="the device class the artifact is built for; it fixes the CPU-dependent choices "

@@ -12,22 +12,22 @@ pooling weighs tokens equally).
 The stored formats do not change: codes are ``clip(round(w / d + v))`` in the format's range with
 float16 block scales ``d``, so every block decodes exactly as the format (Q4_0, Q8_0) says. The
 layer runs as the fp32 graph's own nodes (``quant.torch_graph``). Needs torch (an optional
-dependency of the quant stage; the other methods do not import it).
+dependency of the quant stage; the other methods do not import it). What it shares with
+``--method corrected`` is in ``quant.layer_calibration``.
 """
 from __future__ import annotations
 
 import logging
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
-from runtime.batching import length_batches, pad_batch
 from runtime.progress import progress_bar
 
 from .formats import BLOCK_SIZE, BlockFormat, round_half_away
-from .source import QuantInputError
+from .layer_calibration import BATCH_TOKENS, LayerCodes, layer_inputs, require_torch
 
 log = logging.getLogger("quant")
 
@@ -45,27 +45,11 @@ LOSS_TERMS = ("residual", "normed")
 #: Every n-th packaged calibration text is used (the prompts alternate, so each stays represented; all
 #: texts took twice the time for the same fidelity: docs/notes/learned.md).
 TEXT_STRIDE = 3
-#: Token positions per calibration batch (padded rows are not counted in the loss).
-BATCH_TOKENS = 1024
-
-
-def require_torch():
-    """torch, or a ``QuantInputError`` saying how to install it."""
-    try:
-        import torch
-    except ImportError:
-        raise QuantInputError("--method learned needs torch (an optional dependency of the quant stage): "
-                              "pip install torch==2.13.0, or use --method gptq") from None
-    return torch
-
-
-@dataclass
-class LearnedLayers:
-    """Codes and float16 scales of each learned weight (``{name: (codes [N, K], d [N, K/32])}``, the
-    format's own code convention) and what the optimisation did."""
-
-    codes: dict[str, tuple[np.ndarray, np.ndarray]]
-    report: dict = field(default_factory=dict)
+#: Where the manifest records what the method did, and how it says what the method is.
+MANIFEST_KEY = "learned_rounding"
+HOW = ("per decoder layer, a rounding offset per weight and a scale factor per block learned by signed gradient "
+       "descent so the quantized layer reproduces the fp32 layer's output (quant/learned.py); stored formats "
+       "unchanged")
 
 
 class _BlockRounding:
@@ -109,7 +93,7 @@ class _BlockRounding:
 
 def learn_layers(src, formats: dict[str, BlockFormat], weight, norm_edits: dict[str, np.ndarray],
                  texts: list[str], threads: int | None = None, steps: int | None = None,
-                 progress: bool = True) -> LearnedLayers:
+                 progress: bool = True) -> LayerCodes:
     """Learned codes for every decoder-layer weight named in ``formats`` (site name -> its block format).
 
     ``weight(site)`` gives the float32 weight [K, N] the codes are for (AWQ-scaled where the recipe
@@ -117,26 +101,16 @@ def learn_layers(src, formats: dict[str, BlockFormat], weight, norm_edits: dict[
     (every ``TEXT_STRIDE``-th is used). Weights of a layer not in ``formats`` stay float32 in its
     forward pass.
     """
-    torch = require_torch()
+    torch = require_torch("learned")
     steps = STEPS if steps is None else steps
-    from .calibration import _calibration_inputs
-    from .torch_graph import GraphLayer, decoder_layers, numpy_initializer
+    from .torch_graph import GraphLayer
 
     torch.set_num_threads(threads or os.cpu_count() or 1)
     torch.manual_seed(0)
     t_start = time.time()
-    model = src.graph()
-    layers = decoder_layers(model, src.sites)
-    read = numpy_initializer(model, src.folder)
-
-    def read_edited(name):
-        x = read(name)
-        return (np.asarray(x, np.float32) / norm_edits[name]).astype(np.float32) if name in norm_edits else x
-
     used = texts[::TEXT_STRIDE]
-    encodings, _ = _calibration_inputs(src, used, None)
-    batches = _fetch_batches(src, layers, encodings, threads, read_edited, set(norm_edits))
-    tokens = int(sum(b["valid"].sum() for b in batches))
+    inputs = layer_inputs(src, norm_edits, used, threads)
+    layers, read_edited, batches, tokens = inputs.layers, inputs.read, inputs.batches, inputs.tokens
     h, r = [b.pop("h") for b in batches], [b.pop("r") for b in batches]
     state = _Streams(h, r, list(h), list(r))   # the first layer's input is the same for both
     report = {"start": "rtn", "steps_per_layer": steps, "texts": len(used),
@@ -171,7 +145,11 @@ def learn_layers(src, formats: dict[str, BlockFormat], weight, norm_edits: dict[
                  entry.get("loss_learned", float("nan")), entry.get("loss_start", float("nan")))
     bar.close()
     report["seconds"] = round(time.time() - t_start, 1)
-    return LearnedLayers(codes, report)
+    return LayerCodes(codes, report)
+
+
+#: The entry point ``quant.quantizer`` calls for every per-layer method.
+run = learn_layers
 
 
 def _decoded(learned: dict, codes: dict) -> dict:
@@ -257,32 +235,3 @@ def _weighted_mean(batches: list[dict], losses: list[float]) -> float:
     """Mean of per-batch losses weighted by each batch's real tokens."""
     weights = [int(b["valid"].sum()) for b in batches]
     return sum(x * w for x, w in zip(losses, weights)) / max(1, sum(weights))
-
-
-def _fetch_batches(src, layers, encodings, threads, read_edited, edited: set[str]) -> list[dict]:
-    """Per calibration batch: the first layer's inputs, the side inputs every layer reads (masks, RoPE
-    tables, shapes) and which positions are real tokens, from one onnxruntime run of the fp32 graph."""
-    import onnx
-    import torch
-    from onnx import numpy_helper
-
-    from .calibration import _instrumented_session
-    from .torch_graph import as_tensor
-
-    model = onnx.load(str(src.folder / src.manifest["model_file"]), load_external_data=False)
-    first = layers[0]
-    side = sorted({t for layer in layers for t in layer.side_inputs})
-    fetch = [first.h_in, first.r_in] + side
-    for init in model.graph.initializer:   # the graph as the fold leaves it (the first norm may carry AWQ divisors)
-        if init.name in edited:
-            init.CopyFrom(numpy_helper.from_array(np.asarray(read_edited(init.name), np.float32), init.name))
-    session = _instrumented_session(src, model, fetch, threads)
-    pad_id = int(src.manifest.get("pad_token_id", 0))
-    batches = []
-    for batch in length_batches([len(e) for e in encodings], max_rows=len(encodings), max_tokens=BATCH_TOKENS):
-        ids, mask = pad_batch([encodings[i] for i in batch], pad_id)
-        outs = dict(zip(fetch, session.run(fetch, {"input_ids": ids, "attention_mask": mask})))
-        batches.append({"h": as_tensor(outs[first.h_in]), "r": as_tensor(outs[first.r_in]),
-                        "side": {n: as_tensor(outs[n]) for n in side},
-                        "valid": torch.from_numpy(mask.astype(bool))})
-    return batches

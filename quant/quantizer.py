@@ -28,10 +28,13 @@ from .source import Fp32Source, QuantInputError
 
 log = logging.getLogger("quant")
 
-METHODS = ("rtn", "gptq", "learned")
-#: Methods that calibrate: ``learned`` is GPTQ's (activation-aware scales, the heads, the table) with
-#: the decoder layers' codes learned by block reconstruction (``quant.learned``).
-CALIBRATED = ("gptq", "learned")
+METHODS = ("rtn", "gptq", "learned", "corrected")
+#: Methods that compute every decoder layer's codes at once, in torch: GPTQ's (activation-aware
+#: scales, the heads, the table) with the layers' codes learned by block reconstruction
+#: (``quant.learned``) or quantized by GPTQ from corrected weights (``quant.corrected``).
+LAYER_METHODS = ("learned", "corrected")
+#: Methods that calibrate.
+CALIBRATED = ("gptq",) + LAYER_METHODS
 #: GPTQ needs at least this many calibration rows per input dimension (a full-rank Hessian);
 #: otherwise the calibrated method only weights the scale search by the Hessian diagonal.
 GPTQ_MIN_ROWS_PER_INPUT = 1.0
@@ -130,9 +133,9 @@ class SiteQuantizer:
             raise QuantInputError("a recipe with per-layer overrides is built on its own (its activation-aware scales "
                                   "reach weights the other recipes keep unscaled); build it in a separate run")
         self.fold = self._plan_folding(model, recipes, progress)
-        # learned rounding (one recipe: ``quant.build`` refuses others before calibrating), run at first use
-        self._learned = None
-        self._learn_args = (recipes[0], texts, threads, progress)
+        # a per-layer method (one recipe: ``quant.build`` refuses others before calibrating), run at first use
+        self._layers = None
+        self._layer_args = (recipes[0], texts, threads, progress)
 
     def _plan_folding(self, model, recipes: list[Recipe], progress: bool = False):
         """AWQ scales (``quant.awq``) for the attention / feed-forward groups whose format asks for them."""
@@ -180,8 +183,8 @@ class SiteQuantizer:
         self._pending[key] -= 1
         if key in self._cache:
             return self._cache[key] if self._pending[key] else self._cache.pop(key)
-        if self.method == "learned" and site.op == "MatMul" and G.site_position(site.name) is not None:
-            result = self._learned_site(site, fmt)
+        if self.method in LAYER_METHODS and site.op == "MatMul" and G.site_position(site.name) is not None:
+            result = self._layer_site(site, fmt)
         elif site.op == "Gather":
             # No activations reach a lookup table: the calibrated method uses a plain-MSE scale
             # search, below 8 bits only (at 8 bits it costs a minute and changes almost nothing).
@@ -298,23 +301,25 @@ class SiteQuantizer:
         self._release(act)
         return result
 
-    def _learned_site(self, site: G.WeightSite, fmt: BlockFormat) -> tuple[G.QuantizedWeight, str]:
-        """A decoder-layer weight from learned rounding; every layer is learned at the first request."""
-        if self._learned is None:
-            from .learned import learn_layers
-
-            recipe, texts, threads, progress = self._learn_args
+    def _layer_site(self, site: G.WeightSite, fmt: BlockFormat) -> tuple[G.QuantizedWeight, str]:
+        """A decoder-layer weight from the per-layer method; every layer is done at the first request."""
+        if self._layers is None:
+            recipe, texts, threads, progress = self._layer_args
             formats = {s.name: site_format(recipe, s) for s in self.src.sites
                        if s.op == "MatMul" and G.site_position(s.name) is not None and not kept_fp32(recipe, s)}
-            self._learned = learn_layers(self.src, formats, lambda s: self._weight(s, formats[s.name]),
-                                         self.norm_edits(recipe), texts, threads=threads, progress=progress)
-        q, d = self._learned.codes.pop(site.name)
-        return _packed(fmt, q, d), "awq+learned" if self.folded(site, fmt) else "learned"
+            self._layers = _layer_method(self.method).run(
+                self.src, formats, lambda s: self._weight(s, formats[s.name]), self.norm_edits(recipe), texts,
+                threads=threads, progress=progress)
+        q, d = self._layers.codes.pop(site.name)
+        return _packed(fmt, q, d), f"awq+{self.method}" if self.folded(site, fmt) else self.method
 
-    @property
-    def learned_report(self) -> dict | None:
-        """What learned rounding did (per-layer errors, texts, steps, time), when it ran."""
-        return self._learned.report if self._learned is not None else None
+    def layer_manifest_entry(self) -> dict:
+        """The manifest entry of what the per-layer method did (per-layer errors or weight changes, texts,
+        time), when it ran; else empty."""
+        if self._layers is None:
+            return {}
+        module = _layer_method(self.method)
+        return {module.MANIFEST_KEY: dict(self._layers.report, how=module.HOW)}
 
     def _gptq_chained(self, site: G.WeightSite, prev: G.WeightSite, fmt: BlockFormat) -> tuple[G.QuantizedWeight, str]:
         """GPTQ of a head whose input is the previous head's output, from weights corrected for the
@@ -324,6 +329,15 @@ class SiteQuantizer:
         q, d = gptq_quantize(np.ascontiguousarray(w2.T), fmt, factor=gptq_factor(h, damp=HEAD_DAMP))
         self._release(site.activation)
         return _packed(fmt, q, d), "gptq+chain"
+
+
+def _layer_method(method: str):
+    """The module of a per-layer method (``run``, ``MANIFEST_KEY``, ``HOW``); imported on use (needs torch to run)."""
+    if method == "learned":
+        from . import learned as module
+    else:
+        from . import corrected as module
+    return module
 
 
 def _packed(fmt: BlockFormat, q: np.ndarray, d: np.ndarray) -> G.QuantizedWeight:

@@ -1,6 +1,8 @@
-"""The fp32 graph's decoder layers, run in torch with gradients (for ``--method learned``).
+"""The fp32 graph's decoder layers, run in torch with gradients (for ``--method learned`` and
+``--method corrected``).
 
-Learned rounding needs each decoder layer as a differentiable function of its weights. The layer is
+Learned rounding needs each decoder layer as a differentiable function of its weights; the
+corrected method needs the inputs each projection gets once the ones before it are quantized. The layer is
 taken from the fp32 ONNX graph itself, not re-implemented, so what is optimised is exactly what the
 artifact computes: ``decoder_layers`` finds each layer's nodes between the residual stream entering
 it and the one leaving it, and ``GraphLayer`` evaluates those nodes with torch ops. Tensors that do
@@ -65,7 +67,8 @@ def decoder_layers(model: onnx.ModelProto, sites: list[WeightSite]) -> list[Deco
     residual = _residual_tensors(model, sites)
 
     def fail(why: str):
-        raise GraphError(f"the learned method cannot find the decoder layers: {why}; it needs the fp32 artifact "
+        raise GraphError(f"the per-layer methods (learned, corrected) cannot find the decoder layers: {why}; "
+                         "they need the fp32 artifact "
                          "of this project's export (onnxruntime's fused RMSNorm ops)")
 
     layers, prev_r = [], None
@@ -174,6 +177,11 @@ class GraphLayer:
                        if name not in layer.weights}
 
     def __call__(self, h: torch.Tensor, r: torch.Tensor, side: dict, weights: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        env = self.values(h, r, side, weights)
+        return env[self.layer.h_out], env[self.layer.r_out]
+
+    def values(self, h: torch.Tensor, r: torch.Tensor, side: dict, weights: dict, until: str | None = None) -> dict:
+        """Every tensor the layer computes (by name), stopping once ``until`` is computed."""
         env = dict(self.consts)
         env.update(side)
         env.update(weights)
@@ -181,13 +189,15 @@ class GraphLayer:
         for node in self.layer.nodes:
             fn = _OPS.get((node.domain or "", node.op_type))
             if fn is None:
-                raise GraphError(f"the learned method has no torch form of {node.op_type} ({node.name})")
+                raise GraphError(f"the per-layer methods have no torch form of {node.op_type} ({node.name})")
             attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
             out = fn([env[i] if i else None for i in node.input], attrs)
             for name, value in zip(node.output, out if isinstance(out, tuple) else (out,)):
                 if name:
                     env[name] = value
-        return env[self.layer.h_out], env[self.layer.r_out]
+            if until is not None and until in env:
+                break
+        return env
 
 
 def as_tensor(x) -> torch.Tensor:
@@ -214,7 +224,7 @@ def _slice(x, starts, ends, axes=None, steps=None):
     index = [slice(None)] * x.dim()
     for s, e, a, st in zip(starts, ends, axes, steps):
         if st != 1:
-            raise GraphError("Slice with a step other than 1 is not supported by the learned method")
+            raise GraphError("Slice with a step other than 1 is not supported by the per-layer methods")
         n = x.shape[a]
         s = max(0, min(n, s + n if s < 0 else s))
         e = max(0, min(n, e + n if e < 0 else e))

@@ -84,17 +84,13 @@ def test_learned_lowers_each_layers_error(learned):
         assert entry["loss_learned"] < 0.95 * entry["loss_start"], entry
 
 
-@pytest.mark.filterwarnings("ignore::RuntimeWarning")
-@pytest.mark.parametrize("name", ["backbone.layers.0.self_attn.q_proj.weight_t", "backbone.layers.3.mlp.down_proj.weight_t"])
-def test_learned_codes_decode_as_gguf_q4_0(learned, tiny_artifact, name):
-    """The stored blocks, re-laid as ggml Q4_0 blocks, decode in gguf to exactly what the graph decodes,
-    and learning moved codes away from round-to-nearest."""
+def gguf_q4_0_decoded(folder, name: str) -> np.ndarray:
+    """The stored Q4_0 weight ``name`` of ``folder``, re-laid as ggml Q4_0 blocks and decoded by gguf
+    (the independent reference), after checking that the graph's decoding gives exactly the same values."""
     gguf = pytest.importorskip("gguf")
     from gguf import quants
 
-    from quant.formats import FORMATS
-
-    data, scales = _stored(learned, f"{name}.q4"), _stored(learned, f"{name}.scales")
+    data, scales = _stored(folder, f"{name}.q4"), _stored(folder, f"{name}.scales")
     rows = data.reshape(data.shape[0], -1, 16)
     codes = np.stack([rows & 0x0F, rows >> 4], axis=-1).reshape(*rows.shape[:-1], 32)   # onnxruntime: 2j | 2j+1
     ggml = (codes[..., :16] | (codes[..., 16:] << 4)).astype(np.uint8)                 # ggml: j | j+16
@@ -103,6 +99,17 @@ def test_learned_codes_decode_as_gguf_q4_0(learned, tiny_artifact, name):
     raw = np.concatenate([d16.view(np.uint8), ggml], axis=-1).reshape(len(data), -1)
     decoded = quants.dequantize(raw, gguf.GGMLQuantizationType.Q4_0)
     np.testing.assert_array_equal(_decode(data, scales, 4), decoded)
+    return decoded
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+@pytest.mark.parametrize("name", ["backbone.layers.0.self_attn.q_proj.weight_t", "backbone.layers.3.mlp.down_proj.weight_t"])
+def test_learned_codes_decode_as_gguf_q4_0(learned, tiny_artifact, name):
+    """The stored blocks, re-laid as ggml Q4_0 blocks, decode in gguf to exactly what the graph decodes,
+    and learning moved codes away from round-to-nearest."""
+    from quant.formats import FORMATS
+
+    decoded = gguf_q4_0_decoded(learned, name)
     w = _stored(tiny_artifact, name).astype(np.float32)
     rtn = FORMATS["Q4_0"].dequantize(*FORMATS["Q4_0"].quantize(np.ascontiguousarray(w.T)))
     assert not np.array_equal(decoded, rtn)
@@ -116,18 +123,20 @@ def test_learned_is_closer_to_fp32_than_round_to_nearest(learned, tiny_artifact,
     assert _mean_cosine(learned, tiny_artifact) > _mean_cosine(rtn, tiny_artifact) + 0.008
 
 
-def test_learned_refusals(tiny_artifact, tmp_path, monkeypatch):
-    """One block-format variant per run; without torch it says how to install it."""
+@pytest.mark.parametrize("method", ["learned", "corrected"])
+def test_per_layer_method_refusals(tiny_artifact, tmp_path, monkeypatch, method):
+    """The per-layer methods build one block-format variant per run; without torch they say how to
+    install it."""
     from quant.build import BuildOptions, build_variants
     from quant.recipe import parse_recipe
 
-    opts = BuildOptions(method="learned", accuracy_level=0, threads=1, progress=False, check=False)
-    with pytest.raises(QuantInputError, match="one variant per run"):
+    opts = BuildOptions(method=method, accuracy_level=0, threads=1, progress=False, check=False)
+    with pytest.raises(QuantInputError, match=f"--method {method} builds one variant per run"):
         build_variants(tiny_artifact, [(parse_recipe("q4_0"), tmp_path / "a"), (parse_recipe("q8_0"), tmp_path / "b")], opts)
     with pytest.raises(QuantInputError, match="integer path"):
         build_variants(tiny_artifact, [(parse_recipe("w8a8"), tmp_path / "c")], opts)
     monkeypatch.setitem(sys.modules, "torch", None)
-    with pytest.raises(QuantInputError, match="pip install torch"):
+    with pytest.raises(QuantInputError, match=f"--method {method} needs torch.*pip install torch"):
         build_variants(tiny_artifact, [(parse_recipe("q4_0"), tmp_path / "d")], opts)
     assert not any(p.name in {"a", "b", "c", "d"} for p in tmp_path.iterdir())
 
