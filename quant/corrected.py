@@ -90,6 +90,9 @@ def correct_layers(src, formats: dict[str, BlockFormat], weight, norm_edits: dic
         entry = {"layer": layer.index, "relative_change": {}}
         for a in groups:
             names = [n for n in layer.weights if n in formats and _reads(layer, n) == a]
+            if not names:   # all kept float32 by the recipe
+                x_fp.pop(a, None)
+                continue
             if a == groups[0]:
                 h, targets = h_first, {n: fp32[n].double().numpy() for n in names}
             else:
@@ -99,21 +102,20 @@ def correct_layers(src, formats: dict[str, BlockFormat], weight, norm_edits: dic
                     w = fp32[n].double().numpy()
                     targets[n] = corrected_weight(h, c, w)
                     entry["relative_change"][_short(n)] = round(float(np.linalg.norm(targets[n] - w) / np.linalg.norm(w)), 4)
-            if not names:
-                continue
-            fmt = formats[names[0]]
-            if any(formats[n].name != fmt.name for n in names):
-                raise ValueError(f"the weights reading {a} have different formats; the corrected method needs one")
-            # [sum N_out, K_in]: rows of every weight that reads this input, quantized in one pass
-            q, d = gptq_quantize(np.concatenate([targets[n].T.astype(np.float32) for n in names]), fmt,
-                                 factor=gptq_factor(h, damp=DAMP))
-            start = 0
-            for n in names:
-                rows = targets[n].shape[1]
-                codes[n] = (q[start:start + rows], d[start:start + rows])
-                start += rows
-                current[n] = torch.from_numpy(np.ascontiguousarray(
-                    fmt.dequantize(*codes[n]).reshape(rows, -1).T))
+            factor = gptq_factor(h, damp=DAMP)
+            for fmt_name in sorted({formats[n].name for n in names}):   # per-layer overrides may mix formats
+                members = [n for n in names if formats[n].name == fmt_name]
+                fmt = formats[members[0]]
+                # [sum N_out, K_in]: rows of every weight that reads this input, quantized in one pass
+                q, d = gptq_quantize(np.concatenate([targets[n].T.astype(np.float32) for n in members]), fmt,
+                                     factor=factor)
+                start = 0
+                for n in members:
+                    rows = targets[n].shape[1]
+                    codes[n] = (q[start:start + rows], d[start:start + rows])
+                    start += rows
+                    current[n] = torch.from_numpy(np.ascontiguousarray(
+                        fmt.dequantize(*codes[n]).reshape(rows, -1).T))
         h_fp, r_fp = [o[0] for o in nxt], [o[1] for o in nxt]
         report["layers"].append(entry)
         log.info("corrected target, layer %d: relative weight change %s", layer.index, entry["relative_change"])

@@ -72,3 +72,16 @@ def test_corrected_is_closer_to_fp32_than_gptq(corrected, tiny_artifact, tmp_pat
     assert run_cli("--in", tiny_artifact, "--variant", "q4_0", "--method", "gptq", "--accuracy-level", "0",
                    "--out", gptq, "-q", "--threads", "1") == 0
     assert _mean_cosine(corrected, tiny_artifact) > _mean_cosine(gptq, tiny_artifact) + 0.004
+
+
+def test_corrected_with_per_layer_overrides(tiny_artifact, tmp_path):
+    """A recipe that mixes formats within a group (v_proj 8-bit beside 4-bit q/k) and across layers
+    builds: each weight is stored in its own format, and the later groups are still corrected."""
+    out = tmp_path / "mixed"
+    assert run_cli("--in", tiny_artifact, "--variant", "q4_0:v8,down8@1", "--method", "corrected",
+                   "--accuracy-level", "0", "--out", out, "-q", "--threads", "1") == 0
+    layer0, layer1 = "backbone.layers.0.self_attn", "backbone.layers.1.mlp.down_proj.weight_t"
+    for name, ext in ((f"{layer0}.q_proj.weight_t", "q4"), (f"{layer0}.v_proj.weight_t", "q8"), (layer1, "q8")):
+        assert _stored(out, f"{name}.{ext}").size > 0
+    report = read_manifest(out)["quantization"]["corrected_target"]
+    assert set(report["layers"][1]["relative_change"]) == {"o", "gate", "up", "down"}
