@@ -26,7 +26,7 @@ import numpy as np
 from runtime.progress import progress_bar
 
 from .formats import BlockFormat
-from .gptq import DAMP, gptq_factor, gptq_quantize
+from .gptq import DAMP, gptq_factor, gptq_quantize_together
 from .layer_calibration import BATCH_TOKENS, LayerCodes, layer_inputs, require_torch
 
 log = logging.getLogger("quant")
@@ -73,7 +73,8 @@ def correct_layers(src, formats: dict[str, BlockFormat], weight, norm_edits: dic
     bar = progress_bar(len(inputs.layers), "corrected layers", progress, unit="layer")
     for layer in inputs.layers:
         graph = GraphLayer(layer, inputs.read)
-        groups = _groups(layer)
+        reads = _weight_inputs(layer)
+        groups = list(dict.fromkeys(reads.values()))   # the inputs, in the order the layer computes them
         fp32 = {name: torch.from_numpy(np.array(weight(site), np.float32)) for name, site in layer.weights.items()}
         current = dict(fp32)   # each group's decoded weights replace these once quantized
         # the fp32 layer on the fp32 input: every group's input X (real tokens) and the next layer's input
@@ -89,7 +90,7 @@ def correct_layers(src, formats: dict[str, BlockFormat], weight, norm_edits: dic
                 nxt.append((env[layer.h_out], env[layer.r_out]))
         entry = {"layer": layer.index, "relative_change": {}}
         for a in groups:
-            names = [n for n in layer.weights if n in formats and _reads(layer, n) == a]
+            names = [n for n, x in reads.items() if x == a and n in formats]
             if not names:   # all kept float32 by the recipe
                 x_fp.pop(a, None)
                 continue
@@ -106,16 +107,9 @@ def correct_layers(src, formats: dict[str, BlockFormat], weight, norm_edits: dic
             for fmt_name in sorted({formats[n].name for n in names}):   # per-layer overrides may mix formats
                 members = [n for n in names if formats[n].name == fmt_name]
                 fmt = formats[members[0]]
-                # [sum N_out, K_in]: rows of every weight that reads this input, quantized in one pass
-                q, d = gptq_quantize(np.concatenate([targets[n].T.astype(np.float32) for n in members]), fmt,
-                                     factor=factor)
-                start = 0
-                for n in members:
-                    rows = targets[n].shape[1]
-                    codes[n] = (q[start:start + rows], d[start:start + rows])
-                    start += rows
-                    current[n] = torch.from_numpy(np.ascontiguousarray(
-                        fmt.dequantize(*codes[n]).reshape(rows, -1).T))
+                for n, (q, d) in zip(members, gptq_quantize_together([targets[n] for n in members], fmt, factor)):
+                    codes[n] = (q, d)
+                    current[n] = torch.from_numpy(np.ascontiguousarray(fmt.dequantize(q, d).reshape(q.shape).T))
         h_fp, r_fp = [o[0] for o in nxt], [o[1] for o in nxt]
         report["layers"].append(entry)
         log.info("corrected target, layer %d: relative weight change %s", layer.index, entry["relative_change"])
@@ -129,18 +123,9 @@ def correct_layers(src, formats: dict[str, BlockFormat], weight, norm_edits: dic
 run = correct_layers
 
 
-def _groups(layer) -> list[str]:
-    """The inputs the layer's projections read, in the order the layer computes them."""
-    order = []
-    for node in layer.nodes:
-        if node.op_type == "MatMul" and node.input[1] in layer.weights and node.input[0] not in order:
-            order.append(node.input[0])
-    return order
-
-
-def _reads(layer, name: str) -> str:
-    """The input tensor the projection ``name`` multiplies."""
-    return next(n.input[0] for n in layer.nodes if n.op_type == "MatMul" and n.input[1] == name)
+def _weight_inputs(layer) -> dict[str, str]:
+    """Each projection weight of the layer -> the input tensor it multiplies, in node order."""
+    return {n.input[1]: n.input[0] for n in layer.nodes if n.op_type == "MatMul" and n.input[1] in layer.weights}
 
 
 def _quantized_input_moments(torch, graph, batches, h_fp, r_fp, current, tensor, x_fp):

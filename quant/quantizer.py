@@ -21,6 +21,7 @@ from . import int8_path as I8
 from .calibration import ActivationStats
 from .formats import BLOCK_SIZE, BlockFormat, get_format
 from .gptq import (DAMP, HEAD_DAMP, chained_head_weights, gptq_factor, gptq_quantize, gptq_quantize_per_channel,
+                   gptq_quantize_together,
                    scale_search_quantize)
 from .packing import pack_blocks
 from .recipe import Recipe
@@ -285,15 +286,14 @@ class SiteQuantizer:
             self._factors[key] = gptq_factor(h, damp=HEAD_DAMP if site.group == "projection" else DAMP)
         members = [s for s in self.src.sites if s.activation == act and s.op == "MatMul"
                    and (s.name == site.name or self._pending.get((s.name, fmt.name), 0) > 0)]
-        # [sum N_out, K_in]: rows of every weight that reads this input, quantized in one pass
-        wt = np.concatenate([np.asarray(self._weight(s, fmt), dtype=np.float32).T for s in members])
-        q, d = gptq_quantize(wt, fmt, factor=self._factors[key])
+        # every weight that reads this input, quantized in one pass
+        parts = gptq_quantize_together([self._weight(s, fmt) for s in members], fmt, self._factors[key])
         if site.name in self._chain_next:   # members == [site]: a head reads its own input
+            q, d = parts[0]
             self._chain_done[(site.name, fmt.name)] = (fmt.dequantize(q, d).reshape(q.shape).T, self.hessians[act])
-        start, result = 0, None
-        for s in members:
-            part = (_packed(fmt, q[start:start + s.n], d[start:start + s.n]), "awq+gptq" if folded else "gptq")
-            start += s.n
+        result = None
+        for s, (q, d) in zip(members, parts):
+            part = (_packed(fmt, q, d), "awq+gptq" if folded else "gptq")
             if s.name == site.name:
                 result = part
             if self._pending.get((s.name, fmt.name), 0) > 0:  # (this request's count is already taken off)

@@ -9,7 +9,7 @@ import pytest
 
 from quant.corrected import corrected_weight
 from runtime.artifact import read_manifest
-from test_quant_learned import _mean_cosine, gguf_q4_0_decoded
+from test_quant_learned import _mean_cosine, gguf_q4_0_decoded, tiny_q4_0
 from test_quant_tiny import TINY_LAYERS, _stored, run_cli
 
 torch = pytest.importorskip("torch")
@@ -17,10 +17,7 @@ torch = pytest.importorskip("torch")
 
 @pytest.fixture(scope="module")
 def corrected(tiny_artifact, tmp_path_factory):
-    out = tmp_path_factory.mktemp("corrected") / "q4_0"
-    assert run_cli("--in", tiny_artifact, "--variant", "q4_0", "--method", "corrected", "--accuracy-level", "0",
-                   "--out", out, "-q", "--threads", "1") == 0
-    return out
+    return tiny_q4_0(tiny_artifact, tmp_path_factory, "corrected")
 
 
 def test_corrected_weight_undoes_a_known_input_error():
@@ -61,16 +58,14 @@ def test_corrected_codes_decode_as_gguf_q4_0(corrected, tiny_artifact, name):
     from quant.formats import FORMATS
 
     decoded = gguf_q4_0_decoded(corrected, name)
-    assert decoded.shape == _stored(tiny_artifact, name).T.shape
-    assert not np.array_equal(decoded, FORMATS["Q4_0"].dequantize(*FORMATS["Q4_0"].quantize(
-        np.ascontiguousarray(_stored(tiny_artifact, name).astype(np.float32).T))))
+    w = _stored(tiny_artifact, name).astype(np.float32)
+    assert decoded.shape == w.T.shape
+    assert not np.array_equal(decoded, FORMATS["Q4_0"].dequantize(*FORMATS["Q4_0"].quantize(np.ascontiguousarray(w.T))))
 
 
-def test_corrected_is_closer_to_fp32_than_gptq(corrected, tiny_artifact, tmp_path):
+def test_corrected_is_closer_to_fp32_than_gptq(corrected, tiny_artifact, tmp_path_factory):
     """Mean cosine to fp32 on the tiny texts (measured: gptq 0.9744, corrected 0.9814)."""
-    gptq = tmp_path / "gptq"
-    assert run_cli("--in", tiny_artifact, "--variant", "q4_0", "--method", "gptq", "--accuracy-level", "0",
-                   "--out", gptq, "-q", "--threads", "1") == 0
+    gptq = tiny_q4_0(tiny_artifact, tmp_path_factory, "gptq")
     assert _mean_cosine(corrected, tiny_artifact) > _mean_cosine(gptq, tiny_artifact) + 0.004
 
 

@@ -27,12 +27,17 @@ def _mean_cosine(folder, fp32_folder) -> float:
     return float(np.mean(np.sum(a * b, axis=1)))
 
 
-@pytest.fixture(scope="module")
-def learned(tiny_artifact, tmp_path_factory):
-    out = tmp_path_factory.mktemp("learned") / "q4_0"
-    assert run_cli("--in", tiny_artifact, "--variant", "q4_0", "--method", "learned", "--accuracy-level", "0",
+def tiny_q4_0(tiny_artifact, tmp_path_factory, method: str):
+    """A q4_0 of the tiny artifact built with ``method`` (level 0, one thread)."""
+    out = tmp_path_factory.mktemp(method) / "q4_0"
+    assert run_cli("--in", tiny_artifact, "--variant", "q4_0", "--method", method, "--accuracy-level", "0",
                    "--out", out, "-q", "--threads", "1") == 0
     return out
+
+
+@pytest.fixture(scope="module")
+def learned(tiny_artifact, tmp_path_factory):
+    return tiny_q4_0(tiny_artifact, tmp_path_factory, "learned")
 
 
 def test_torch_layers_reproduce_onnxruntime(tiny_artifact):
