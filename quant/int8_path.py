@@ -5,7 +5,8 @@ integer GEMM behind ``MatMulIntegerToFloat`` is several times faster than the fp
 (docs/notes/quant.md). This module rewrites chosen ``MatMul(x, W)`` nodes to
 
     x_s  = x * (1/s)                      SmoothQuant factors s per input channel (calibrated), folded
-                                          into the producing RMSNorm's scale where there is one
+                                          into the producing RMSNorm's scale where there is one, or
+                                          into up_proj's scales for down_proj's input gelu(gate) x up
                                           (``_fold_divisors``), else a Mul
     m    = max(|x_s|) per token           max(ReduceMax, -ReduceMin) over the last axis
     q    = QuantizeLinear(x_s / m)        uint8 codes 128 + round(127 x_s / m): every row spans [-1, 1]
@@ -392,13 +393,34 @@ def add_integer_path(model: onnx.ModelProto, activation: str, sites: list, packe
     graph.node.extend(out_nodes)
 
 
+def _integer_factor_scale(product, producer: dict, readers_of: dict) -> str | None:
+    """The per-output-channel scale initializer of the integer-path MatMul whose output is a factor of
+    ``product`` (a Mul node; gelu(gate) x up in the feed-forward), directly or through its per-token
+    row rescale, when nothing else reads that output; else None. Dividing those scales divides the
+    product by the same [K] divisors."""
+    if product is None or product.op_type != "Mul":
+        return None
+    for factor in product.input:
+        node = producer.get(factor)
+        if node is not None and node.op_type == "Mul" and node.name.endswith("/rows"):   # per-token codes
+            if len(readers_of.get(factor, [])) != 1:
+                continue
+            factor, node = node.input[0], producer.get(node.input[0])
+        if (node is not None and node.op_type == "MatMulIntegerToFloat" and node.domain == MS_DOMAIN
+                and len(readers_of.get(factor, [])) == 1):
+            return node.input[3]
+    return None
+
+
 def _fold_divisors(model: onnx.ModelProto, activation: str, readers: set[str], divisors: np.ndarray) -> bool:
     """Divide ``activation`` by ``divisors`` [K] at its producer instead of with a Mul, in place, where
     that is exact: the producer is an RMSNorm whose [K] scale nothing else reads
     (``graph.norm_scale_initializer``), and every other reader of the activation than ``readers``
     (node names) is an fp32 MatMul whose [K, N] weight nothing else reads; those weights get their
-    rows multiplied by ``divisors`` (v_proj beside q/k). Returns whether it folded. (Saves a pass
-    over the activation per run: docs/notes/quant.md.)"""
+    rows multiplied by ``divisors`` (v_proj beside q/k). Or the producer is a product one of whose
+    factors is an integer-path MatMul's output (``_integer_factor_scale``: up_proj's, for down_proj's
+    input in the static form), whose per-channel scales are divided instead. Returns whether it
+    folded. (Saves a pass over the activation per run: docs/notes/quant.md.)"""
     graph = model.graph
     if activation in {o.name for o in graph.output}:
         return False
@@ -427,6 +449,8 @@ def _fold_divisors(model: onnx.ModelProto, activation: str, readers: set[str], d
             return False
         co_weights.append((n.input[1], w))
     scale_name = norm_scale_initializer(activation, producer, inits, {name: len(r) for name, r in readers_of.items()})
+    if scale_name is None and not co_weights:
+        scale_name = _integer_factor_scale(producer.get(activation), producer, readers_of)
     scale = None if scale_name is None else single_use_float(scale_name, lambda sh: sh == (k,))
     if scale is None:
         return False

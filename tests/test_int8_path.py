@@ -253,6 +253,54 @@ def test_smoothing_is_folded_into_the_norm_and_the_fp32_reader_exactly(extra_rea
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
 
 
+def _feed_forward_model(rng):
+    """gelu(x @ gate) * (x @ up) -> down, as in a Gemma 3 feed-forward (x stands for the normed input)."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", "s", K])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", "s", K])
+    pre = "backbone.layers.0.mlp."
+    weights = {pre + "gate_proj.weight_t": rng.normal(size=(K, N)), pre + "up_proj.weight_t": rng.normal(size=(K, N)),
+               pre + "down_proj.weight_t": rng.normal(size=(N, K))}
+    weights = {n: (v / np.sqrt(v.shape[0])).astype(np.float32) for n, v in weights.items()}
+    nodes = [helper.make_node("MatMul", ["x", pre + "gate_proj.weight_t"], ["g"], name="gate"),
+             helper.make_node("MatMul", ["x", pre + "up_proj.weight_t"], ["u"], name="up"),
+             helper.make_node("Gelu", ["g"], ["a"], name="act"),
+             helper.make_node("Mul", ["a", "u"], ["h"], name="product"),
+             helper.make_node("MatMul", ["h", pre + "down_proj.weight_t"], ["y"], name="down")]
+    graph = helper.make_graph(nodes, "g", [x], [y], [numpy_helper.from_array(v, n) for n, v in weights.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20), helper.make_opsetid("com.microsoft", 1)])
+    model.ir_version = 10
+    first = [WeightSite(pre + f"{p}_proj.weight_t", "feed_forward", "MatMul", p, "x", K, N) for p in ("gate", "up")]
+    down = WeightSite(pre + "down_proj.weight_t", "feed_forward", "MatMul", "down", "h", N, K)
+    return model, weights, first, down
+
+
+@pytest.mark.parametrize("up_static", [True, False])
+def test_down_proj_smoothing_is_folded_into_up_proj_scales_exactly(up_static, monkeypatch):
+    """down_proj's input is gelu(gate) x up: its smoothing divisors move into up_proj's per-channel
+    output scales (after up_proj's per-token row rescale too): no Mul on the product, and the output
+    equals that of the graph with the explicit Mul."""
+    rng = np.random.default_rng(8)
+    x = rng.normal(size=(2, 6, K)).astype(np.float32)
+    smooth_first, smooth_down = 1 + rng.random(K).astype(np.float32), 1 + 3 * rng.random(N).astype(np.float32)
+    outputs, muls, scales = {}, {}, {}
+    for folding in (True, False):
+        if not folding:
+            monkeypatch.setattr(I8, "_integer_factor_scale", lambda *a, **k: None)
+        model, weights, first, down = _feed_forward_model(np.random.default_rng(9))
+        packed = {s.name: I8.quantize_per_channel(weights[s.name] * smooth_first[:, None]) for s in first}
+        I8.add_integer_path(model, "x", first, packed, smooth_first, static_max=4.0 if up_static else None)
+        I8.add_integer_path(model, "h", [down], {down.name: I8.quantize_per_channel(weights[down.name] * smooth_down[:, None])},
+                            smooth_down)
+        onnx.checker.check_model(model)
+        muls[folding] = sorted(n.name for n in model.graph.node if n.name.endswith("/smooth"))
+        scales[folding] = numpy_helper.to_array(next(i for i in model.graph.initializer if i.name == first[1].name + ".scale"))
+        outputs[folding] = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    assert muls[False] == ["h.int8/smooth", "x.int8/smooth"]     # x is a graph input: nothing to fold into
+    assert muls[True] == ["x.int8/smooth"]
+    np.testing.assert_allclose(scales[True], scales[False] / smooth_down, rtol=1e-6)
+    np.testing.assert_allclose(outputs[True], outputs[False], rtol=1e-4, atol=1e-4 * np.abs(outputs[False]).max())
+
+
 def test_per_channel_quantizer_codes_and_scales():
     w = np.array([[1.0, -0.5], [-2.0, 0.25], [0.5, 0.0]], np.float32)   # [K=3, N=2]
     codes, scales = I8.quantize_per_channel(w)
@@ -378,6 +426,9 @@ def test_w8a8_fast_puts_every_projection_on_the_integer_path(tiny_artifact, tmp_
     assert ops.count("MatMulIntegerToFloat") == 7 * layers          # q, k, v, o, gate, up, down
     assert ops.count("QuantizeLinear") == 4 * layers                # their 4 inputs per layer
     assert ops.count("ReduceMax") == layers                         # per-token codes for down_proj's input only
+    # the smoothing divisors fold into the norms and, for down_proj's input, into up_proj's scales;
+    # o_proj's input (the attention output) keeps its Mul
+    assert sum(n.name.endswith("/smooth") for n in model.graph.node) == layers
     assert not [n for n in model.graph.node if n.op_type == "MatMul" and n.input[1].endswith(".weight_t")]
     m = read_manifest(out)
     assert m["variant"] == "w8a8_fast" and m["quantization"]["recipe"] == "e8_a8s_f8s_p8"

@@ -71,7 +71,8 @@ def test_w8a8_fidelity_on_parity_texts(w8a8, real_artifact):
         assert got["mean"] >= mean_target and got["min"] >= min_target, (prompt, got, int8)
 
 
-# w8a8_fast measured (document | query): 8-bit codes 0.99829 / 0.99438 | 0.99798 / 0.99546 (its target
+# w8a8_fast measured (document | query): 8-bit codes 0.99831 / 0.99438 | 0.99793 / 0.99558 (before
+# down_proj's smoothing moved into up_proj's scales: 0.99829 / 0.99438 | 0.99798 / 0.99546; its target
 # 0.997 / 0.99); 7-bit codes (x86 without VNNI, where it is not the fast variant) 0.99403 / 0.98867 |
 # 0.99286 / 0.98523, below its target: floors with room for build-to-build variation of the minimum.
 W8A8_FAST_FLOOR = {8: (TARGETS["w8a8_fast"][0], 0.992), 7: (0.992, 0.983)}
