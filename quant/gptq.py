@@ -201,13 +201,13 @@ def gptq_quantize(w: np.ndarray, fmt: BlockFormat, hessian: np.ndarray | None = 
     return fmt.from_signed(codes), d16
 
 
-
 def gptq_quantize_together(weights_t: list[np.ndarray], fmt: BlockFormat, factor: GptqFactor) -> list[tuple[np.ndarray, np.ndarray]]:
     """GPTQ of several weights [K_in, N_i] that read the same input, in one pass (their rows share the
     Hessian's ``factor``), split back per weight as ``(codes [N_i, K_in], float16 scales)``."""
     q, d = gptq_quantize(np.concatenate([np.asarray(w, dtype=np.float32).T for w in weights_t]), fmt, factor=factor)
     bounds = np.cumsum([0] + [w.shape[1] for w in weights_t])
     return [(q[a:b], d[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
+
 
 def _gptq_pass(W: np.ndarray, fmt: BlockFormat, f: GptqFactor, batch: int) -> tuple[np.ndarray, np.ndarray]:
     """One GPTQ pass over ``W`` [N, K] (not modified): signed codes [N, K] in the original column
